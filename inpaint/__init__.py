@@ -1,0 +1,1 @@
+"""Generative 3D scene completion (NeRFiller-style); arrives with its own issue."""

@@ -1,0 +1,1 @@
+"""Stylization and generative editing (see README.md); modules arrive with their issues."""
