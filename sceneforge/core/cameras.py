@@ -251,14 +251,18 @@ class Cameras:
                 f"got {tuple(self.params.shape)}"
             )
         if self.cam_from_world.shape[1:] != (3, 4):
-            raise ValueError(f"cam_from_world must be (N, 3, 4), got {tuple(self.cam_from_world.shape)}")
+            raise ValueError(
+                f"cam_from_world must be (N, 3, 4), got {tuple(self.cam_from_world.shape)}"
+            )
         if self.width.shape != (n,) or self.height.shape != (n,):
             raise ValueError("width and height must have one entry per camera")
         if not torch.isfinite(self.cam_from_world).all() or not torch.isfinite(self.params).all():
             bad = (~torch.isfinite(self.cam_from_world).flatten(1).all(1)) | (
                 ~torch.isfinite(self.params).all(1)
             )
-            raise ValueError(f"non-finite pose or intrinsics for camera(s) {bad.nonzero()[:, 0].tolist()}")
+            raise ValueError(
+                f"non-finite pose or intrinsics for camera(s) {bad.nonzero()[:, 0].tolist()}"
+            )
 
     def __len__(self) -> int:
         return self.cam_from_world.shape[0]
@@ -267,7 +271,11 @@ class Cameras:
         if isinstance(idx, int):
             idx = [idx]
         return Cameras(
-            self.model, self.params[idx], self.width[idx], self.height[idx], self.cam_from_world[idx]
+            self.model,
+            self.params[idx],
+            self.width[idx],
+            self.height[idx],
+            self.cam_from_world[idx],
         )
 
     @property
@@ -327,12 +335,15 @@ class Cameras:
         unit of ray length, so ``depth = t * z_per_t``.
         """
         if pixels is None:
-            pixels = pixel_centers(
-                int(self.height[index]) // downscale,
-                int(self.width[index]) // downscale,
-                dtype=self.dtype,
-                device=self.device,
-            ).reshape(-1, 2) * downscale
+            pixels = (
+                pixel_centers(
+                    int(self.height[index]) // downscale,
+                    int(self.width[index]) // downscale,
+                    dtype=self.dtype,
+                    device=self.device,
+                ).reshape(-1, 2)
+                * downscale
+            )
         d_cam = unproject(pixels, self.model, self.params[index].expand(pixels.shape[0], -1))
         norm = d_cam.norm(dim=-1, keepdim=True)
         z_per_t = (1.0 / norm)[..., 0]

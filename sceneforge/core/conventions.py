@@ -74,7 +74,9 @@ def bal_to_opencv(
     cfw = cam_from_world_bal * f[:, None]
     zero = torch.zeros_like(params_bal[:, :1])
     radial = torch.cat([params_bal[:, :1], zero, zero, params_bal[:, 1:]], dim=-1)
-    obs = observations * torch.tensor([1.0, -1.0], dtype=observations.dtype, device=observations.device)
+    obs = observations * torch.tensor(
+        [1.0, -1.0], dtype=observations.dtype, device=observations.device
+    )
     return cfw, radial, obs
 
 
@@ -85,10 +87,14 @@ def opencv_to_bal(
 ) -> tuple[Float[Tensor, "N 3 4"], Float[Tensor, "N 3"], Float[Tensor, "M 2"]]:
     """Inverse of :func:`bal_to_opencv`; the RADIAL principal point must be (0, 0)."""
     if bool((params_radial[:, 1:3] != 0).any()):
-        raise ValueError("BAL cameras have their principal point at (0, 0); shift observations first")
+        raise ValueError(
+            "BAL cameras have their principal point at (0, 0); shift observations first"
+        )
     f = _flip(cam_from_world.dtype, cam_from_world.device)
     params = torch.cat([params_radial[:, :1], params_radial[:, 3:]], dim=-1)
-    obs = observations * torch.tensor([1.0, -1.0], dtype=observations.dtype, device=observations.device)
+    obs = observations * torch.tensor(
+        [1.0, -1.0], dtype=observations.dtype, device=observations.device
+    )
     return cam_from_world * f[:, None], params, obs
 
 

@@ -12,11 +12,16 @@ from jaxtyping import Bool, Float
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from sceneforge.core.scene import SceneDataError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
-class ImageReadError(ValueError):
-    """An image or mask file that cannot be used; the message names it."""
+class ImageReadError(SceneDataError):
+    """An image or mask file that cannot be used; the message names it.
+
+    A :class:`SceneDataError` (hence a ValueError), so one ``except`` catches all bad input.
+    """
 
 
 def _open(path: Path) -> np.ndarray:
@@ -88,7 +93,9 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
         raise ImageReadError(f"{folder}: folder does not exist")
     if not folder.is_dir():
         raise ImageReadError(f"{folder}: not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
     if not files:
         raise ImageReadError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
     return files

@@ -26,7 +26,9 @@ def umeyama_sim3(
 ) -> tuple[Tensor, Float[Tensor, "3 3"], Float[Tensor, " 3"]]:
     """Least-squares similarity ``dst ≈ s R src + t`` (Umeyama 1991). Needs N >= 3."""
     if src.shape != dst.shape or src.ndim != 2 or src.shape[-1] != 3 or src.shape[0] < 3:
-        raise ValueError(f"umeyama_sim3 needs two (N>=3, 3) point sets, got {src.shape}, {dst.shape}")
+        raise ValueError(
+            f"umeyama_sim3 needs two (N>=3, 3) point sets, got {src.shape}, {dst.shape}"
+        )
     mu_s, mu_d = src.mean(0), dst.mean(0)
     xs, xd = src - mu_s, dst - mu_d
     cov = xd.T @ xs / src.shape[0]
@@ -99,7 +101,9 @@ def pose_auc(pair_errors_deg: Float[Tensor, " P"], max_threshold: int) -> float:
     """Mean over t = 1..T of the fraction of pairs with error < t (VGGSfM's AUC@T)."""
     if pair_errors_deg.numel() == 0:
         return 0.0
-    ts = torch.arange(1, max_threshold + 1, dtype=pair_errors_deg.dtype, device=pair_errors_deg.device)
+    ts = torch.arange(
+        1, max_threshold + 1, dtype=pair_errors_deg.dtype, device=pair_errors_deg.device
+    )
     frac = (pair_errors_deg[None, :] < ts[:, None]).to(torch.float64).mean(1)
     return float(frac.mean())
 
@@ -116,7 +120,9 @@ def pose_metrics(
     out["mean_rot_err_deg"] = float(r.mean()) if r.numel() else 0.0
     out["mean_trans_err_deg"] = float(t.mean()) if t.numel() else 0.0
     if cam_from_world_est.shape[0] >= 3:
-        out["ate"] = float(absolute_trajectory_error(cam_from_world_est.double(), cam_from_world_gt.double()))
+        out["ate"] = float(
+            absolute_trajectory_error(cam_from_world_est.double(), cam_from_world_gt.double())
+        )
     return out
 
 
@@ -159,7 +165,10 @@ def _gaussian_window(size: int, sigma: float, dtype, device) -> Tensor:
 
 
 def ssim_map(
-    pred: Float[Tensor, "H W C"], target: Float[Tensor, "H W C"], window: int = 11, sigma: float = 1.5
+    pred: Float[Tensor, "H W C"],
+    target: Float[Tensor, "H W C"],
+    window: int = 11,
+    sigma: float = 1.5,
 ) -> Float[Tensor, "H W"]:
     """Per-pixel SSIM (Wang et al. 2004; Gaussian 11x11, sigma 1.5), averaged over channels.
 

@@ -127,7 +127,9 @@ class SceneData:
         else:
             return None
         if m is not None and tuple(m.shape) != (h, w):
-            raise SceneDataError(f"{src}: mask is {m.shape[1]}x{m.shape[0]} but the image is {w}x{h}")
+            raise SceneDataError(
+                f"{src}: mask is {m.shape[1]}x{m.shape[0]} but the image is {w}x{h}"
+            )
         return m
 
     def subset(self, indices: list[int] | Tensor) -> SceneData:
@@ -143,7 +145,9 @@ class SceneData:
             remap[idx] = torch.arange(len(idx))
             new = remap[self.observations.image_idx]
             keep = new >= 0
-            obs = Observations(new[keep], self.observations.point_idx[keep], self.observations.xy[keep])
+            obs = Observations(
+                new[keep], self.observations.point_idx[keep], self.observations.xy[keep]
+            )
         return replace(
             self,
             cameras=self.cameras[idx],

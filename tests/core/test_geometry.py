@@ -85,7 +85,9 @@ def test_project_hand_values():
     assert float(depth) == 2.0
     uv, _ = cam.project(p, "RADIAL", torch.tensor(PARAMS["RADIAL"], dtype=D))
     f = 1 + 0.05 * r2 - 0.02 * r2 * r2
-    torch.testing.assert_close(uv, torch.tensor([320 + 500 * 0.1 * f, 240 - 500 * 0.05 * f], dtype=D))
+    torch.testing.assert_close(
+        uv, torch.tensor([320 + 500 * 0.1 * f, 240 - 500 * 0.05 * f], dtype=D)
+    )
     # OpenCV tangential terms by hand
     x, y, p1, p2 = 0.1, -0.05, 0.001, -0.002
     xd = x * f + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
@@ -114,7 +116,9 @@ def test_unproject_inverts_project(model):
 @pytest.mark.parametrize("model", list(PARAMS))
 def test_project_gradcheck(model):
     params = torch.tensor(PARAMS[model], dtype=D).expand(3, -1).clone().requires_grad_()
-    pts = (torch.randn(3, 3, dtype=D) * 0.3 + torch.tensor([0, 0, 3.0 if model != "BAL" else -3.0], dtype=D))
+    pts = torch.randn(3, 3, dtype=D) * 0.3 + torch.tensor(
+        [0, 0, 3.0 if model != "BAL" else -3.0], dtype=D
+    )
     pts.requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: cam.project(a, model, b)[0], (pts, params))
 
@@ -130,8 +134,12 @@ def test_rigid_helpers_and_rays():
     t = torch.randn(5, 3, dtype=D)
     T = cam.make_rigid(R, t)
     pts = torch.randn(5, 3, dtype=D)
-    torch.testing.assert_close(cam.transform_points(cam.invert_rigid(T), cam.transform_points(T, pts)), pts)
-    torch.testing.assert_close(cam.compose_rigid(T, cam.invert_rigid(T))[..., :3], torch.eye(3, dtype=D).expand(5, 3, 3))
+    torch.testing.assert_close(
+        cam.transform_points(cam.invert_rigid(T), cam.transform_points(T, pts)), pts
+    )
+    torch.testing.assert_close(
+        cam.compose_rigid(T, cam.invert_rigid(T))[..., :3], torch.eye(3, dtype=D).expand(5, 3, 3)
+    )
     H = cam.to_homogeneous(T)
     torch.testing.assert_close(H[:, :3, :], T)
     assert (H[:, 3] == torch.tensor([0, 0, 0, 1.0], dtype=D)).all()
@@ -160,7 +168,13 @@ def test_cameras_validation():
     with pytest.raises(ValueError, match=r"non-finite pose .*\[1\]"):
         cam.Cameras("PINHOLE", torch.ones(2, 4, dtype=D), torch.ones(2), torch.ones(2), bad)
     with pytest.raises(ValueError, match="PINHOLE cameras need params"):
-        cam.Cameras("PINHOLE", torch.ones(2, 3, dtype=D), torch.ones(2), torch.ones(2), bad[:1].repeat(2, 1, 1))
+        cam.Cameras(
+            "PINHOLE",
+            torch.ones(2, 3, dtype=D),
+            torch.ones(2),
+            torch.ones(2),
+            bad[:1].repeat(2, 1, 1),
+        )
     with pytest.raises(ValueError, match="unknown camera model"):
         cam.num_params("FISHEYE_42")
 
@@ -170,7 +184,9 @@ def test_model_conversion():
     o = cam.convert_params("SIMPLE_RADIAL", p, "OPENCV")
     torch.testing.assert_close(o, torch.tensor([[500, 500, 320, 240, 0.05, 0, 0, 0]], dtype=D))
     pts = torch.tensor([[0.3, -0.2, 2.0]], dtype=D)
-    torch.testing.assert_close(cam.project(pts, "SIMPLE_RADIAL", p)[0], cam.project(pts, "OPENCV", o)[0])
+    torch.testing.assert_close(
+        cam.project(pts, "SIMPLE_RADIAL", p)[0], cam.project(pts, "OPENCV", o)[0]
+    )
     assert cam.most_general_model(["PINHOLE", "SIMPLE_RADIAL"]) == "SIMPLE_RADIAL"
     with pytest.raises(ValueError):
         cam.convert_params("OPENCV", o, "PINHOLE")
@@ -222,7 +238,9 @@ def test_llff_hand_example_and_round_trip():
 
 def test_bal_conversion_preserves_residuals():
     n = 4
-    cfw = cam.make_rigid(rot.angle_axis_to_matrix(0.1 * torch.randn(n, 3, dtype=D)), torch.randn(n, 3, dtype=D))
+    cfw = cam.make_rigid(
+        rot.angle_axis_to_matrix(0.1 * torch.randn(n, 3, dtype=D)), torch.randn(n, 3, dtype=D)
+    )
     params = torch.tensor([[400.0, 0.01, -0.001]], dtype=D).repeat(n, 1)
     pts = torch.randn(n, 3, dtype=D)
     pc = cam.transform_points(cfw, pts)

@@ -51,7 +51,9 @@ def test_pose_metrics_invariant_to_similarity():
 
 
 def test_relative_rotation_error_hand_value():
-    gt = make_rigid(torch.eye(3, dtype=D).repeat(2, 1, 1), torch.tensor([[0, 0, 0], [1.0, 0, 0]], dtype=D))
+    gt = make_rigid(
+        torch.eye(3, dtype=D).repeat(2, 1, 1), torch.tensor([[0, 0, 0], [1.0, 0, 0]], dtype=D)
+    )
     est = gt.clone()
     est[1, :, :3] = angle_axis_to_matrix(torch.tensor([0, 0, math.radians(4.0)], dtype=D))
     r, t = M.relative_pose_errors(est, gt)
@@ -59,7 +61,9 @@ def test_relative_rotation_error_hand_value():
     assert float(t[0]) == pytest.approx(0.0, abs=1e-9)
     # translation direction rotated by 30 degrees, and the sign flip is not an error
     est2 = gt.clone()
-    est2[1, :, 3] = torch.tensor([math.cos(math.radians(30)), math.sin(math.radians(30)), 0], dtype=D)
+    est2[1, :, 3] = torch.tensor(
+        [math.cos(math.radians(30)), math.sin(math.radians(30)), 0], dtype=D
+    )
     assert float(M.relative_pose_errors(est2, gt)[1][0]) == pytest.approx(30.0, abs=1e-6)
     est2[1, :, 3] *= -1
     assert float(M.relative_pose_errors(est2, gt)[1][0]) == pytest.approx(30.0, abs=1e-6)
@@ -83,8 +87,14 @@ def test_reprojection_errors():
         make_rigid(torch.eye(3, dtype=D)[None], torch.zeros(1, 3, dtype=D)),
     )
     pts = torch.tensor([[0.0, 0.0, 2.0], [0.2, 0.0, 2.0]], dtype=D)
-    obs = Observations(torch.tensor([0, 0]), torch.tensor([0, 1]), torch.tensor([[50.0, 53.0], [60.0, 50.0]], dtype=D))
-    torch.testing.assert_close(M.reprojection_errors(cams, pts, obs), torch.tensor([3.0, 0.0], dtype=D))
+    obs = Observations(
+        torch.tensor([0, 0]),
+        torch.tensor([0, 1]),
+        torch.tensor([[50.0, 53.0], [60.0, 50.0]], dtype=D),
+    )
+    torch.testing.assert_close(
+        M.reprojection_errors(cams, pts, obs), torch.tensor([3.0, 0.0], dtype=D)
+    )
 
 
 def test_psnr_and_ssim_hand_values():
