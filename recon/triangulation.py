@@ -1,0 +1,260 @@
+"""Batched multi-view triangulation: DLT, checks, Gauss-Newton refinement, RANSAC.
+
+Tracks are dense: ``pixels (N, V, 2)`` with a visibility ``mask (N, V)`` over the V
+cameras of a :class:`sceneforge.core.cameras.Cameras` batch. Pixels are first lifted to
+normalised rays with the core :func:`~sceneforge.core.cameras.unproject` (so distortion
+and the BAL -z convention are handled), then every point is solved at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+from sceneforge.recon.bundle_adjustment import project_with_jacobians
+from torch import Tensor
+
+from sceneforge.core.cameras import Cameras, unproject
+from sceneforge.core.rotations import matrix_to_angle_axis
+
+
+@dataclass
+class TriangulationOptions:
+    """Checks and refinement settings."""
+
+    min_angle_deg: float = 1.0
+    """Minimum largest triangulation angle between two visible rays."""
+    max_reproj_error: float = 4.0
+    """Inlier threshold (pixels) for RANSAC and for the final validity check."""
+    refine_iterations: int = 10
+    """Batched Gauss-Newton iterations per point (0: DLT only)."""
+    max_pairs: int | None = None
+    """RANSAC view pairs per track (None: all visible pairs)."""
+    min_inliers: int = 2
+    """Minimum number of inlier views for a RANSAC point to be valid."""
+    seed: int = 0
+    """Seed for pair subsampling when ``max_pairs`` is set."""
+
+
+@dataclass
+class Triangulation:
+    """Triangulated points and their diagnostics."""
+
+    points: Tensor
+    """``(N, 3)`` world points."""
+    valid: Tensor
+    """``(N,)`` passed cheirality, angle and reprojection checks."""
+    inliers: Tensor
+    """``(N, V)`` views used (the input mask, or the RANSAC consensus)."""
+    reproj_error: Tensor
+    """``(N,)`` mean reprojection error (pixels) over the used views."""
+    angle_deg: Tensor
+    """``(N,)`` largest angle between two used rays."""
+
+
+def _normalised(cameras: Cameras, pixels: Tensor) -> Tensor:
+    """Rays ``(N, V, 3)`` in each camera frame (z = +-1) for every pixel."""
+    n, v = pixels.shape[:2]
+    params = cameras.params[None].expand(n, v, -1)
+    return unproject(pixels, cameras.model, params)
+
+
+def triangulate_dlt(cam_from_world: Tensor, rays: Tensor, mask: Tensor) -> Tensor:
+    """Linear triangulation of ``N`` points from ``V`` views.
+
+    Args:
+        cam_from_world: ``(V, 3, 4)`` or ``(N, V, 3, 4)`` extrinsics.
+        rays: ``(N, V, 3)`` camera-frame ray directions (``z != 0``).
+        mask: ``(N, V)`` views to use (at least two per point).
+    Returns ``(N, 3)`` points minimising the algebraic error of ``d x (T X) = 0``.
+    """
+    T = (
+        cam_from_world
+        if cam_from_world.ndim == 4
+        else cam_from_world[None].expand(rays.shape[0], -1, -1, -1)
+    )
+    rays = torch.where(mask[..., None], rays, torch.ones_like(rays))
+    xy = rays[..., :2] / rays[..., 2:3]
+    rows = torch.stack(
+        [xy[..., 0:1] * T[..., 2, :] - T[..., 0, :], xy[..., 1:2] * T[..., 2, :] - T[..., 1, :]],
+        dim=-2,
+    )  # (N, V, 2, 4)
+    rows = rows / rows.norm(dim=-1, keepdim=True).clamp(min=1e-30)
+    rows = torch.where(mask[..., None, None], rows, torch.zeros_like(rows))
+    A = rows.reshape(rows.shape[0], -1, 4)
+    _, _, vh = torch.linalg.svd(A, full_matrices=False)
+    h = vh[:, -1]
+    w = h[:, 3:]
+    w = torch.where(w.abs() < 1e-300, torch.full_like(w, 1e-300), w)
+    return h[:, :3] / w
+
+
+def _project_all(cameras: Cameras, points: Tensor) -> tuple[Tensor, Tensor]:
+    """Pixels ``(N, V, 2)`` and depths ``(N, V)`` of ``points`` in every camera."""
+    pix, depth = cameras.project(points)
+    return pix.transpose(0, 1), depth.transpose(0, 1)
+
+
+def triangulation_angles(cameras: Cameras, points: Tensor, mask: Tensor) -> Tensor:
+    """Largest angle (degrees) between any two masked viewing rays of each point."""
+    centers = cameras.centers  # (V, 3)
+    d = points[:, None, :] - centers[None]
+    d = d / d.norm(dim=-1, keepdim=True).clamp(min=1e-30)
+    cos = (d[:, :, None, :] * d[:, None, :, :]).sum(-1).clamp(-1.0, 1.0)
+    both = mask[:, :, None] & mask[:, None, :]
+    ang = torch.rad2deg(torch.acos(cos))
+    return torch.where(both, ang, torch.zeros_like(ang)).flatten(1).max(1).values
+
+
+def refine_points(
+    cameras: Cameras, points: Tensor, pixels: Tensor, mask: Tensor, iterations: int = 10
+) -> Tensor:
+    """Batched Levenberg-Marquardt on each point's reprojection error over its masked views."""
+    n, v = mask.shape
+    rot = (
+        matrix_to_angle_axis(cameras.cam_from_world[:, :, :3])[None]
+        .expand(n, -1, -1)
+        .reshape(-1, 3)
+    )
+    trans = cameras.cam_from_world[:, :, 3][None].expand(n, -1, -1).reshape(-1, 3)
+    intr = cameras.params[None].expand(n, -1, -1).reshape(n * v, -1)
+    w = mask.reshape(-1, 1)
+    obs = pixels.reshape(-1, 2)
+    lam = torch.full((n,), 1e-4, dtype=points.dtype, device=points.device)
+
+    def evaluate(X, jac):
+        Xr = X[:, None].expand(-1, v, -1).reshape(-1, 3)
+        pix, _, _, _, jp = project_with_jacobians(cameras.model, rot, trans, intr, Xr, jac)
+        r = torch.where(w, pix - obs, torch.zeros_like(pix))
+        cost = (r * r).reshape(n, -1).sum(1)
+        if jp is not None:
+            jp = torch.where(w[:, :, None], jp, torch.zeros_like(jp))
+        return r, cost, jp
+
+    X = points.clone()
+    for _ in range(iterations):
+        r, cost, jp = evaluate(X, True)
+        jp = jp.reshape(n, v * 2, 3)
+        r = r.reshape(n, v * 2)
+        H = jp.transpose(1, 2) @ jp
+        g = (jp.transpose(1, 2) @ r[:, :, None])[:, :, 0]
+        eye = torch.eye(3, dtype=X.dtype, device=X.device)
+        Hd = H + lam[:, None, None] * (H.diagonal(dim1=1, dim2=2)[:, :, None] * eye + 1e-12 * eye)
+        step = -torch.linalg.solve(Hd, g[:, :, None])[:, :, 0]
+        step = torch.nan_to_num(step)
+        cand = X + step
+        _, new_cost, _ = evaluate(cand, False)
+        better = (new_cost < cost) & torch.isfinite(new_cost)
+        X = torch.where(better[:, None], cand, X)
+        lam = torch.where(better, lam / 10.0, lam * 10.0).clamp(1e-12, 1e12)
+    return X
+
+
+def _checks(cameras, points, pixels, use, options) -> tuple[Tensor, Tensor, Tensor]:
+    pix, depth = _project_all(cameras, points)
+    err = (pix - pixels).norm(dim=-1)
+    cnt = use.sum(1).clamp(min=1)
+    mean_err = torch.where(use, err, torch.zeros_like(err)).sum(1) / cnt
+    cheiral = torch.where(use, depth > 0, torch.ones_like(use)).all(1)
+    angle = triangulation_angles(cameras, points, use)
+    valid = (
+        cheiral
+        & (angle >= options.min_angle_deg)
+        & (mean_err <= options.max_reproj_error)
+        & (use.sum(1) >= 2)
+        & torch.isfinite(points).all(1)
+    )
+    return valid, mean_err, angle
+
+
+def triangulate(
+    cameras: Cameras,
+    pixels: Tensor,
+    mask: Tensor,
+    options: TriangulationOptions | None = None,
+) -> Triangulation:
+    """DLT on every visible view, batched nonlinear refinement, then validity checks.
+
+    Args:
+        cameras: V cameras (any core model).
+        pixels: ``(N, V, 2)`` observations (ignored where ``mask`` is False).
+        mask: ``(N, V)`` visibility.
+    """
+    options = options or TriangulationOptions()
+    mask = mask.bool()
+    _check_inputs(cameras, pixels, mask)
+    rays = _normalised(cameras, pixels)
+    X = triangulate_dlt(cameras.cam_from_world, rays, mask)
+    if options.refine_iterations:
+        X = refine_points(cameras, X, pixels, mask, options.refine_iterations)
+    valid, err, angle = _checks(cameras, X, pixels, mask, options)
+    return Triangulation(X, valid, mask, err, angle)
+
+
+def triangulate_ransac(
+    cameras: Cameras,
+    pixels: Tensor,
+    mask: Tensor,
+    options: TriangulationOptions | None = None,
+) -> Triangulation:
+    """Robust triangulation: hypotheses from every visible view pair, consensus by
+    reprojection error and cheirality, then DLT + refinement on the inliers."""
+    options = options or TriangulationOptions()
+    mask = mask.bool()
+    _check_inputs(cameras, pixels, mask)
+    n, v = mask.shape
+    pairs = list(itertools.combinations(range(v), 2))
+    if options.max_pairs is not None and len(pairs) > options.max_pairs:
+        g = torch.Generator().manual_seed(options.seed)
+        keep = torch.randperm(len(pairs), generator=g)[: options.max_pairs].tolist()
+        pairs = [pairs[k] for k in sorted(keep)]
+    pi = torch.tensor(pairs, device=pixels.device)  # (K, 2)
+    k = pi.shape[0]
+    rays = _normalised(cameras, pixels)
+    pair_ok = mask[:, pi[:, 0]] & mask[:, pi[:, 1]]  # (N, K)
+    T2 = cameras.cam_from_world[pi]  # (K, 2, 3, 4)
+    rays2 = rays[:, pi]  # (N, K, 2, 3)
+    hyp = triangulate_dlt(
+        T2[None].expand(n, -1, -1, -1, -1).reshape(n * k, 2, 3, 4),
+        rays2.reshape(n * k, 2, 3),
+        torch.ones(n * k, 2, dtype=torch.bool, device=mask.device),
+    ).reshape(n, k, 3)
+    pix, depth = cameras.project(hyp.reshape(-1, 3))  # (V, N*K, ...)
+    pix = pix.transpose(0, 1).reshape(n, k, v, 2)
+    depth = depth.transpose(0, 1).reshape(n, k, v)
+    err = (pix - pixels[:, None]).norm(dim=-1)
+    inl = mask[:, None] & (depth > 0) & (err < options.max_reproj_error) & torch.isfinite(err)
+    score = inl.sum(-1).to(pixels.dtype) - torch.where(
+        inl, err / options.max_reproj_error, torch.zeros_like(err)
+    ).sum(-1) / (v + 1)
+    score = torch.where(pair_ok, score, torch.full_like(score, -1.0))
+    best = score.argmax(1)
+    use = inl[torch.arange(n, device=mask.device), best]
+    enough = use.sum(1) >= max(2, options.min_inliers)
+    use = torch.where(enough[:, None], use, mask)
+    X = triangulate_dlt(cameras.cam_from_world, rays, use)
+    if options.refine_iterations:
+        X = refine_points(cameras, X, pixels, use, options.refine_iterations)
+    # One re-scoring pass on the refined points recovers inliers the pair missed.
+    p2, d2 = _project_all(cameras, X)
+    e2 = (p2 - pixels).norm(dim=-1)
+    use2 = mask & (d2 > 0) & (e2 < options.max_reproj_error)
+    grow = enough & (use2.sum(1) > use.sum(1))
+    if bool(grow.any()):
+        use = torch.where(grow[:, None], use2, use)
+        Xg = triangulate_dlt(cameras.cam_from_world, rays, use)
+        if options.refine_iterations:
+            Xg = refine_points(cameras, Xg, pixels, use, options.refine_iterations)
+        X = torch.where(grow[:, None], Xg, X)
+    valid, err_m, angle = _checks(cameras, X, pixels, use, options)
+    valid = valid & enough
+    return Triangulation(X, valid, use, err_m, angle)
+
+
+def _check_inputs(cameras: Cameras, pixels: Tensor, mask: Tensor) -> None:
+    n, v = mask.shape
+    if pixels.shape != (n, v, 2):
+        raise ValueError(f"pixels must be (N, V, 2) = ({n}, {v}, 2), got {tuple(pixels.shape)}")
+    if len(cameras) != v:
+        raise ValueError(f"mask has {v} views but {len(cameras)} cameras were given")
