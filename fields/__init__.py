@@ -1,1 +1,8 @@
-"""fields."""
+"""fields: NeRF fields, one renderer and one trainer whose training set can change while it trains.
+
+Modules: ``encodings`` (hash grid with a tinycudann adapter, tri-plane, frequency, spherical
+harmonics), ``field`` (density / outputs split, scene contraction, appearance embeddings),
+``sampling`` (ray intervals, occupancy grid), ``rendering`` (volume rendering), ``datasets``
+(the updatable ray dataset), ``trainer`` (training, checkpoints, evaluation) and ``api``
+(``train`` / ``render`` behind the CLI).
+"""

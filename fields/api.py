@@ -1,0 +1,271 @@
+"""Functions behind ``sceneforge train`` and ``sceneforge render``.
+
+``train(scene_dir, out_dir, config)`` trains (resuming from ``OUT_DIR/checkpoint.pt`` when
+present), evaluates on held-out views (every 8th image) and writes ``OUT_DIR/eval.json``.
+``render(run_dir, out_dir, config)`` renders a camera path from a trained run to PNG frames
+and a video.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from sceneforge.core.cameras import Cameras
+from sceneforge.core.scene import SceneData
+from sceneforge.fields.trainer import (
+    CheckpointError,
+    Trainer,
+    TrainerConfig,
+    config_to_dict,
+)
+
+
+@dataclass
+class TrainConfig:
+    """``sceneforge train SCENE_DIR OUT_DIR``: train a field and evaluate it on held-out views."""
+
+    max_steps: int | None = None
+    """Training steps (overrides ``trainer.max_steps``; also sets the learning-rate decay)."""
+    max_seconds: float | None = None
+    """Training time budget in seconds (overrides ``trainer.max_seconds``)."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Trainer settings (steps, time budget, field, sampler, ...)."""
+    resume: bool = True
+    """Continue from ``OUT_DIR/checkpoint.pt`` when it exists."""
+    save_eval_images: bool = True
+    """Write held-out predictions next to their ground truth under ``OUT_DIR/eval``."""
+
+
+@dataclass
+class RenderConfig:
+    """``sceneforge render RUN_DIR OUT_DIR``: render a camera path from a trained field."""
+
+    path: Literal["orbit", "train", "eval"] = "orbit"
+    """``orbit`` around the scene centre at the cameras' mean height, or the training /
+    held-out cameras themselves."""
+    num_frames: int = 60
+    """Frames of an orbit path."""
+    fps: int = 24
+    """Video frame rate."""
+    downscale: int | None = None
+    """Image downscale (default: the training downscale)."""
+    video: bool = True
+    """Also write ``video.mp4`` (``video.gif`` when no mp4 writer is installed)."""
+    depth: bool = True
+    """Also write colour-mapped depth frames."""
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _load(scene_dir: str | Path) -> SceneData:
+    from sceneforge.core.io import load_scene
+
+    return load_scene(scene_dir)
+
+
+def train(
+    scene_dir: str | Path | None,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    scene: SceneData | None = None,
+) -> dict:
+    """Train on a scene folder (COLMAP / transforms.json / LLFF) or an in-memory ``scene``.
+
+    Writes ``OUT_DIR/checkpoint.pt``, ``config.json``, ``eval.json`` (``psnr``, ``ssim``,
+    ``num_eval_images``, ``steps``, ``wall_s``, ...) and returns the eval dict.
+    """
+    config = config or TrainConfig()
+    overrides = {}
+    if config.max_steps is not None:
+        overrides["max_steps"] = config.max_steps
+    if config.max_seconds is not None:
+        overrides["max_seconds"] = config.max_seconds
+    if overrides:
+        config = dataclasses.replace(
+            config, trainer=dataclasses.replace(config.trainer, **overrides)
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if scene is None:
+        if scene_dir is None:
+            raise ValueError("train needs a scene folder or an in-memory scene")
+        scene = _load(scene_dir)
+    ckpt = out / "checkpoint.pt"
+    t0 = time.perf_counter()
+    if config.resume and ckpt.exists():
+        trainer = Trainer.from_checkpoint(
+            ckpt,
+            scene,
+            out,
+            max_steps=config.trainer.max_steps,
+            max_seconds=config.trainer.max_seconds,
+            progress=config.trainer.progress,
+        )
+    else:
+        trainer = Trainer(scene, config.trainer, out)
+    write_json_atomic(out / "config.json", config_to_dict(trainer.cfg))
+    if scene_dir is not None:
+        write_json_atomic(out / "source.json", {"scene_dir": str(Path(scene_dir).resolve())})
+    last = trainer.train()
+    trainer.save_checkpoint(ckpt)
+    train_s = time.perf_counter() - t0
+    if trainer.eval_indices:
+        res = trainer.evaluate(save_dir=out / "eval" if config.save_eval_images else None)
+    else:
+        res = {"psnr": math.nan, "ssim": math.nan, "num_eval_images": 0, "steps": trainer.step}
+    res.update(
+        {
+            "wall_s": time.perf_counter() - t0,
+            "train_s": train_s,
+            "train_step_s_total": trainer.wall_s,
+            "train_psnr": last.get("psnr", math.nan),
+            "samples_per_ray": last.get("samples_per_ray", math.nan),
+            "num_train_images": len(trainer.train_indices),
+            "dataset_version": trainer.dataset.version,
+        }
+    )
+    write_json_atomic(out / "eval.json", res)
+    return res
+
+
+def load_trained(run_dir: str | Path, scene: SceneData | None = None) -> Trainer:
+    """A trainer restored from ``RUN_DIR/checkpoint.pt`` (scene from ``source.json`` if not given)."""
+    run = Path(run_dir)
+    ckpt = run / "checkpoint.pt"
+    if scene is None:
+        src = run / "source.json"
+        if not src.is_file():
+            raise CheckpointError(f"{src}: missing; pass the scene explicitly")
+        scene = _load(json.loads(src.read_text())["scene_dir"])
+    return Trainer.from_checkpoint(ckpt, scene, run, progress=False, tensorboard=False)
+
+
+def orbit_cameras(cameras: Cameras, center: torch.Tensor, num_frames: int) -> Cameras:
+    """A circular path around ``center`` at the cameras' mean radius and height.
+
+    The orbit axis is the cameras' mean "up" (-y of OpenCV cameras); intrinsics and image size
+    are those of the first camera.
+    """
+    c = cameras.centers.double()
+    center = center.double()
+    up = -cameras.world_from_cam[:, :, 1].double().mean(0)
+    up = up / up.norm()
+    rel = c - center
+    height = (rel @ up).mean()
+    flat = rel - (rel @ up)[:, None] * up
+    radius = flat.norm(dim=-1).mean()
+    e1 = flat[0] / flat[0].norm().clamp(min=1e-9)
+    e2 = torch.linalg.cross(up, e1)
+    poses = []
+    for k in range(num_frames):
+        a = 2 * math.pi * k / num_frames
+        eye = center + height * up + radius * (math.cos(a) * e1 + math.sin(a) * e2)
+        z = center - eye
+        z = z / z.norm()
+        x = torch.linalg.cross(z, -up)
+        x = x / x.norm()
+        y = torch.linalg.cross(z, x)
+        R = torch.stack([x, y, z])
+        poses.append(torch.cat([R, (-R @ eye)[:, None]], 1))
+    n = num_frames
+    return Cameras(
+        cameras.model,
+        cameras.params[:1].expand(n, -1).clone(),
+        cameras.width[:1].expand(n).clone(),
+        cameras.height[:1].expand(n).clone(),
+        torch.stack(poses).to(cameras.dtype),
+    )
+
+
+def _depth_colormap(depth: torch.Tensor) -> torch.Tensor:
+    valid = depth > 0
+    if not valid.any():
+        return torch.zeros(*depth.shape, 3)
+    lo, hi = depth[valid].quantile(0.02), depth[valid].quantile(0.98)
+    d = ((depth - lo) / (hi - lo).clamp(min=1e-9)).clamp(0, 1)
+    import matplotlib
+
+    rgb = torch.from_numpy(matplotlib.colormaps["turbo"](d.numpy())[..., :3]).float()
+    return torch.where(valid[..., None], rgb, torch.zeros_like(rgb))
+
+
+def write_video(frames: list[torch.Tensor], path: Path, fps: int) -> Path:
+    """Write frames (``H W 3`` in [0, 1]) as mp4, falling back to GIF when no mp4 writer exists."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    arr = np.stack([(f.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8) for f in frames])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mp4_writer = next(
+        (m for m in ("av", "imageio_ffmpeg") if importlib.util.find_spec(m) is not None), None
+    )
+    if mp4_writer == "av":
+        iio.imwrite(path, arr, fps=fps, plugin="pyav", codec="libx264")
+        return path
+    if mp4_writer == "imageio_ffmpeg":
+        iio.imwrite(path, arr, fps=fps, plugin="FFMPEG")
+        return path
+    gif = path.with_suffix(".gif")  # no mp4 writer installed (imageio[ffmpeg] or av)
+    iio.imwrite(gif, arr, duration=1000 / fps, loop=0, plugin="pillow")
+    return gif
+
+
+def render(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    config: RenderConfig | None = None,
+    scene: SceneData | None = None,
+) -> dict:
+    """Render a camera path from ``RUN_DIR`` into ``OUT_DIR`` (``frames/``, ``depth/``, video)."""
+    from sceneforge.core.image_io import write_image_atomic
+
+    config = config or RenderConfig()
+    trainer = load_trained(run_dir, scene)
+    if config.downscale is not None:
+        trainer.cfg.downscale = config.downscale
+    cams = trainer.scene.cameras
+    if config.path == "orbit":
+        center = 0.5 * (trainer.box.aabb[0] + trainer.box.aabb[1])
+        cams = orbit_cameras(cams, center, config.num_frames)
+    elif config.path == "train":
+        cams = cams[trainer.train_indices]
+    elif config.path == "eval":
+        if not trainer.eval_indices:
+            raise ValueError("this run has no held-out views")
+        cams = cams[trainer.eval_indices]
+    else:
+        raise ValueError(f"unknown camera path {config.path!r}; use orbit, train or eval")
+    out = Path(out_dir)
+    frames, t0 = [], time.perf_counter()
+    for k in range(len(cams)):
+        r = trainer.render_camera(cams, k)
+        frames.append(r["rgb"])
+        write_image_atomic(out / "frames" / f"{k:04d}.png", r["rgb"])
+        if config.depth:
+            write_image_atomic(out / "depth" / f"{k:04d}.png", _depth_colormap(r["depth"]))
+    result = {
+        "num_frames": len(frames),
+        "wall_s": time.perf_counter() - t0,
+        "frames": str(out / "frames"),
+    }
+    if config.video and frames:
+        result["video"] = str(write_video(frames, out / "video.mp4", config.fps))
+    write_json_atomic(out / "render.json", result)
+    return result

@@ -1,0 +1,584 @@
+"""The one field trainer: hooks, a live-updatable training set, exact resume, eval, rendering.
+
+All randomness (ray batches, stratified jitter, occupancy-grid updates) comes from one
+``torch.Generator`` whose state is checkpointed together with the field, the optimiser, the
+occupancy grid, the torch global RNG and the dataset (version, plus its pixels once updated),
+so that on CPU with deterministic algorithms ``N`` steps straight and ``N/2`` + resume + ``N/2``
+give identical parameters. The learning-rate schedule depends on the step only (never the
+clock) for the same reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pickle
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from sceneforge.core.cameras import Cameras
+from sceneforge.core.scene import SceneData
+from sceneforge.fields.datasets import RayBatch, RayDataset, downscale_image, downscale_mask
+from sceneforge.fields.field import FieldConfig, RadianceField, SceneBox
+from sceneforge.fields.rendering import RenderConfig, background_color, render_rays
+from sceneforge.fields.sampling import OccupancyGrid, SamplerConfig
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, corrupt or incompatible; the message names the file."""
+
+
+@dataclass
+class TrainerConfig:
+    """Field training settings (``sceneforge train`` exposes these)."""
+
+    max_steps: int = 3000
+    """Number of optimisation steps (also sets the learning-rate schedule)."""
+    max_seconds: float | None = None
+    """Stop earlier after this much training time (seconds); None = no time limit."""
+    batch_rays: int = 2048
+    """Rays per step."""
+    lr: float = 1e-2
+    """Initial Adam learning rate."""
+    grid_lr: float = 0.1
+    """Adam learning rate of the explicit density grid and the learned background colour."""
+    lr_final_factor: float = 0.1
+    """Exponential decay to ``lr * lr_final_factor`` at ``max_steps``."""
+    density_tv_weight: float = 0.0
+    """Total-variation weight on the explicit density grid (smoother geometry from few views)."""
+    holdout_every: int = 8
+    """Every N-th image (0, N, 2N, ...) is held out for evaluation (0 = none)."""
+    eval_every: int = 0
+    """Held-out evaluation every N steps during training (0 = only at the end)."""
+    eval_max_images: int = 0
+    """Evaluate at most this many held-out images during training (0 = all)."""
+    checkpoint_every: int = 1000
+    """Write a checkpoint every N steps (0 = only at the end)."""
+    log_every: int = 25
+    """Scalars to tensorboard every N steps."""
+    seed: int = 0
+    """Seed of the trainer's random generator."""
+    downscale: int = 1
+    """Integer image downscale factor for training and evaluation."""
+    use_masks: bool = True
+    """Train only on usable pixels (mask True) when the scene has masks."""
+    scene_box: Literal["auto", "bounded", "unbounded"] = "auto"
+    """``auto``: bounded when the scene metadata has an ``aabb``, else unbounded (contracted)."""
+    inner_scale: float = 1.0
+    """Unbounded scenes: half-size of the uncontracted box relative to the camera radius."""
+    chunk_rays: int = 8192
+    """Rays per chunk when rendering full images."""
+    progress: bool = True
+    """Show a rich progress bar."""
+    tensorboard: bool = True
+    """Write tensorboard scalars when tensorboard is installed."""
+    deterministic: bool = True
+    """Use deterministic torch algorithms (exact resume on CPU)."""
+    device: str = "cpu"
+    """Torch device (``cpu`` or ``cuda``)."""
+    num_threads: int = 0
+    """CPU threads for torch (0 = torch's default; 1 is much faster on an oversubscribed CPU)."""
+    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
+    """Field architecture."""
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    """Ray sampling / occupancy grid."""
+    render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
+    """Compositing and background."""
+
+
+def config_to_dict(cfg) -> dict:
+    """A dataclass config as plain JSON/``weights_only``-safe types."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_from_dict(cls, d: dict):
+    """Rebuild a (nested) dataclass config from :func:`config_to_dict` output."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub) and isinstance(v, dict):
+            kwargs[f.name] = config_from_dict(sub, v)
+        elif isinstance(v, list):
+            kwargs[f.name] = tuple(v)
+        else:
+            kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+def split_indices(n: int, holdout_every: int) -> tuple[list[int], list[int]]:
+    """Training and held-out image indices (every ``holdout_every``-th image held out)."""
+    if holdout_every <= 0 or n < 2:
+        return list(range(n)), []
+    ev = [i for i in range(n) if i % holdout_every == 0]
+    return [i for i in range(n) if i % holdout_every != 0], ev
+
+
+def auto_scene_box(scene: SceneData, mode: str, inner_scale: float = 1.0) -> SceneBox:
+    """Bounded box from ``metadata['aabb']``, else a contracted box around the cameras' focus."""
+    aabb = scene.metadata.get("aabb") if scene.metadata else None
+    if mode in ("auto", "bounded") and aabb is not None:
+        return SceneBox(torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3), contract=False)
+    cams = scene.cameras
+    centers = cams.centers.double()
+    # point closest (least squares) to all optical axes; falls back to the camera centroid
+    axes = cams.world_from_cam[:, :, 2].double()
+    eye = torch.eye(3, dtype=torch.float64)
+    P = eye[None] - axes[:, :, None] * axes[:, None, :]
+    A, b = P.sum(0), (P @ centers[:, :, None]).sum(0)[:, 0]
+    focus = torch.linalg.lstsq(A, b).solution if len(cams) > 1 else centers.mean(0)
+    if not torch.isfinite(focus).all() or torch.linalg.cond(A) > 1e6:
+        focus = centers.mean(0)
+    radius = (centers - focus).norm(dim=-1).median().clamp(min=1e-3)
+    if mode == "bounded":
+        if scene.points is not None and scene.points.shape[0] > 10:
+            pts = scene.points.double()
+            lo, hi = pts.quantile(0.01, dim=0), pts.quantile(0.99, dim=0)
+            pad = (hi - lo) * 0.1
+            return SceneBox(torch.stack([lo - pad, hi + pad]).float(), contract=False)
+        half = radius * inner_scale
+        return SceneBox(torch.stack([focus - half, focus + half]).float(), contract=False)
+    half = radius * inner_scale
+    return SceneBox(torch.stack([focus - half, focus + half]).float(), contract=True)
+
+
+def density_tv(grid: Float[Tensor, "1 1 D H W"]) -> Tensor:
+    """Mean squared difference between neighbouring voxels of a raw density grid."""
+    g = grid[0, 0]
+    return (
+        (g[1:] - g[:-1]).pow(2).mean()
+        + (g[:, 1:] - g[:, :-1]).pow(2).mean()
+        + (g[:, :, 1:] - g[:, :, :-1]).pow(2).mean()
+    )
+
+
+Hook = Callable[["Trainer"], None]
+LossHook = Callable[["Trainer", RayBatch, dict], Tensor]
+
+
+class Trainer:
+    """Trains a :class:`RadianceField` on a scene's training images.
+
+    ``trainer.dataset`` may be updated or replaced at any time (see :class:`RayDataset`);
+    hooks registered with :meth:`add_hook` run after every ``every``-th step and loss hooks
+    added with :meth:`add_loss` contribute extra loss terms (e.g. depth supervision).
+    """
+
+    def __init__(
+        self,
+        scene: SceneData,
+        config: TrainerConfig | None = None,
+        out_dir: str | Path | None = None,
+    ) -> None:
+        self.cfg = cfg = config or TrainerConfig()
+        self.scene = scene
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.device = torch.device(cfg.device)
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
+        self.train_indices, self.eval_indices = split_indices(len(scene), cfg.holdout_every)
+        self.dataset = RayDataset(scene, self.train_indices, cfg.downscale, cfg.use_masks)
+        self.box = auto_scene_box(scene, cfg.scene_box, cfg.inner_scale)
+        self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        fcfg = cfg.field
+        if fcfg.density_grid_resolution <= 0:
+            side = max(max(hw) for hw in self.dataset.shapes)
+            n = int(min(256, max(64, round(side / 16) * 16)))
+            fcfg = dataclasses.replace(fcfg, density_grid_resolution=n)
+        self.field = RadianceField(fcfg, self.box, len(self.train_indices), self.device).to(
+            self.device
+        )
+        ref_step = self._reference_step()
+        self.grid = OccupancyGrid(cfg.sampler, ref_step).to(self.device)
+        bg0 = self.dataset.border_color().clamp(0.02, 0.98)
+        self.bg_param = torch.nn.Parameter(torch.logit(bg0).to(self.device))
+        grid_params = [p for n, p in self.field.named_parameters() if n == "density_grid"]
+        params = [p for n, p in self.field.named_parameters() if n != "density_grid"]
+        if cfg.render.background == "learned":
+            grid_params.append(self.bg_param)
+        groups = [{"params": params, "lr": cfg.lr, "base_lr": cfg.lr}]
+        if grid_params:
+            groups.append({"params": grid_params, "lr": cfg.grid_lr, "base_lr": cfg.grid_lr})
+        self.optimizer = torch.optim.Adam(groups, eps=1e-15)
+        self.step = 0
+        self.wall_s = 0.0
+        self.hooks: list[tuple[int, Hook]] = []
+        self.loss_hooks: list[LossHook] = []
+        self.history: list[dict] = []
+        self._writer = None
+
+    # -- setup helpers -----------------------------------------------------------------------
+
+    def _reference_step(self) -> float:
+        """Typical world-space step between samples, for the occupancy threshold."""
+        extent = float((self.box.aabb[1] - self.box.aabb[0]).norm())
+        if self.box.contract:
+            return extent / (self.cfg.sampler.num_samples / 2)
+        return extent / self.cfg.sampler.num_samples
+
+    def add_hook(self, fn: Hook, every: int = 1) -> None:
+        """Call ``fn(trainer)`` after every ``every``-th training step."""
+        if every <= 0:
+            raise ValueError("hook interval must be positive")
+        self.hooks.append((every, fn))
+
+    def add_loss(self, fn: LossHook) -> None:
+        """Add ``fn(trainer, batch, render_output) -> scalar`` to the training loss."""
+        self.loss_hooks.append(fn)
+
+    @property
+    def background(self) -> Tensor | None:
+        bg = background_color(self.cfg.render.background, self.bg_param)
+        return None if bg is None else bg.to(self.device)
+
+    def lr_factor(self, step: int) -> float:
+        """Exponential learning-rate decay factor at ``step`` (depends on the step only)."""
+        frac = min(step / max(self.cfg.max_steps, 1), 1.0)
+        return self.cfg.lr_final_factor**frac
+
+    # -- training ----------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float]:
+        """One optimisation step on a fresh batch of the current training set."""
+        cfg = self.cfg
+        self.field.train()
+        if self.step % cfg.sampler.grid_update_every == 0:
+            self.grid.update(self.field.density_normalized, self.step, self.generator)
+        batch = self.dataset.sample(cfg.batch_rays, self.generator)
+        dev = self.device
+        out = render_rays(
+            self.field,
+            self.grid,
+            cfg.sampler,
+            batch.origins.to(dev),
+            batch.directions.to(dev),
+            batch.image_idx.to(dev),
+            self.background,
+            self.generator,
+            batch.z_per_t.to(dev),
+            num_samples=self.grid.training_samples(),
+        )
+        target = batch.rgb.to(dev)
+        mse = (out["rgb"] - target).pow(2).mean()
+        loss = mse
+        if cfg.density_tv_weight > 0 and self.field.density_kind == "grid":
+            loss = loss + cfg.density_tv_weight * density_tv(self.field.density_grid)
+        for fn in self.loss_hooks:
+            loss = loss + fn(self, batch, out)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * self.lr_factor(self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        stats = {
+            "loss": float(loss.detach()),
+            "psnr": float(-10 * torch.log10(mse.detach().clamp(min=1e-10))),
+            "samples_per_ray": float(out["num_samples"]) / cfg.batch_rays,
+            "occupancy": self.grid.occupancy_fraction,
+            "dataset_version": self.dataset.version,
+        }
+        return stats
+
+    def train(self, max_steps: int | None = None, max_seconds: float | None = None) -> dict:
+        """Train until ``max_steps`` (total) or ``max_seconds`` (this call); returns last stats."""
+        cfg = self.cfg
+        max_steps = cfg.max_steps if max_steps is None else max_steps
+        max_seconds = cfg.max_seconds if max_seconds is None else max_seconds
+        start = time.perf_counter()
+        stats: dict = {}
+        progress = self._progress(max_steps)
+        try:
+            while self.step < max_steps:
+                if max_seconds is not None and time.perf_counter() - start >= max_seconds:
+                    break
+                t0 = time.perf_counter()
+                stats = self.train_step()
+                self.wall_s += time.perf_counter() - t0
+                stats["rays_per_s"] = cfg.batch_rays / max(time.perf_counter() - t0, 1e-9)
+                for every, fn in self.hooks:
+                    if self.step % every == 0:
+                        fn(self)
+                if cfg.log_every and self.step % cfg.log_every == 0:
+                    self.history.append({"step": self.step, **stats})
+                    self._log_scalars("train", stats)
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.eval_indices:
+                    ev = self.evaluate(max_images=cfg.eval_max_images or None)
+                    self._log_scalars("eval", ev)
+                    stats["eval_psnr"] = ev["psnr"]
+                if (
+                    self.out_dir is not None
+                    and cfg.checkpoint_every
+                    and self.step % cfg.checkpoint_every == 0
+                ):
+                    self.save_checkpoint(self.out_dir / "checkpoint.pt")
+                if progress is not None:
+                    progress[0].update(
+                        progress[1],
+                        completed=self.step,
+                        description=f"train  loss {stats['loss']:.4f}  psnr {stats['psnr']:.2f}",
+                    )
+        finally:
+            if progress is not None:
+                progress[0].stop()
+        return stats
+
+    def _progress(self, total: int):
+        if not self.cfg.progress:
+            return None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        p = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            transient=False,
+        )
+        task = p.add_task("train", total=total, completed=self.step)
+        p.start()
+        return p, task
+
+    def _log_scalars(self, prefix: str, values: dict) -> None:
+        if not self.cfg.tensorboard or self.out_dir is None:
+            return
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self.cfg.tensorboard = False
+                return
+            self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self._writer.add_scalar(f"{prefix}/{k}", v, self.step)
+        self._writer.flush()
+
+    # -- rendering / evaluation ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def render_rays(
+        self,
+        origins: Float[Tensor, "R 3"],
+        directions: Float[Tensor, "R 3"],
+        z_per_t: Float[Tensor, " R"] | None = None,
+        image_idx: int = -1,
+    ) -> dict[str, Tensor]:
+        """Render many rays in chunks (no grad); returns rgb, depth, accumulation (+ features)."""
+        self.field.eval()
+        outs: dict[str, list[Tensor]] = {}
+        n = origins.shape[0]
+        for s in range(0, n, self.cfg.chunk_rays):
+            sl = slice(s, min(s + self.cfg.chunk_rays, n))
+            o = origins[sl].to(self.device)
+            idx = torch.full((o.shape[0],), image_idx, dtype=torch.long, device=self.device)
+            r = render_rays(
+                self.field,
+                self.grid,
+                self.cfg.sampler,
+                o,
+                directions[sl].to(self.device),
+                idx,
+                self.background,
+                None,
+                None if z_per_t is None else z_per_t[sl].to(self.device),
+            )
+            for k in ("rgb", "depth", "accumulation", "features"):
+                if k in r:
+                    outs.setdefault(k, []).append(r[k].cpu())
+            outs.setdefault("num_samples", []).append(r["num_samples"].reshape(1))
+        res = {k: torch.cat(v) for k, v in outs.items()}
+        res["num_samples"] = res["num_samples"].sum()
+        return res
+
+    def render_camera(self, cameras: Cameras, index: int, image_idx: int = -1) -> dict[str, Tensor]:
+        """Render camera ``index`` at the trainer's downscale as ``H W C`` images."""
+        ds = self.cfg.downscale
+        h, w = int(cameras.height[index]) // ds, int(cameras.width[index]) // ds
+        o, d, z = cameras.rays(index, downscale=ds)
+        r = self.render_rays(o.float(), d.float(), z.float(), image_idx)
+        out = {"rgb": r["rgb"].view(h, w, 3).clamp(0, 1), "depth": r["depth"].view(h, w)}
+        out["accumulation"] = r["accumulation"].view(h, w)
+        if "features" in r:
+            out["features"] = r["features"].view(h, w, -1)
+        out["num_samples"] = r["num_samples"]
+        return out
+
+    def render_training_view(self, j: int) -> dict[str, Tensor]:
+        """Render training image ``j`` (with its appearance embedding) at dataset resolution."""
+        return self.render_camera(self.scene.cameras, self.train_indices[j], image_idx=j)
+
+    def evaluate(self, max_images: int | None = None, save_dir: Path | None = None) -> dict:
+        """Held-out PSNR / SSIM over whole images, plus ``psnr_masked`` / ``ssim_masked`` over
+        the mask's True pixels when the scene has masks."""
+        from sceneforge.core.image_io import write_image_atomic
+        from sceneforge.core.metrics import psnr, ssim
+
+        idx = self.eval_indices[:max_images] if max_images else self.eval_indices
+        if not idx:
+            raise ValueError("no held-out images to evaluate (holdout_every = 0 or too few images)")
+        ps, ss, pm, sm, samples, rays = [], [], [], [], 0, 0
+        t0 = time.perf_counter()
+        for i in idx:
+            gt = downscale_image(self.scene.load_image(i), self.cfg.downscale)
+            r = self.render_camera(self.scene.cameras, i)
+            pred = r["rgb"]
+            ps.append(psnr(pred, gt))
+            ss.append(ssim(pred, gt))
+            m = self.scene.load_mask(i)
+            if m is not None:
+                m = downscale_mask(m, self.cfg.downscale)
+                if m.any():
+                    pm.append(psnr(pred, gt, m))
+                    sm.append(ssim(pred, gt, m))
+            samples += int(r["num_samples"])
+            rays += pred.shape[0] * pred.shape[1]
+            if save_dir is not None:
+                name = Path(self.scene.image_names[i]).stem
+                write_image_atomic(save_dir / f"{name}_pred.png", pred)
+                write_image_atomic(save_dir / f"{name}_gt.png", gt)
+        res = {
+            "psnr": sum(ps) / len(ps),
+            "ssim": sum(ss) / len(ss),
+            "num_eval_images": len(idx),
+            "steps": self.step,
+            "eval_samples_per_ray": samples / max(rays, 1),
+            "eval_rays_per_s": rays / max(time.perf_counter() - t0, 1e-9),
+        }
+        if pm:
+            res["psnr_masked"] = sum(pm) / len(pm)
+            res["ssim_masked"] = sum(sm) / len(sm)
+        return res
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "wall_s": self.wall_s,
+            "config": config_to_dict(self.cfg),
+            "field": self.field.state_dict(),
+            "grid": self.grid.state_dict(),
+            "background": self.bg_param.detach().clone(),
+            "box": self.box.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
+            "dataset": self.dataset.state_dict(),
+            "train_indices": list(self.train_indices),
+            "eval_indices": list(self.eval_indices),
+            "image_names": list(self.scene.image_names),
+        }
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write the full training state atomically (temp file + ``os.replace``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(self.state_dict(), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    def load_state_dict(self, s: dict, where: str = "checkpoint") -> None:
+        if s.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{where}: unsupported checkpoint format {s.get('format')!r}")
+        if list(s["image_names"]) != list(self.scene.image_names):
+            raise CheckpointError(f"{where}: was trained on a different scene (image names differ)")
+        self.box.aabb.copy_(s["box"]["aabb"])
+        self.box.contract = bool(s["box"]["contract"])
+        self.field.load_state_dict(s["field"])
+        self.grid.load_state_dict(s["grid"])
+        with torch.no_grad():
+            self.bg_param.copy_(s["background"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.generator.set_state(s["rng"]["generator"])
+        torch.set_rng_state(s["rng"]["torch"])
+        self.dataset.load_state_dict(s["dataset"])
+        self.step = int(s["step"])
+        self.wall_s = float(s["wall_s"])
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` (exact resume)."""
+        s = read_checkpoint(path)
+        try:
+            self.load_state_dict(s, str(path))
+        except (KeyError, RuntimeError, ValueError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(f"{path}: checkpoint does not match this trainer ({e})") from e
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, scene: SceneData, out_dir: str | Path | None = None, **overrides
+    ) -> Trainer:
+        """A trainer rebuilt from the config stored in ``path`` and restored to its state."""
+        s = read_checkpoint(path)
+        try:
+            cfg = config_from_dict(TrainerConfig, s["config"])
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: bad config in checkpoint ({e})") from e
+        cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
+        tr = cls(scene, cfg, out_dir)
+        tr.load_state_dict(s, str(path))
+        return tr
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """``torch.load(weights_only=True)`` with a clear error naming a missing or corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        s = torch.load(path, map_location="cpu", weights_only=True)
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        IndexError,
+        KeyError,
+        ValueError,
+        TypeError,
+        AttributeError,
+    ) as e:  # what torch's weights-only unpickler raises on damaged files
+        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({e})") from e
+    if not isinstance(s, dict) or "field" not in s or "step" not in s:
+        raise CheckpointError(f"{path}: not a sceneforge field checkpoint")
+    return s
+
+
+__all__ = [
+    "CheckpointError",
+    "Trainer",
+    "TrainerConfig",
+    "auto_scene_box",
+    "read_checkpoint",
+    "split_indices",
+]
