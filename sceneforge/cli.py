@@ -1,55 +1,59 @@
-"""The ``sceneforge`` command line (tyro subcommands).
+"""The ``sceneforge`` command line.
 
-Importing this module must stay cheap: ``sceneforge --help`` imports no torch. Each
-command is a small dataclass whose ``run`` imports the engine lazily.
+Start-up stays cheap: ``sceneforge --help`` imports neither torch nor the engine. Each
+subcommand is a dataclass in :mod:`sceneforge.commands` (parsed by tyro), imported only
+when that command runs.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
-import tyro
-
-Pos = tyro.conf.Positional
-
-
-@dataclass
-class Info:
-    """Load a scene (COLMAP model, transforms.json or LLFF folder) and print a summary."""
-
-    scene_dir: Pos[Path]
-    """Scene folder."""
-    check_images: bool = False
-    """Open every image header and report unreadable files."""
-
-    def run(self) -> int:
-        from sceneforge.core.io import load_scene, validate_scene
-
-        scene = load_scene(self.scene_dir)
-        if self.check_images:
-            validate_scene(scene)
-        cams = scene.cameras
-        sizes = sorted({(int(w), int(h)) for w, h in zip(cams.width, cams.height)})
-        print(f"scene: {self.scene_dir}")
-        print(f"images: {len(scene)}  camera model: {cams.model}  sizes: {sizes[:5]}")
-        print(f"masks: {'yes' if scene.has_masks else 'no'}")
-        n_pts = 0 if scene.points is None else scene.points.shape[0]
-        print(f"sparse points: {n_pts}")
-        return 0
+#: name -> (attribute in sceneforge.commands, one-line help). The one registry of verbs.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("Info", "Load a scene (COLMAP, transforms.json or LLFF) and print a summary."),
+    "tracks": ("Tracks", "Build point tracks over all images of a folder."),
+    "bundle-adjust": ("BundleAdjust", "Solve a BAL bundle-adjustment problem."),
+    "train": ("Train", "Train a field on a posed scene; evaluate on held-out views."),
+    "render": ("Render", "Render a camera path from a trained run."),
+    "view": ("View", "Open a scene or run folder in the browser viewer (localhost)."),
+}
 
 
-COMMANDS: dict[str, type] = {"info": Info}
+def _help() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [
+        "usage: sceneforge {" + ",".join(COMMANDS) + "} ...",
+        "",
+        "sceneforge: photos in, a complete editable 3D scene out.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "Run `sceneforge COMMAND --help` for a command's options."]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sceneforge`` console script."""
-    cmd = tyro.extras.subcommand_cli_from_dict(
-        COMMANDS,
-        prog="sceneforge",
-        description="sceneforge: photos in, a complete editable 3D scene out.",
-        args=argv,
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_help())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"sceneforge: unknown command {name!r}\n\n{_help()}", file=sys.stderr)
+        return 2
+    import tyro
+
+    commands = importlib.import_module("sceneforge.commands")
+    cls = getattr(commands, COMMANDS[name][0])
+    cmd = tyro.cli(
+        cls,
+        args=rest,
+        prog=f"sceneforge {name}",
+        config=(tyro.conf.PositionalMetavarFromFieldName,),
     )
     return int(cmd.run() or 0)
 

@@ -1,0 +1,178 @@
+"""Subcommands of the ``sceneforge`` CLI: one dataclass each, turned into flags by tyro.
+
+Only the module of the command being run is imported (see :mod:`sceneforge.cli`), so the
+engine's configs can be used here directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from sceneforge.fields.api import RenderConfig, TrainConfig
+from sceneforge.viewer import ViewerConfig
+
+Pos = tyro.conf.Positional
+#: A nested config whose flags are not prefixed (``--max-steps`` rather than ``--config.max-steps``).
+Flat = tyro.conf.arg(name="")
+
+
+@dataclass
+class Info:
+    """Load a scene (COLMAP model, transforms.json or LLFF folder) and print a summary."""
+
+    scene_dir: Pos[Path]
+    """Scene folder."""
+    check_images: bool = False
+    """Open every image header and report unreadable files."""
+
+    def run(self) -> int:
+        from sceneforge.core.io import load_scene, validate_scene
+
+        scene = load_scene(self.scene_dir)
+        if self.check_images:
+            validate_scene(scene)
+        cams = scene.cameras
+        sizes = sorted({(int(w), int(h)) for w, h in zip(cams.width, cams.height)})
+        print(f"scene: {self.scene_dir}")
+        print(f"images: {len(scene)}  camera model: {cams.model}  sizes: {sizes[:5]}")
+        print(f"masks: {'yes' if scene.has_masks else 'no'}")
+        n_pts = 0 if scene.points is None else scene.points.shape[0]
+        print(f"sparse points: {n_pts}")
+        return 0
+
+
+@dataclass
+class BundleAdjust:
+    """Solve a BAL bundle-adjustment problem with sceneforge's PyTorch Levenberg-Marquardt."""
+
+    bal_file: Pos[Path]
+    """Input problem in the BAL text format."""
+    out: Path | None = None
+    """Write the solved problem here (BAL format); never over the input."""
+    loss: Literal["trivial", "huber", "cauchy", "soft_l1"] = "trivial"
+    """Robust loss on each observation's squared residual."""
+    loss_scale: float = 1.0
+    """Scale of the robust loss, in pixels."""
+    max_iterations: int = 100
+    """Maximum number of LM iterations."""
+    threads: int | None = None
+    """CPU threads (default: all cores)."""
+    device: str = "cpu"
+    """torch device (cpu or cuda)."""
+    plot: Path | None = None
+    """Write a PNG of the cost per iteration here."""
+
+    def run(self) -> int:
+        from sceneforge.recon.bal import bal_cost, read_bal, write_bal
+        from sceneforge.recon.bundle_adjustment import BAOptions, bundle_adjust, plot_cost
+
+        if self.out is not None and self.out.resolve() == self.bal_file.resolve():
+            raise SystemExit(f"{self.out}: refusing to overwrite the input problem")
+        problem = read_bal(self.bal_file).to(device=self.device)
+        opts = BAOptions(
+            loss=self.loss,
+            loss_scale=self.loss_scale,
+            max_iterations=self.max_iterations,
+            num_threads=self.threads,
+        )
+        result, summary = bundle_adjust(problem, opts)
+        print(summary)
+        print(f"final cost (BAL formula): {bal_cost(result.detach().to(device='cpu')):.6f}")
+        if self.out is not None:
+            write_bal(result.detach().to(device="cpu"), self.out)
+            print(f"wrote {self.out}")
+        if self.plot is not None:
+            print(f"wrote {plot_cost(summary, self.plot)}")
+        return 0
+
+
+@dataclass
+class Tracks:
+    """Build VGGSfM-style point tracks over all images of a folder (SIFT + NN on CPU)."""
+
+    images_dir: Pos[Path]
+    """Folder of images."""
+    out: Pos[Path]
+    """Output file for the tracks (.npz)."""
+    masks: Path | None = None
+    """Optional folder of masks (nonzero = usable pixel), matched by image name or stem."""
+    features: Literal["auto", "sift", "aliked", "xfeat"] = "auto"
+    """Query-point features (auto: SIFT on CPU, ALIKED on CUDA)."""
+    max_image_size: int = 1024
+    """Images are downscaled to this longest side for feature extraction."""
+
+    def run(self) -> int:
+        from sceneforge.core.image_io import list_images
+        from sceneforge.core.io_common import find_mask
+        from sceneforge.recon.tracking import TracksConfig, build_tracks
+
+        paths = list_images(self.images_dir)
+        masks = None
+        if self.masks is not None:
+            masks = [find_mask(self.masks, p.name) for p in paths]
+        cfg = TracksConfig(verbose=True)
+        cfg.features.method = self.features
+        cfg.features.max_image_size = self.max_image_size
+        tracks = build_tracks(paths, cfg, masks=masks)
+        tracks.save(self.out)
+        print(
+            f"{len(tracks.lengths())} tracks, mean length {tracks.mean_length():.2f}; wrote {self.out}"
+        )
+        return 0
+
+
+@dataclass
+class View:
+    """Open a run or scene folder in the browser viewer (binds to localhost by default)."""
+
+    run_dir: Pos[Path]
+    """A scene folder, a ``sceneforge train`` run or a ``sceneforge complete`` output."""
+    viewer: tyro.conf.OmitArgPrefixes[ViewerConfig] = field(default_factory=ViewerConfig)
+
+    def run(self) -> int:
+        from sceneforge.viewer import view
+
+        return view(self.run_dir, self.viewer)
+
+
+@dataclass
+class Train:
+    """Train a field on a posed scene (COLMAP model, transforms.json or LLFF folder) and
+    evaluate it on held-out views (every 8th image); writes OUT_DIR/eval.json."""
+
+    scene_dir: Pos[Path]
+    """Scene folder."""
+    out_dir: Pos[Path]
+    """Run folder (checkpoints, eval.json, tensorboard logs); resumed when it has a checkpoint."""
+    config: Annotated[TrainConfig, Flat] = field(default_factory=TrainConfig)
+
+    def run(self) -> int:
+        import json
+
+        from sceneforge.fields.api import train
+
+        result = train(self.scene_dir, self.out_dir, self.config)
+        print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
+        return 0
+
+
+@dataclass
+class Render:
+    """Render a camera path (orbit, training or held-out cameras) from a trained run."""
+
+    run_dir: Pos[Path]
+    """Run folder written by ``sceneforge train``."""
+    out_dir: Pos[Path]
+    """Folder for the frames and the video."""
+    config: Annotated[RenderConfig, Flat] = field(default_factory=RenderConfig)
+
+    def run(self) -> int:
+        from sceneforge.fields.api import render
+
+        out = render(self.run_dir, self.out_dir, self.config)
+        print(f"wrote {out}")
+        return 0
