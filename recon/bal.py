@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from sceneforge.recon.bundle_adjustment import BAProblem
 
 

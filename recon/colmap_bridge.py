@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sceneforge.recon.bundle_adjustment import BAProblem
 
 from sceneforge.core.cameras import MODEL_PARAMS, convert_params, most_general_model
 from sceneforge.core.conventions import (
@@ -27,6 +26,7 @@ from sceneforge.core.rotations import (
     matrix_to_quat_wxyz,
     quat_wxyz_to_angle_axis,
 )
+from sceneforge.recon.bundle_adjustment import BAProblem
 
 
 def _pycolmap():

@@ -11,8 +11,9 @@ from typing import Literal
 import numpy as np
 import torch
 from jaxtyping import Float, Int
-from sceneforge.recon.features import Features, resolve_device
 from torch import Tensor
+
+from sceneforge.recon.features import Features, resolve_device
 
 MatcherMethod = Literal["auto", "nn", "lightglue"]
 

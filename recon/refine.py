@@ -16,8 +16,9 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
-from sceneforge.recon.tracks import Tracks
 from torch import Tensor
+
+from sceneforge.recon.tracks import Tracks
 
 #: ``i -> H x W x 3`` float image in [0, 1] (or ``H x W`` gray).
 ImageLoader = Callable[[int], Tensor]

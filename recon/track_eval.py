@@ -14,11 +14,11 @@ import math
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
-from sceneforge.recon.tracks import Tracks
 from torch import Tensor
 
 from sceneforge.core.cameras import Cameras, transform_points, unproject
 from sceneforge.core.rotations import skew
+from sceneforge.recon.tracks import Tracks
 
 
 def _sample(img: Tensor, xy: Tensor, mode: str = "bilinear") -> Tensor:

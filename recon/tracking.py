@@ -20,6 +20,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from torch import Tensor
+
+from sceneforge.core.scene import SceneData
 from sceneforge.recon.features import (
     FeatureExtractor,
     Features,
@@ -30,9 +33,6 @@ from sceneforge.recon.features import (
 from sceneforge.recon.matching import Matcher, MatchingConfig
 from sceneforge.recon.refine import PatchRefiner, RefineConfig, TrackRefiner
 from sceneforge.recon.tracks import Tracks, merge_matches
-from torch import Tensor
-
-from sceneforge.core.scene import SceneData
 
 
 @dataclass

@@ -12,11 +12,11 @@ import itertools
 from dataclasses import dataclass
 
 import torch
-from sceneforge.recon.bundle_adjustment import project_with_jacobians
 from torch import Tensor
 
 from sceneforge.core.cameras import Cameras, unproject
 from sceneforge.core.rotations import matrix_to_angle_axis
+from sceneforge.recon.bundle_adjustment import project_with_jacobians
 
 
 @dataclass

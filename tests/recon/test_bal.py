@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from sceneforge.recon.bal import BALFormatError, bal_cost, read_bal, write_bal
 from sceneforge.recon.bundle_adjustment import evaluate_cost, make_synthetic_problem
 

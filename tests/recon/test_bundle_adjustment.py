@@ -7,6 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+
+from sceneforge.core.cameras import MODEL_PARAMS
 from sceneforge.recon.bundle_adjustment import (
     BAOptions,
     bundle_adjust,
@@ -17,8 +19,6 @@ from sceneforge.recon.bundle_adjustment import (
     project_observations,
     project_with_jacobians,
 )
-
-from sceneforge.core.cameras import MODEL_PARAMS
 
 MODELS = ["BAL", "SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"]
 TIGHT = dict(function_tolerance=1e-15, gradient_tolerance=1e-14, parameter_tolerance=1e-15)

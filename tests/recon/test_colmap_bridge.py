@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from sceneforge.recon.bal import bal_cost, read_bal
 from sceneforge.recon.bundle_adjustment import (
     BAOptions,

@@ -7,6 +7,7 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
+
 from sceneforge.recon.features import FeaturesConfig, select_query_frames
 from sceneforge.recon.matching import (
     LightGlueMatcher,

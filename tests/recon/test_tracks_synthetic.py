@@ -6,6 +6,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+
+from sceneforge.core.synthetic import forward_scene
 from sceneforge.recon.features import FeaturesConfig
 from sceneforge.recon.refine import PatchRefiner, RefineConfig
 from sceneforge.recon.track_eval import (
@@ -20,8 +22,6 @@ from sceneforge.recon.track_eval import (
     track_errors,
 )
 from sceneforge.recon.tracking import TracksConfig, build_tracks
-
-from sceneforge.core.synthetic import forward_scene
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from sceneforge.core.cameras import Cameras
 from sceneforge.recon.bundle_adjustment import make_synthetic_problem
 from sceneforge.recon.triangulation import (
     TriangulationOptions,
@@ -11,8 +13,6 @@ from sceneforge.recon.triangulation import (
     triangulate_dlt,
     triangulate_ransac,
 )
-
-from sceneforge.core.cameras import Cameras
 
 
 def _scene(model="OPENCV", n_cams=6, n_pts=50, seed=0):

@@ -1,0 +1,890 @@
+"""The full structure-from-motion pipeline: tracks in, cameras and points out.
+
+Stages (each with its own typed config):
+1. tracks (:mod:`sceneforge.recon.tracking`) over all images;
+2. two-view geometry on every pair sharing enough tracks, batched
+   (:mod:`sceneforge.recon.two_view`); unknown focal lengths are first estimated from the
+   fundamental matrices;
+3. global initialisation: rotation then translation averaging, all cameras at once
+   (:mod:`sceneforge.recon.global_sfm`);
+4. triangulation (:mod:`sceneforge.recon.triangulation`) → bundle adjustment
+   (:mod:`sceneforge.recon.bundle_adjustment`) → filtering by reprojection error and
+   triangulation angle → re-triangulation, iterated; images the global step left out are
+   registered by PnP in between.
+
+:func:`reconstruct` runs everything on an image folder and writes a COLMAP model,
+``transforms.json``, a PNG of cameras and points and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from sceneforge.core.cameras import (
+    MODEL_PARAMS,
+    Cameras,
+    convert_params,
+    make_rigid,
+    project,
+    transform_points,
+    unproject,
+)
+from sceneforge.core.rotations import angle_axis_to_matrix, matrix_to_angle_axis
+from sceneforge.recon.global_sfm import (
+    PnPConfig,
+    RotationAveragingConfig,
+    TranslationAveragingConfig,
+    pnp_ransac,
+    rotation_averaging,
+    translation_averaging,
+)
+from sceneforge.recon.tracks import Tracks
+from sceneforge.recon.two_view import TwoViewConfig, estimate_shared_focal, estimate_two_view
+
+
+class SfMError(ValueError):
+    """Reconstruction impossible with this input; the message says why."""
+
+
+@dataclass
+class CameraConfig:
+    """Intrinsics: model, sharing, and what is known."""
+
+    model: str = "SIMPLE_RADIAL"
+    """COLMAP camera model to estimate (SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV)."""
+    shared: bool = True
+    """One camera for all images (else one per image)."""
+    focal: float | None = None
+    """Known focal length in pixels (of the full-size image); None estimates it."""
+    params: tuple[float, ...] | None = None
+    """Known full parameter vector in the model's order (overrides ``focal``)."""
+    focal_range: tuple[float, float] = (0.4, 4.0)
+    """Search range of an unknown focal length, in units of the largest image side."""
+    focal_prior: float = 1.2
+    """Focal length (in units of the largest side) used when it is not observable."""
+    fix_intrinsics: bool = False
+    """Keep known intrinsics fixed in bundle adjustment (else they only initialise it)."""
+
+
+@dataclass
+class PairsConfig:
+    """Which image pairs get a two-view geometry."""
+
+    min_shared_tracks: int = 30
+    """Pairs sharing fewer tracks are skipped."""
+    max_correspondences: int = 2000
+    """At most this many (random) shared tracks per pair go into RANSAC."""
+    max_pairs_per_image: int = 30
+    """Keep at most this many best-connected pairs per image (0 = all)."""
+
+
+@dataclass
+class RefinementConfig:
+    """Triangulate → bundle adjust → filter → re-triangulate loop."""
+
+    rounds: int = 3
+    """Iterations of the loop."""
+    robust_triangulation: bool = False
+    """First round: RANSAC triangulation over view pairs (slower; for noisy global poses)."""
+    max_reproj_px: float = 4.0
+    """Observations with a larger reprojection error are dropped."""
+    min_tri_angle_deg: float = 1.5
+    """Points whose largest triangulation angle is smaller are dropped."""
+    ba_iterations: int = 30
+    """Levenberg-Marquardt iterations per bundle adjustment."""
+    ba_loss: Literal["trivial", "huber", "cauchy", "soft_l1"] = "cauchy"
+    """Robust loss of the bundle adjustment."""
+    ba_loss_scale_px: float = 2.0
+    """Scale of the robust loss in pixels."""
+    refine_principal_point: bool = False
+    """Also refine cx, cy (poorly constrained; COLMAP keeps them fixed by default)."""
+    max_points_ba: int = 20000
+    """Bundle-adjust at most this many points (the longest tracks)."""
+
+
+@dataclass
+class SfMConfig:
+    """Everything :func:`reconstruct_from_tracks` does, one sub-config per stage."""
+
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    """Intrinsics model, sharing and priors."""
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    """Pair selection."""
+    two_view: TwoViewConfig = field(default_factory=TwoViewConfig)
+    """Robust two-view geometry."""
+    rotation: RotationAveragingConfig = field(default_factory=RotationAveragingConfig)
+    """Rotation averaging."""
+    translation: TranslationAveragingConfig = field(default_factory=TranslationAveragingConfig)
+    """Translation averaging."""
+    pnp: PnPConfig = field(default_factory=PnPConfig)
+    """PnP fallback registration."""
+    refinement: RefinementConfig = field(default_factory=RefinementConfig)
+    """Triangulation / BA / filtering loop."""
+    min_track_length: int = 2
+    """Tracks seen in fewer images are ignored."""
+    num_threads: int | None = 1
+    """torch intra-op threads for the whole reconstruction (None: leave torch's setting). The
+    pipeline runs many mid-sized element-wise ops; on a busy 2-core machine one thread
+    measured several times faster than two."""
+
+
+@dataclass
+class Reconstruction:
+    """Result of the pipeline.
+
+    Attributes:
+        cameras: all N images (unregistered ones keep an identity pose).
+        registered: ``N`` which images have a pose.
+        registered_by: per image ``"global"``, ``"pnp"`` or ``None``.
+        points: ``M 3`` world points.
+        track_ids: ``M`` index of each point's track.
+        obs_image, obs_point, obs_xy: observations of the points (for the COLMAP model).
+        timings: seconds per stage.
+        stats: counters (pairs, edges, ...).
+    """
+
+    cameras: Cameras
+    registered: Bool[Tensor, " N"]
+    registered_by: list[str | None]
+    points: Float[Tensor, "M 3"]
+    track_ids: Int[Tensor, " M"]
+    obs_image: Int[Tensor, " O"]
+    obs_point: Int[Tensor, " O"]
+    obs_xy: Float[Tensor, "O 2"]
+    timings: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def reprojection_errors(self) -> Tensor:
+        """Pixel error of every observation."""
+        T = self.cameras.cam_from_world[self.obs_image]
+        pc = transform_points(T, self.points[self.obs_point])
+        uv, _ = project(pc, self.cameras.model, self.cameras.params[self.obs_image])
+        return (uv - self.obs_xy).norm(dim=-1)
+
+    def mean_track_length(self) -> float:
+        if self.points.shape[0] == 0:
+            return 0.0
+        return self.obs_image.numel() / self.points.shape[0]
+
+
+# ----------------------------------------------------------------------------- intrinsics
+
+
+def initial_intrinsics(
+    sizes_hw: Int[Tensor, "N 2"], cfg: CameraConfig, focal: float | Tensor | None
+) -> Float[Tensor, "N P"]:
+    """Parameters in ``cfg.model``: the known ones, else ``focal`` with the principal point at
+    the image centre and zero distortion."""
+    n = sizes_hw.shape[0]
+    if cfg.model not in MODEL_PARAMS or cfg.model == "BAL":
+        raise SfMError(f"unsupported camera model {cfg.model!r}")
+    if cfg.params is not None:
+        p = torch.tensor(cfg.params, dtype=torch.float64)
+        if p.numel() != len(MODEL_PARAMS[cfg.model]):
+            raise SfMError(
+                f"camera params {cfg.params} do not fit {cfg.model} {MODEL_PARAMS[cfg.model]}"
+            )
+        return p.expand(n, -1).clone()
+    f = torch.as_tensor(focal, dtype=torch.float64).expand(n)
+    h, w = sizes_hw[:, 0].double(), sizes_hw[:, 1].double()
+    pin = torch.stack([f, w / 2, h / 2], -1)
+    return convert_params("SIMPLE_PINHOLE", pin, cfg.model)
+
+
+def _focals(model: str, params: Tensor) -> Tensor:
+    from sceneforge.core.cameras import split_params
+
+    fx, fy, *_ = split_params(model, params)
+    return 0.5 * (fx + fy)
+
+
+# ----------------------------------------------------------------------------- pairs
+
+
+def select_pairs(
+    visible: Bool[Tensor, "T N"], cfg: PairsConfig
+) -> tuple[Int[Tensor, "P 2"], Int[Tensor, " P"]]:
+    """Pairs ``(i < j)`` sharing at least ``min_shared_tracks`` tracks, best per image kept."""
+    v = visible.double()
+    co = (v.T @ v).long()
+    n = co.shape[0]
+    iu = torch.triu_indices(n, n, 1)
+    cnt = co[iu[0], iu[1]]
+    ok = cnt >= cfg.min_shared_tracks
+    pairs, cnt = iu.T[ok], cnt[ok]
+    if cfg.max_pairs_per_image > 0 and pairs.shape[0]:
+        keep = torch.zeros(pairs.shape[0], dtype=torch.bool)
+        for i in range(n):
+            inc = ((pairs[:, 0] == i) | (pairs[:, 1] == i)).nonzero()[:, 0]
+            top = inc[cnt[inc].argsort(descending=True)[: cfg.max_pairs_per_image]]
+            keep[top] = True
+        pairs, cnt = pairs[keep], cnt[keep]
+    return pairs, cnt
+
+
+def pair_correspondences(
+    data: Float[Tensor, "T N 2"],
+    visible: Bool[Tensor, "T N"],
+    pairs: Int[Tensor, "P 2"],
+    cap: int,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Padded ``(P, M, 2)`` batches of the shared tracks of every pair (at most ``cap``)."""
+    gen = torch.Generator().manual_seed(seed)
+    both = visible[:, pairs[:, 0]] & visible[:, pairs[:, 1]]  # (T, P)
+    key = torch.rand(both.shape, generator=gen) + (~both).float() * 2.0
+    m = min(cap, int(both.sum(0).max()) if both.numel() else 0)
+    order = key.argsort(0)[:m]  # (m, P) track indices, shared first in random order
+    valid = torch.gather(both, 0, order).T  # (P, m)
+    x1 = data[order, pairs[None, :, 0]].transpose(0, 1)
+    x2 = data[order, pairs[None, :, 1]].transpose(0, 1)
+    return x1, x2, valid
+
+
+# ----------------------------------------------------------------------------- main loop
+
+
+def _ba(
+    model: str,
+    cam_from_world: Tensor,
+    intr: Tensor,
+    points: Tensor,
+    obs_cam: Tensor,
+    obs_pt: Tensor,
+    obs_xy: Tensor,
+    intr_mode: str,
+    cfg: RefinementConfig,
+    fix_points: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One bundle adjustment on the registered cameras; returns poses, intrinsics, points."""
+    from sceneforge.recon.bundle_adjustment import BAOptions, BAProblem, bundle_adjust
+
+    shared = intr_mode == "shared"
+    prob = BAProblem(
+        model=model,
+        rotation=matrix_to_angle_axis(cam_from_world[:, :, :3]),
+        translation=cam_from_world[:, :, 3].clone(),
+        intrinsics=intr[:1].clone() if shared else intr.clone(),
+        points=points.clone(),
+        cam_idx=obs_cam,
+        point_idx=obs_pt,
+        observations=obs_xy,
+    )
+    opts = BAOptions(
+        max_iterations=cfg.ba_iterations,
+        loss=cfg.ba_loss,
+        loss_scale=cfg.ba_loss_scale_px,
+        intrinsics="fixed" if intr_mode == "fixed" else intr_mode,
+        fix_points=fix_points,
+        constant_intrinsics=() if cfg.refine_principal_point else ("cx", "cy"),
+    )
+    res, _ = bundle_adjust(prob, opts)
+    T = make_rigid(angle_axis_to_matrix(res.rotation), res.translation)
+    intr_out = (
+        res.intrinsics.expand(cam_from_world.shape[0], -1).clone() if shared else res.intrinsics
+    )
+    return T, intr_out, res.points
+
+
+def reconstruct_from_tracks(
+    tracks: Tracks,
+    config: SfMConfig | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Reconstruction:
+    """Cameras and points from :class:`Tracks` (see the module docstring for the stages)."""
+    cfg = config or SfMConfig()
+    old = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        return _reconstruct_from_tracks(tracks, cfg, log)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _reconstruct_from_tracks(
+    tracks: Tracks, cfg: SfMConfig, log: Callable[[str], None] | None
+) -> Reconstruction:
+    from sceneforge.recon.triangulation import TriangulationOptions, triangulate, triangulate_ransac
+
+    log = log or (lambda _m: None)
+    timings: dict[str, float] = {}
+    stats: dict[str, float] = {}
+    n = tracks.num_frames
+    if n < 2:
+        raise SfMError(f"need at least 2 images, got {n}")
+    tr = tracks.filter(cfg.min_track_length)
+    if tr.num_tracks == 0:
+        raise SfMError("no track is seen in two images: the images do not overlap")
+    xy = tr.xy.double()
+    vis = tr.visible.clone()
+    sizes = tr.image_sizes
+
+    # ---- intrinsics initialisation
+    t0 = time.perf_counter()
+    pairs, shared_cnt = select_pairs(vis, cfg.pairs)
+    if pairs.shape[0] == 0:
+        raise SfMError(
+            f"no image pair shares {cfg.pairs.min_shared_tracks} tracks: the images do not overlap"
+        )
+    p1, p2, pvalid = pair_correspondences(xy, vis, pairs, cfg.pairs.max_correspondences)
+    known = cfg.camera.params is not None or cfg.camera.focal is not None
+    focal0 = cfg.camera.focal
+    if not known:
+        fgeo = estimate_two_view(p1, p2, pvalid, None, cfg.two_view)
+        ok = fgeo.success
+        if int(ok.sum()) == 0:
+            raise SfMError("no image pair has a valid fundamental matrix")
+        pp = torch.stack([sizes[:, 1].double().mean() / 2, sizes[:, 0].double().mean() / 2])
+        size = float(sizes.max())
+        lo, hi = cfg.camera.focal_range
+        focal0 = estimate_shared_focal(
+            fgeo.matrix[ok], pp, fgeo.num_inliers[ok].double(), (lo * size, hi * size)
+        )
+        prior = cfg.camera.focal_prior * size
+        if focal0 < 1.05 * lo * size or focal0 > 0.95 * hi * size:
+            # At the edge of the range: the focal length is not observable from these pairs
+            # (e.g. cameras fixating one point, a known degeneracy); use the prior.
+            log(
+                f"focal length not observable from the pairs ({focal0:.1f} px); using {prior:.1f} px"
+            )
+            focal0 = prior
+        else:
+            log(
+                f"focal length estimated from {int(ok.sum())} fundamental matrices: {focal0:.1f} px"
+            )
+    intr = initial_intrinsics(sizes, cfg.camera, focal0)
+    model = cfg.camera.model
+    stats["initial_focal_px"] = float(_focals(model, intr).mean())
+    timings["intrinsics_s"] = time.perf_counter() - t0
+
+    # ---- two-view geometry
+    t0 = time.perf_counter()
+    frame_idx = torch.arange(n).expand_as(vis)
+    rays = unproject(xy, model, intr[frame_idx])[..., :2]  # calibrated coordinates (T, N, 2)
+    r1, r2, _ = pair_correspondences(rays, vis, pairs, cfg.pairs.max_correspondences)
+    fpair = 0.5 * (_focals(model, intr)[pairs[:, 0]] + _focals(model, intr)[pairs[:, 1]])
+    geo = estimate_two_view(r1, r2, pvalid, fpair, cfg.two_view)
+    stats["pairs"] = int(pairs.shape[0])
+    stats["pairs_verified"] = int(geo.success.sum())
+    timings["two_view_s"] = time.perf_counter() - t0
+    log(f"two-view: {int(geo.success.sum())}/{pairs.shape[0]} pairs verified")
+
+    # ---- global rotations and positions
+    t0 = time.perf_counter()
+    ok = geo.success
+    edges, R_rel, t_rel = pairs[ok], geo.R[ok], geo.t[ok]
+    w_e = geo.num_inliers[ok].double()
+    R_abs, solved, inl_e = rotation_averaging(n, edges, R_rel, w_e, cfg.rotation)
+    tw = (
+        w_e
+        * inl_e.double()
+        * (geo.median_angle_deg[ok] >= cfg.translation.min_pair_angle_deg).double()
+    )
+    tw = tw / tw.max().clamp(min=1.0) if tw.numel() else tw
+    # Camera-point bearings of the longest tracks.
+    lengths = vis[:, solved].sum(1)
+    cand = (lengths >= 2).nonzero()[:, 0]
+    cand = cand[lengths[cand].argsort(descending=True)[: cfg.translation.max_points]]
+    sub_vis = vis[cand] & solved[None]
+    ti, fi = sub_vis.nonzero(as_tuple=True)
+    ray3 = torch.cat([rays[cand[ti], fi], torch.ones(ti.numel(), 1, dtype=rays.dtype)], -1)
+    centers, _ = translation_averaging(
+        R_abs, solved, edges, t_rel, tw, (fi, ti, ray3), cfg.translation
+    )
+    t_abs = -(R_abs @ centers[..., None])[..., 0]
+    cam_from_world = make_rigid(R_abs, t_abs)
+    registered = solved.clone()
+    registered_by: list[str | None] = ["global" if bool(s) else None for s in solved]
+    stats["edges"] = int(edges.shape[0])
+    stats["edges_rotation_inliers"] = int(inl_e.sum())
+    timings["global_init_s"] = time.perf_counter() - t0
+    log(f"global init: {int(solved.sum())}/{n} images registered")
+
+    # ---- triangulate / BA / filter loop
+    t0 = time.perf_counter()
+    rcfg = cfg.refinement
+    fixed = cfg.camera.fix_intrinsics and known
+    same_size = bool((sizes == sizes[:1]).all())
+    if cfg.camera.shared and not same_size and not fixed:
+        log("images have different sizes: one camera per image instead of a shared one")
+    shared = cfg.camera.shared and same_size
+    intr_mode = "fixed" if fixed else ("shared" if shared else "per_camera")
+    tri_opts = TriangulationOptions(
+        min_angle_deg=rcfg.min_tri_angle_deg, max_reproj_error=rcfg.max_reproj_px
+    )
+    points = torch.zeros(0, 3, dtype=torch.float64)
+    track_ids = torch.zeros(0, dtype=torch.long)
+    use = torch.zeros(0, n, dtype=torch.bool)
+    for rnd in range(max(1, rcfg.rounds)):
+        reg_ids = registered.nonzero()[:, 0]
+        cams = Cameras(
+            model, intr[reg_ids], sizes[reg_ids, 1], sizes[reg_ids, 0], cam_from_world[reg_ids]
+        )
+        m = vis[:, reg_ids]
+        tid = (m.sum(1) >= 2).nonzero()[:, 0]
+        # Looser thresholds in the first round: the global poses are only approximate.
+        scale = 4.0 if rnd == 0 else 1.0
+        opts = TriangulationOptions(
+            min_angle_deg=tri_opts.min_angle_deg / (2.0 if rnd == 0 else 1.0),
+            max_reproj_error=tri_opts.max_reproj_error * scale,
+        )
+        tq = time.perf_counter()
+        tri_fn = triangulate_ransac if (rnd == 0 and rcfg.robust_triangulation) else triangulate
+        tri = tri_fn(cams, xy[tid][:, reg_ids], m[tid], opts)
+        timings["triangulation_s"] = timings.get("triangulation_s", 0.0) + time.perf_counter() - tq
+        good = tri.valid
+        tid = tid[good]
+        use_r = tri.inliers[good] & m[tid]
+        points = tri.points[good]
+        if tid.numel() > rcfg.max_points_ba:
+            keep = use_r.sum(1).argsort(descending=True)[: rcfg.max_points_ba]
+            tid, use_r, points = tid[keep], use_r[keep], points[keep]
+        pi, vi = use_r.nonzero(as_tuple=True)
+        if pi.numel() == 0:
+            raise SfMError("triangulation produced no point: the poses are degenerate")
+        obs_xy = xy[tid[pi], reg_ids[vi]]
+        tq = time.perf_counter()
+        T_reg, intr_reg, points = _ba(
+            model,
+            cam_from_world[reg_ids],
+            intr[reg_ids],
+            points,
+            vi,
+            pi,
+            obs_xy,
+            intr_mode,
+            rcfg,
+        )
+        timings["bundle_adjustment_s"] = (
+            timings.get("bundle_adjustment_s", 0.0) + time.perf_counter() - tq
+        )
+        cam_from_world[reg_ids] = T_reg
+        intr[reg_ids] = intr_reg
+        if intr_mode == "shared":
+            intr[:] = intr_reg[0]
+        # Filter observations by reprojection error (points then re-triangulated next round).
+        uv, depth = project(transform_points(T_reg[vi], points[pi]), model, intr_reg[vi])
+        err = (uv - obs_xy).norm(dim=-1)
+        good_obs = (err < rcfg.max_reproj_px * (2.0 if rnd == 0 else 1.0)) & (depth > 0)
+        use = torch.zeros(tid.numel(), n, dtype=torch.bool)
+        use[pi[good_obs], reg_ids[vi[good_obs]]] = True
+        track_ids = tid
+        log(
+            f"round {rnd + 1}: {tid.numel()} points, mean error {float(err.mean()):.2f} px, "
+            f"{int((~good_obs).sum())} observations filtered"
+        )
+        # PnP fallback for images the global step left out.
+        if rnd < rcfg.rounds - 1 and not bool(registered.all()):
+            newly = _register_pnp(xy, vis, track_ids, points, use, registered, model, intr, cfg.pnp)
+            for i, T in newly.items():
+                cam_from_world[i] = T
+                registered[i] = True
+                registered_by[i] = "pnp"
+            if newly:
+                log(f"PnP registered {len(newly)} more image(s)")
+    timings["refinement_s"] = time.perf_counter() - t0
+
+    # Final filter: reprojection error and triangulation angle.
+    keep_pts = _final_filter(xy, use, track_ids, points, cam_from_world, intr, model, rcfg)
+    points, track_ids = points[keep_pts], track_ids[keep_pts]
+    use = use[keep_pts]
+    pi, ii = use.nonzero(as_tuple=True)
+    cameras = Cameras(model, intr, sizes[:, 1], sizes[:, 0], cam_from_world)
+    rec = Reconstruction(
+        cameras=cameras,
+        registered=registered,
+        registered_by=registered_by,
+        points=points,
+        track_ids=track_ids,
+        obs_image=ii,
+        obs_point=pi,
+        obs_xy=xy[track_ids[pi], ii],
+        timings=timings,
+        stats=stats,
+    )
+    return rec
+
+
+def _register_pnp(
+    xy: Tensor,
+    vis: Tensor,
+    track_ids: Tensor,
+    points: Tensor,
+    use: Tensor,
+    registered: Tensor,
+    model: str,
+    intr: Tensor,
+    cfg: PnPConfig,
+) -> dict[int, Tensor]:
+    """PnP for every unregistered image with enough 2D-3D correspondences."""
+    out: dict[int, Tensor] = {}
+    has_pt = use.any(1)
+    for i in (~registered).nonzero()[:, 0].tolist():
+        sel = has_pt & vis[track_ids, i]
+        if int(sel.sum()) < max(cfg.min_inliers, 6):
+            continue
+        rays = unproject(xy[track_ids[sel], i], model, intr[i].expand(int(sel.sum()), -1))[..., :2]
+        T, inl = pnp_ransac(points[sel], rays, float(_focals(model, intr[i : i + 1])[0]), cfg)
+        if int(inl.sum()) >= cfg.min_inliers and bool(torch.isfinite(T).all()):
+            out[i] = T
+    return out
+
+
+def _final_filter(
+    xy: Tensor,
+    use: Tensor,
+    track_ids: Tensor,
+    points: Tensor,
+    cam_from_world: Tensor,
+    intr: Tensor,
+    model: str,
+    cfg: RefinementConfig,
+) -> Tensor:
+    """Drop observations above the error threshold and points with < 2 observations or a
+    too small triangulation angle (in place on ``use``); returns the kept points."""
+    pi, ii = use.nonzero(as_tuple=True)
+    uv, depth = project(transform_points(cam_from_world[ii], points[pi]), model, intr[ii])
+    err = (uv - xy[track_ids[pi], ii]).norm(dim=-1)
+    bad = (err >= cfg.max_reproj_px) | (depth <= 0)
+    use[pi[bad], ii[bad]] = False
+    centers = -(cam_from_world[:, :, :3].transpose(-1, -2) @ cam_from_world[:, :, 3:])[..., 0]
+    pi, ii = use.nonzero(as_tuple=True)
+    d = torch.nn.functional.normalize(centers[ii] - points[pi], dim=-1)
+    # Largest angle per point: angle between each ray and the point's mean ray, doubled bound.
+    mean = torch.zeros_like(points).index_add_(0, pi, d)
+    mean = torch.nn.functional.normalize(mean, dim=-1)
+    ang = torch.rad2deg(torch.acos((d * mean[pi]).sum(-1).clamp(-1, 1)))
+    max_ang = torch.zeros(points.shape[0], dtype=points.dtype).scatter_reduce_(
+        0, pi, ang, "amax", include_self=True
+    )
+    keep = (use.sum(1) >= 2) & (2.0 * max_ang >= cfg.min_tri_angle_deg)
+    return keep
+
+
+def tracks_from_observations(
+    image_idx: Int[Tensor, " O"],
+    point_idx: Int[Tensor, " O"],
+    xy: Float[Tensor, "O 2"],
+    image_sizes: Int[Tensor, "N 2"],
+) -> Tracks:
+    """:class:`Tracks` from flat observations (e.g. a synthetic scene's exact ones)."""
+    n = image_sizes.shape[0]
+    uniq, pt = torch.unique(point_idx, return_inverse=True)
+    t = uniq.numel()
+    txy = torch.zeros(t, n, 2, dtype=xy.dtype)
+    visible = torch.zeros(t, n, dtype=torch.bool)
+    txy[pt, image_idx] = xy
+    visible[pt, image_idx] = True
+    kp = torch.full((t, n), -1, dtype=torch.long)
+    kp[pt, image_idx] = torch.arange(point_idx.numel())
+    ref = visible.float().argmax(1)
+    return Tracks(txy, visible, visible.to(xy.dtype), ref, kp, image_sizes.clone())
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+@dataclass
+class ReconstructConfig:
+    """``sceneforge reconstruct``: image folder in, COLMAP model + transforms.json out."""
+
+    sfm: SfMConfig = field(default_factory=SfMConfig)
+    """Camera initialisation, triangulation and bundle adjustment."""
+    features: Literal["auto", "sift", "aliked", "xfeat"] = "auto"
+    """Query-point features (auto: SIFT on CPU, ALIKED on CUDA)."""
+    max_image_size: int = 1600
+    """Images are downscaled to this longest side for feature extraction."""
+    num_query_frames: int = 8
+    """Query frames of the tracker (0 = every frame)."""
+    masks_dir: Path | None = None
+    """Folder of masks (``<image name>.png`` or same stem; True/255 = usable pixel)."""
+    max_images: int = 0
+    """Use only the first N images (sorted by name); 0 = all."""
+    write_png: bool = True
+    """Write ``reconstruction.png`` (cameras and points)."""
+    overwrite: bool = False
+    """Replace a non-empty output folder."""
+    progress: bool = True
+    """Show a progress display per stage."""
+
+
+def _load_inputs(images_dir: Path, cfg: ReconstructConfig, log) -> tuple[list, list, list, list]:
+    """Readable images (paths, names, arrays) and masks; unreadable files are listed."""
+    from sceneforge.core.image_io import ImageReadError, list_images, read_image, read_mask
+    from sceneforge.core.io_common import find_mask
+
+    try:
+        files = list_images(images_dir)
+    except ImageReadError as e:
+        raise SfMError(str(e)) from e
+    if cfg.max_images > 0:
+        files = files[: cfg.max_images]
+    if len(files) < 2:
+        raise SfMError(f"{images_dir}: need at least 2 images, found {len(files)}")
+    paths, images, masks, unreadable = [], [], [], []
+    for p in files:
+        try:
+            img = read_image(p)
+        except (ImageReadError, OSError, ValueError) as e:
+            unreadable.append(f"{p.name}: {e}")
+            log(f"[yellow]skipping unreadable image {p}: {e}")
+            continue
+        mask = None
+        if cfg.masks_dir is not None:
+            mp = find_mask(Path(cfg.masks_dir), p.name)
+            if mp is not None:
+                try:
+                    mask = read_mask(mp)
+                except (ImageReadError, OSError, ValueError) as e:
+                    raise SfMError(f"{mp}: unreadable mask ({e})") from e
+                if tuple(mask.shape) != tuple(img.shape[:2]):
+                    raise SfMError(
+                        f"{mp}: mask is {tuple(mask.shape)} but the image is {tuple(img.shape[:2])}"
+                    )
+        paths.append(p)
+        images.append(img)
+        masks.append(mask)
+    if len(paths) < 2:
+        raise SfMError(
+            f"{images_dir}: fewer than 2 readable images ({len(unreadable)} unreadable: "
+            f"{'; '.join(unreadable[:5])})"
+        )
+    return paths, images, masks, unreadable
+
+
+def _point_colors(images: list[Tensor], rec: Reconstruction) -> Tensor:
+    """uint8 colour of every point from its first observation."""
+    cols = torch.zeros(rec.points.shape[0], 3, dtype=torch.uint8)
+    if rec.points.shape[0] == 0:
+        return cols
+    first = torch.full((rec.points.shape[0],), -1, dtype=torch.long)
+    order = torch.arange(rec.obs_point.numel() - 1, -1, -1)
+    first[rec.obs_point[order]] = order
+    for i in rec.obs_image[first].unique().tolist():
+        sel = (rec.obs_image[first] == i).nonzero()[:, 0]
+        img = images[i]
+        h, w = img.shape[:2]
+        uv = rec.obs_xy[first[sel]]
+        u = uv[:, 0].long().clamp(0, w - 1)
+        v = uv[:, 1].long().clamp(0, h - 1)
+        cols[sel] = (img[v, u].clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    return cols
+
+
+def write_reconstruction(
+    rec: Reconstruction,
+    image_paths: list[Path],
+    out_dir: Path,
+    colors: Tensor | None = None,
+    write_png: bool = True,
+) -> None:
+    """COLMAP model (``sparse/0``), ``transforms.json`` and ``reconstruction.png`` of the
+    registered images into ``out_dir`` (which must exist)."""
+    import os
+
+    from sceneforge.core.io_colmap import write_colmap
+    from sceneforge.core.io_common import atomic_write_bytes
+    from sceneforge.core.io_nerfstudio import transforms_dict
+    from sceneforge.core.scene import Observations, SceneData
+
+    reg = rec.registered.nonzero()[:, 0]
+    remap = torch.full((rec.registered.numel(),), -1, dtype=torch.long)
+    remap[reg] = torch.arange(reg.numel())
+    keep = remap[rec.obs_image] >= 0
+    scene = SceneData(
+        cameras=rec.cameras[reg.tolist()],
+        image_names=[image_paths[i].name for i in reg.tolist()],
+        image_paths=[image_paths[i] for i in reg.tolist()],
+        points=rec.points,
+        point_colors=colors,
+        observations=Observations(
+            remap[rec.obs_image[keep]], rec.obs_point[keep], rec.obs_xy[keep]
+        ),
+    )
+    # Built in a temporary folder, then renamed: a crash never leaves a half-written model.
+    import shutil
+    import tempfile
+
+    (out_dir / "sparse").mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir / "sparse", prefix=".0.tmp-"))
+    try:
+        write_colmap(scene, tmp)
+        if (out_dir / "sparse" / "0").exists():
+            shutil.rmtree(out_dir / "sparse" / "0")
+        os.replace(tmp, out_dir / "sparse" / "0")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rel = [os.path.relpath(image_paths[i], out_dir) for i in reg.tolist()]
+    tj = transforms_dict(scene, rel)
+    atomic_write_bytes(out_dir / "transforms.json", json.dumps(tj, indent=2).encode())
+    if write_png:
+        plot_reconstruction(rec, out_dir / "reconstruction.png", colors)
+
+
+def plot_reconstruction(rec: Reconstruction, path: Path, colors: Tensor | None = None) -> None:
+    """Top and side views of the camera centres (with viewing directions) and the points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sceneforge.core.io_common import atomic_write_bytes
+
+    reg = rec.registered
+    wfc = rec.cameras.world_from_cam[reg]
+    c = wfc[:, :, 3].numpy()
+    fwd = wfc[:, :, 2].numpy()
+    pts = rec.points.numpy()
+    if pts.shape[0]:
+        lo, hi = torch.quantile(rec.points, 0.02, 0), torch.quantile(rec.points, 0.98, 0)
+        inside = ((rec.points >= lo) & (rec.points <= hi)).all(1).numpy()
+    else:
+        inside = None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6))
+    scale = float(max(1e-9, abs(c - c.mean(0)).max())) * 0.15 if c.shape[0] else 1.0
+    for ax, (a, b, name) in zip(axes, [(0, 2, "top (x-z)"), (0, 1, "front (x-y)")]):
+        if pts.shape[0]:
+            col = None if colors is None else (colors[torch.from_numpy(inside)].numpy() / 255.0)
+            ax.scatter(pts[inside, a], pts[inside, b], s=0.5, c=col if col is not None else "gray")
+        ax.scatter(c[:, a], c[:, b], s=12, c="red")
+        ax.quiver(
+            c[:, a],
+            c[:, b],
+            fwd[:, a] * scale,
+            fwd[:, b] * scale,
+            color="red",
+            angles="xy",
+            scale_units="xy",
+            scale=1,
+            width=0.003,
+        )
+        ax.set_title(name)
+        ax.set_aspect("equal", adjustable="datalim")
+        if b == 1:
+            ax.invert_yaxis()
+    fig.suptitle(f"{int(reg.sum())} cameras, {pts.shape[0]} points")
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def reconstruct(
+    images_dir: str | Path, out_dir: str | Path, config: ReconstructConfig | None = None
+) -> dict:
+    """Images in, COLMAP model + ``transforms.json`` + PNG + ``summary.json`` out.
+
+    Returns the summary: registered images (and by which step), unregistered and unreadable
+    images, points, mean track length, mean reprojection error and time per stage.
+    """
+    from rich.console import Console
+
+    from sceneforge.core.io_common import atomic_write_bytes
+    from sceneforge.recon.features import FeaturesConfig
+    from sceneforge.recon.matching import MatchingConfig
+    from sceneforge.recon.tracking import TracksConfig, build_tracks
+
+    cfg = config or ReconstructConfig()
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    console = Console(stderr=True, quiet=not cfg.progress)
+    log = console.log
+    if not images_dir.is_dir():
+        raise SfMError(f"{images_dir}: images folder does not exist or is not a folder")
+    if out_dir.exists() and any(out_dir.iterdir()) and not cfg.overwrite:
+        raise SfMError(f"{out_dir}: output folder exists and is not empty (use overwrite)")
+    if out_dir.resolve() == images_dir.resolve():
+        raise SfMError(f"{out_dir}: the output folder must not be the images folder")
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    with console.status("[bold]loading images") as status:
+        t0 = time.perf_counter()
+        paths, images, masks, unreadable = _load_inputs(images_dir, cfg, log)
+        timings["load_s"] = time.perf_counter() - t0
+        log(f"{len(paths)} images loaded from {images_dir}")
+
+        status.update("[bold]tracking")
+        t0 = time.perf_counter()
+        tcfg = TracksConfig(
+            features=FeaturesConfig(method=cfg.features, max_image_size=cfg.max_image_size),
+            matching=MatchingConfig(method="auto"),
+            num_query_frames=cfg.num_query_frames,
+        )
+        tracks = build_tracks(
+            images, tcfg, masks=masks if any(m is not None for m in masks) else None, log=log
+        )
+        timings["tracks_s"] = time.perf_counter() - t0
+        log(f"tracks: {tracks.num_tracks}, mean length {tracks.mean_length():.2f}")
+
+        status.update("[bold]structure from motion")
+
+        def sfm_log(msg: str) -> None:
+            status.update(f"[bold]sfm: {msg}")
+            log(msg)
+
+        rec = reconstruct_from_tracks(tracks, cfg.sfm, sfm_log)
+        for k, v in rec.timings.items():
+            timings[k] = v
+
+        status.update("[bold]writing outputs")
+        t0 = time.perf_counter()
+        colors = _point_colors(images, rec)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_reconstruction(rec, paths, out_dir, colors, cfg.write_png)
+        timings["write_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_all
+    summary = make_summary(rec, [p.name for p in paths], timings)
+    summary["unreadable_images"] = unreadable
+    summary["config"] = asdict(cfg)
+    summary["tracks"] = {"num_tracks": tracks.num_tracks, "mean_length": tracks.mean_length()}
+    atomic_write_bytes(
+        out_dir / "summary.json", json.dumps(summary, indent=2, default=str).encode()
+    )
+    log(
+        f"[green]registered {summary['num_registered']}/{summary['num_images']} images, "
+        f"{summary['num_points']} points, {summary['mean_reproj_error_px']:.2f} px "
+        f"in {timings['total_s']:.1f} s → {out_dir}"
+    )
+    return summary
+
+
+def make_summary(rec: Reconstruction, names: list[str], timings: dict[str, float]) -> dict:
+    """The ``summary.json`` content."""
+    err = rec.reprojection_errors()
+    by: dict[str, int] = {}
+    for b in rec.registered_by:
+        if b is not None:
+            by[b] = by.get(b, 0) + 1
+    return {
+        "num_images": len(names),
+        "num_registered": int(rec.registered.sum()),
+        "registered_by": by,
+        "registered_images": {
+            names[i]: rec.registered_by[i] for i in range(len(names)) if rec.registered[i]
+        },
+        "unregistered_images": [names[i] for i in range(len(names)) if not rec.registered[i]],
+        "num_points": int(rec.points.shape[0]),
+        "num_observations": int(rec.obs_image.numel()),
+        "mean_track_length": rec.mean_track_length(),
+        "mean_reproj_error_px": float(err.mean()) if err.numel() else math.nan,
+        "camera_model": rec.cameras.model,
+        "intrinsics": rec.cameras.params[rec.registered].mean(0).tolist()
+        if bool(rec.registered.any())
+        else [],
+        "stats": rec.stats,
+        "timings_s": timings,
+        "config": None,
+    }

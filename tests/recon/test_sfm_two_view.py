@@ -1,0 +1,110 @@
+"""Batched two-view geometry on synthetic correspondences with noise and outliers."""
+
+import math
+
+import pytest
+import torch
+
+from sceneforge.core.rotations import angle_axis_to_matrix, rotation_angle_deg, skew
+from sceneforge.recon.two_view import (
+    TwoViewConfig,
+    decompose_essential,
+    essential_8pt,
+    estimate_shared_focal,
+    estimate_two_view,
+    fundamental_8pt,
+    sampson_error,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Many mid-sized element-wise ops: one thread is much faster on a busy 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _pairs(P=12, M=300, noise_px=0.0, outliers=0.0, f=500.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(P, M, 3, generator=g, dtype=torch.float64) * torch.tensor(
+        [2.0, 2.0, 1.0], dtype=torch.float64
+    )
+    X = X + torch.tensor([0.0, 0.0, 6.0], dtype=torch.float64)
+    R = angle_axis_to_matrix(torch.randn(P, 3, generator=g, dtype=torch.float64) * 0.15)
+    t = torch.nn.functional.normalize(torch.randn(P, 3, generator=g, dtype=torch.float64), dim=-1)
+    X2 = X @ R.transpose(-1, -2) + t[:, None]
+    x1, x2 = X[..., :2] / X[..., 2:], X2[..., :2] / X2[..., 2:]
+    x1 = x1 + torch.randn(x1.shape, generator=g, dtype=torch.float64) * noise_px / f
+    x2 = x2 + torch.randn(x2.shape, generator=g, dtype=torch.float64) * noise_px / f
+    out = torch.rand(P, M, generator=g) < outliers
+    x2[out] = (torch.rand(int(out.sum()), 2, generator=g, dtype=torch.float64) - 0.5) * 0.8
+    valid = torch.rand(P, M, generator=g) < 0.9  # ragged pairs through padding
+    return x1, x2, valid, out, R, t, f
+
+
+def test_8pt_exact_and_decomposition():
+    x1, x2, valid, _, R, t, _ = _pairs(P=3, M=50)
+    E = essential_8pt(x1, x2)
+    Egt = skew(t) @ R
+    Egt = Egt / Egt.flatten(1).norm(dim=1)[:, None, None]
+    En = E / E.flatten(1).norm(dim=1)[:, None, None]
+    sign = (En * Egt).sum((-1, -2)).sign()[:, None, None]
+    assert torch.allclose(En * sign, Egt, atol=1e-8)
+    Rs, ts = decompose_essential(E)
+    err = rotation_angle_deg(Rs.transpose(-1, -2) @ R[:, None]).min(1).values
+    assert float(err.max()) < 1e-6
+    # Fundamental: pixel coordinates of the same geometry, rank 2, zero Sampson error.
+    K = torch.tensor([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]], dtype=torch.float64)
+    p1 = x1 * 500 + torch.tensor([320.0, 240.0], dtype=torch.float64)
+    p2 = x2 * 500 + torch.tensor([320.0, 240.0], dtype=torch.float64)
+    F = fundamental_8pt(p1, p2)
+    assert float(torch.linalg.svdvals(F)[:, 2].abs().max()) < 1e-10
+    assert float(sampson_error(F, p1, p2).max()) < 1e-12
+    Fgt = torch.linalg.inv(K).T @ Egt @ torch.linalg.inv(K)
+    f = estimate_shared_focal(Fgt, torch.tensor([320.0, 240.0]), f_range=(100, 3000))
+    assert abs(f - 500.0) / 500.0 < 0.01
+
+
+def test_ransac_essential_noise_and_outliers():
+    x1, x2, valid, out, R, t, f = _pairs(P=16, M=400, noise_px=0.5, outliers=0.15)
+    geo = estimate_two_view(x1, x2, valid, focal=f, config=TwoViewConfig(num_hypotheses=256))
+    rot = rotation_angle_deg(geo.R.transpose(-1, -2) @ R)
+    terr = torch.rad2deg(torch.acos((geo.t * t).sum(-1).clamp(-1, 1)))
+    assert bool(geo.success.all())
+    assert float(rot.median()) < 0.3 and float(rot.max()) < 1.5
+    assert float(terr.median()) < 3.0
+    inl = geo.inliers
+    assert not bool((inl & ~valid).any())  # padding never an inlier
+    precision = float((inl & ~out).sum() / inl.sum())
+    recall = float((inl & ~out).sum() / (valid & ~out).sum())
+    assert precision > 0.97 and recall > 0.85
+
+
+def test_ransac_fundamental_pixels():
+    x1, x2, valid, out, R, t, f = _pairs(P=8, M=300, noise_px=0.3, outliers=0.1)
+    pp = torch.tensor([320.0, 240.0], dtype=torch.float64)
+    geo = estimate_two_view(x1 * f + pp, x2 * f + pp, valid, focal=None)
+    assert bool(geo.success.all())
+    precision = float((geo.inliers & ~out).sum() / geo.inliers.sum())
+    assert precision > 0.95
+    K = torch.tensor([[f, 0, 320], [0, f, 240], [0, 0, 1]], dtype=torch.float64)
+    E = K.T @ geo.matrix @ K
+    s = torch.linalg.svdvals(E)
+    assert float(((s[:, 0] - s[:, 1]) / s[:, 0]).median()) < 0.05
+
+
+def test_degenerate_pair_fails_cleanly():
+    x1, x2, valid, _, _, _, f = _pairs(P=2, M=100)
+    x2 = torch.rand_like(x2)  # no geometry at all
+    geo = estimate_two_view(x1, x2, valid, focal=f)
+    assert not bool(geo.success.any())
+    assert torch.isfinite(geo.R).all() and not math.isnan(float(geo.median_angle_deg.sum()))
+
+
+@pytest.mark.parametrize("P", [0])
+def test_empty_batch(P):
+    z = torch.zeros(P, 10, 2, dtype=torch.float64)
+    geo = estimate_two_view(z, z, torch.zeros(P, 10, dtype=torch.bool), focal=500.0)
+    assert geo.R.shape == (0, 3, 3)
