@@ -13,6 +13,7 @@ import sys
 #: name -> (attribute in sceneforge.commands, one-line help). The one registry of verbs.
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("Info", "Load a scene (COLMAP, transforms.json or LLFF) and print a summary."),
+    "reconstruct": ("Reconstruct", "Structure from motion: images in, a COLMAP model out."),
     "tracks": ("Tracks", "Build point tracks over all images of a folder."),
     "bundle-adjust": ("BundleAdjust", "Solve a BAL bundle-adjustment problem."),
     "train": ("Train", "Train a field on a posed scene; evaluate on held-out views."),

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import tyro
 
 from sceneforge.fields.api import RenderConfig, TrainConfig
+from sceneforge.recon.sfm import ReconstructConfig
 from sceneforge.viewer import ViewerConfig
 
 Pos = tyro.conf.Positional
@@ -175,4 +176,51 @@ class Render:
 
         out = render(self.run_dir, self.out_dir, self.config)
         print(f"wrote {out}")
+        return 0
+
+
+@dataclass
+class Reconstruct:
+    """Structure from motion: an image folder in; a COLMAP model (sparse/0), transforms.json,
+    reconstruction.png and summary.json out."""
+
+    images_dir: Pos[Path]
+    """Folder of images."""
+    out_dir: Pos[Path]
+    """Output folder (must be empty or new unless --overwrite)."""
+    masks: Path | None = None
+    """Folder of masks (nonzero = usable pixel); same as --masks-dir."""
+    camera_model: (
+        Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"] | None
+    ) = None
+    """Camera model to estimate (default: --sfm.camera.model, SIMPLE_RADIAL)."""
+    shared_intrinsics: bool | None = None
+    """One camera for all images (default: yes when all images have one size)."""
+    config: Annotated[ReconstructConfig, Flat] = field(default_factory=ReconstructConfig)
+
+    def run(self) -> int:
+        import dataclasses
+        import json
+
+        from sceneforge.recon.sfm import reconstruct
+
+        cfg = self.config
+        camera = cfg.sfm.camera
+        if self.camera_model is not None:
+            camera = dataclasses.replace(camera, model=self.camera_model)
+        if self.shared_intrinsics is not None:
+            camera = dataclasses.replace(camera, shared=self.shared_intrinsics)
+        cfg = dataclasses.replace(cfg, sfm=dataclasses.replace(cfg.sfm, camera=camera))
+        if self.masks is not None:
+            cfg = dataclasses.replace(cfg, masks_dir=self.masks)
+        summary = reconstruct(self.images_dir, self.out_dir, cfg)
+        keys = (
+            "num_images",
+            "num_registered",
+            "registered_by",
+            "unregistered_images",
+            "num_points",
+        )
+        keys += ("mean_track_length", "mean_reproj_error_px", "timings_s")
+        print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
         return 0
