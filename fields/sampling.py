@@ -154,7 +154,9 @@ class OccupancyGrid(torch.nn.Module):
         flat = self.density.view(-1)
         flat[cells] = torch.maximum(flat[cells] * self.cfg.grid_decay, sig)
         thresh = -torch.log1p(torch.tensor(-self.cfg.grid_alpha_threshold)) / self.ref_step
-        thresh = torch.minimum(thresh.to(flat), flat.mean())
+        # Capped by the mean so a young field keeps its densest cells; the small margin keeps
+        # a uniform grid occupied (its float mean can round above every cell).
+        thresh = torch.minimum(thresh.to(flat), flat.mean() * (1.0 - 1e-3))
         self.occupied.copy_(self.density >= thresh)
         self.num_updates += 1
 

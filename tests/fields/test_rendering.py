@@ -116,3 +116,23 @@ def test_contraction_maps_everything_into_the_unit_cube():
     assert valid.all() and (dl > 0).all()
     torch.testing.assert_close(dl.sum(-1), torch.full((2,), 100.0 - 0.1))
     assert (t[:, 32] > 1.0).all() and t[0, -1] > 20  # half the samples beyond the inner box
+
+
+def test_occupancy_grid_keeps_uniform_density_occupied():
+    """Regression: a uniform young field must not empty the grid (float mean above every cell)."""
+    from sceneforge.fields.sampling import OccupancyGrid, SamplerConfig
+
+    cfg = SamplerConfig()
+    grid = OccupancyGrid(cfg, ref_step=0.01)
+    value = 0.1234567  # no exact float32 mean over n^3 equal cells
+    grid.update(
+        lambda u: torch.full((u.shape[0],), value),
+        step=0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert bool(grid.occupied.all())
+    # and a field that is empty except one blob keeps the blob only
+    grid2 = OccupancyGrid(cfg, ref_step=0.01)
+    blob = lambda u: 1e3 * ((u - 0.5).norm(dim=-1) < 0.1).float()  # noqa: E731
+    grid2.update(blob, step=0, generator=torch.Generator().manual_seed(0))
+    assert 0 < int(grid2.occupied.sum()) < grid2.occupied.numel() // 10

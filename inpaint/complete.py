@@ -1,0 +1,278 @@
+"""``sceneforge complete RUN_DIR OUT_DIR``: generative scene completion of a trained run.
+
+Reads a fields run folder (``checkpoint.pt``, ``config.json``, ``source.json`` -> the scene),
+builds fill masks (a world box projected into every view, a folder of per-image masks, and/or
+regions the trained field left unobserved), trains a fresh field on the unmasked pixels with
+the run's trainer settings and runs the Inpaint Dataset Update with the chosen inpainter.
+
+Writes to ``OUT_DIR``: ``checkpoint.pt`` (the completed field; a normal fields run folder,
+with ``config.json`` and ``source.json``), ``renders/`` (all views), ``before_after/``
+(capture | hole | completed render), ``masks/`` (the fill masks, white = filled),
+``datasets/vNNN/`` (every dataset version) and ``complete.json`` (settings, rounds, timings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from sceneforge.core.image_io import write_image_atomic
+from sceneforge.core.scene import SceneData
+from sceneforge.fields.api import write_json_atomic
+from sceneforge.fields.datasets import downscale_image
+from sceneforge.fields.trainer import (
+    CheckpointError,
+    Trainer,
+    TrainerConfig,
+    config_from_dict,
+    config_to_dict,
+    read_checkpoint,
+)
+from sceneforge.inpaint.dataset_update import (
+    DatasetUpdateConfig,
+    InpaintDatasetUpdate,
+    fill_at_dataset_resolution,
+    masked_training_scene,
+)
+from sceneforge.inpaint.inpainters import (
+    Inpainter,
+    MultiViewConfig,
+    MultiViewInpainter,
+    TeleaInpainter,
+)
+from sceneforge.inpaint.masks import box_fill_mask, dilate, read_fill_masks, unobserved_mask
+
+
+@dataclass
+class CompleteConfig:
+    """``sceneforge complete RUN_DIR OUT_DIR``: fill holes so that every view agrees."""
+
+    mask_box: tuple[float, float, float, float, float, float] | None = None
+    """World box ``xmin ymin zmin xmax ymax zmax`` to remove (projected into every view)."""
+    masks: str | None = None
+    """Folder of per-image fill masks (same stem as the images; white = fill)."""
+    unobserved_threshold: float = 0.0
+    """Also fill where the run's field has accumulation below this (0 = off)."""
+    dilate_px: int = 1
+    """Grow the fill masks by this many pixels (covers soft object edges)."""
+    inpainter: Literal["multiview", "telea", "sd"] = "multiview"
+    """``multiview`` (depth warping + Telea, weight-free), ``telea`` (per image) or ``sd``."""
+    model: str | None = None
+    """Local Stable Diffusion inpainting folder (``--inpainter sd``)."""
+    prompt: str = ""
+    """Text prompt for ``sd``."""
+    update: DatasetUpdateConfig = field(default_factory=DatasetUpdateConfig)
+    """Dataset-update schedule (warm-up, rounds, strength annealing, depth loss)."""
+    multiview: MultiViewConfig = field(default_factory=MultiViewConfig)
+    """Multi-view backend settings."""
+    sd_steps: int = 20
+    """Denoising steps of the ``sd`` backend."""
+    sd_grid: tuple[int, int] = (2, 2)
+    """Views per grid (rows, cols) of the ``sd`` backend."""
+    sd_grids_per_batch: int = 1
+    """Grids per UNet call (bounds GPU memory)."""
+    sd_guidance: float = 7.5
+    """Classifier-free guidance scale of ``sd``."""
+    sd_resolution: int = 512
+    """Working resolution (longer side) of ``sd``."""
+    device: str | None = None
+    """Torch device for the field (default: the run's)."""
+    batch_rays: int | None = None
+    """Rays per training step (default: the run's)."""
+    progress: bool = True
+    """Progress bars."""
+
+
+def make_inpainter(cfg: CompleteConfig) -> Inpainter:
+    """The backend named by ``cfg.inpainter``."""
+    if cfg.inpainter == "multiview":
+        return MultiViewInpainter(cfg.multiview)
+    if cfg.inpainter == "telea":
+        return TeleaInpainter(cfg.multiview.telea_radius)
+    if cfg.inpainter == "sd":
+        from sceneforge.core.diffusion import GridConfig
+        from sceneforge.inpaint.diffusion import SDInpaintConfig, SDInpainter
+
+        if not cfg.model:
+            raise ValueError("--inpainter sd needs --model PATH (a local diffusers folder)")
+        rows, cols = cfg.sd_grid
+        return SDInpainter(
+            SDInpaintConfig(
+                model=cfg.model,
+                prompt=cfg.prompt,
+                num_steps=cfg.sd_steps,
+                guidance_scale=cfg.sd_guidance,
+                resolution=cfg.sd_resolution,
+                grid=GridConfig(rows, cols, True, cfg.sd_grids_per_batch),
+                seed=cfg.update.seed,
+            )
+        )
+    raise ValueError(f"unknown inpainter {cfg.inpainter!r}; use multiview, telea or sd")
+
+
+def build_fill_masks(
+    scene: SceneData, cfg: CompleteConfig, run_trainer: Trainer | None = None
+) -> list[Tensor]:
+    """Full-resolution fill masks from the box, the mask folder and unobserved regions."""
+    if cfg.mask_box is None and cfg.masks is None and cfg.unobserved_threshold <= 0:
+        raise ValueError("give --mask-box, --masks or --unobserved-threshold: nothing to fill")
+    n = len(scene)
+    fill = [
+        torch.zeros(int(scene.cameras.height[i]), int(scene.cameras.width[i]), dtype=torch.bool)
+        for i in range(n)
+    ]
+    if cfg.masks is not None:
+        fill = [a | b for a, b in zip(fill, read_fill_masks(cfg.masks, scene))]
+    need_render = run_trainer is not None and (
+        cfg.unobserved_threshold > 0 or (cfg.mask_box is not None and scene.depths is None)
+    )
+    for i in range(n):
+        depth = scene.depths[i] if scene.depths is not None else None
+        acc = None
+        if need_render:
+            h, w = fill[i].shape
+            r = _render_full_res(run_trainer, i)
+            acc = r["accumulation"]
+            if depth is None:
+                depth = torch.where(acc > 0.5, r["depth"] / acc.clamp(min=1e-6), 0.0)
+            if acc.shape != (h, w):
+                raise ValueError(f"render of view {i} is {tuple(acc.shape)}, image is {(h, w)}")
+        if cfg.mask_box is not None:
+            fill[i] |= box_fill_mask(scene.cameras, i, cfg.mask_box, depth=depth)
+        if cfg.unobserved_threshold > 0 and acc is not None:
+            fill[i] |= unobserved_mask(acc, cfg.unobserved_threshold)
+        fill[i] = dilate(fill[i], cfg.dilate_px)
+    if not any(bool(f.any()) for f in fill):
+        raise ValueError("the fill masks select no pixel in any view (box outside every view?)")
+    return fill
+
+
+def _render_full_res(trainer: Trainer, i: int) -> dict:
+    ds = trainer.cfg.downscale
+    trainer.cfg.downscale = 1
+    try:
+        return trainer.render_camera(trainer.scene.cameras, i)
+    finally:
+        trainer.cfg.downscale = ds
+
+
+def load_run(
+    run_dir: str | Path, scene: SceneData | None = None
+) -> tuple[SceneData, TrainerConfig, Path]:
+    """The scene, trainer config and checkpoint path of a fields run folder."""
+    run = Path(run_dir)
+    ckpt = run / "checkpoint.pt"
+    s = read_checkpoint(ckpt)
+    try:
+        tcfg = config_from_dict(TrainerConfig, s["config"])
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{ckpt}: bad config in checkpoint ({e})") from e
+    if scene is None:
+        src = run / "source.json"
+        if not src.is_file():
+            raise CheckpointError(f"{src}: missing (the run was trained on an in-memory scene)")
+        from sceneforge.core.io import load_scene
+
+        scene = load_scene(json.loads(src.read_text())["scene_dir"])
+    return scene, tcfg, ckpt
+
+
+def complete_scene(
+    scene: SceneData,
+    fill: list[Tensor],
+    out_dir: str | Path,
+    config: CompleteConfig,
+    trainer_config: TrainerConfig,
+    inpainter: Inpainter | None = None,
+) -> tuple[Trainer, dict]:
+    """Train a fresh field on the unmasked pixels and run the dataset update; write outputs."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    tcfg = dataclasses.replace(trainer_config, progress=config.progress, checkpoint_every=0)
+    if config.device is not None:
+        tcfg.device = config.device
+    if config.batch_rays is not None:
+        tcfg.batch_rays = config.batch_rays
+    train_scene = masked_training_scene(scene, fill)
+    trainer = Trainer(train_scene, tcfg, out)
+    local_fill = fill_at_dataset_resolution(fill, trainer.train_indices, tcfg.downscale)
+    inpainter = inpainter or make_inpainter(config)
+    upd = InpaintDatasetUpdate(
+        trainer, local_fill, inpainter, config.update, out, config.prompt or None
+    )
+    upd.run()
+    trainer.save_checkpoint(out / "checkpoint.pt")
+    write_json_atomic(out / "config.json", config_to_dict(trainer.cfg))
+    write_outputs(trainer, scene, fill, out)
+    info = {
+        "inpainter": inpainter.name,
+        "steps": trainer.step,
+        "wall_s": time.perf_counter() - t0,
+        "rounds": upd.history,
+        "fill_fraction": float(sum(int(f.sum()) for f in fill) / sum(f.numel() for f in fill)),
+        "config": _jsonable(dataclasses.asdict(config)),
+    }
+    write_json_atomic(out / "complete.json", info)
+    return trainer, info
+
+
+def _jsonable(d):
+    return json.loads(json.dumps(d, default=str))
+
+
+def write_outputs(trainer: Trainer, scene: SceneData, fill: list[Tensor], out: Path) -> None:
+    """Renders of every view, before/after strips and the fill masks."""
+    ds = trainer.cfg.downscale
+    for i in range(len(scene)):
+        name = Path(scene.image_names[i]).stem
+        r = trainer.render_camera(scene.cameras, i)
+        img = downscale_image(scene.load_image(i), ds)
+        f = fill[i] if ds == 1 else downscale_image(fill[i][..., None].float(), ds)[..., 0] > 0
+        hole = torch.where(f[..., None], torch.tensor([1.0, 0.0, 1.0]), img)
+        write_image_atomic(out / "renders" / f"{name}.png", r["rgb"])
+        write_image_atomic(
+            out / "before_after" / f"{name}.png", torch.cat([img, hole, r["rgb"]], 1)
+        )
+        write_image_atomic(
+            out / "masks" / f"{name}.png", fill[i][..., None].float().expand(-1, -1, 3)
+        )
+
+
+def complete(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    config: CompleteConfig | None = None,
+    scene: SceneData | None = None,
+) -> dict:
+    """Complete the scene of a trained run (see the module docstring); returns the summary."""
+    config = config or CompleteConfig()
+    scene, tcfg, ckpt = load_run(run_dir, scene)
+    run_trainer = None
+    if config.unobserved_threshold > 0 or (config.mask_box is not None and scene.depths is None):
+        run_trainer = Trainer.from_checkpoint(ckpt, scene, None, progress=False, tensorboard=False)
+    fill = build_fill_masks(scene, config, run_trainer)
+    del run_trainer
+    _, info = complete_scene(scene, fill, out_dir, config, tcfg)
+    src = Path(run_dir) / "source.json"
+    if src.is_file():
+        write_json_atomic(Path(out_dir) / "source.json", json.loads(src.read_text()))
+    return info
+
+
+__all__ = [
+    "CompleteConfig",
+    "build_fill_masks",
+    "complete",
+    "complete_scene",
+    "load_run",
+    "make_inpainter",
+    "write_outputs",
+]
