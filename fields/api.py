@@ -142,6 +142,8 @@ def train(
         }
     )
     write_json_atomic(out / "eval.json", res)
+    # Training curve (loss / PSNR per logged step) for reports; rewritten on every run.
+    write_json_atomic(out / "history.json", {"history": trainer.history})
     return res
 
 

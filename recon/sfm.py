@@ -265,8 +265,9 @@ def _ba(
     intr_mode: str,
     cfg: RefinementConfig,
     fix_points: bool = False,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One bundle adjustment on the registered cameras; returns poses, intrinsics, points."""
+) -> tuple[Tensor, Tensor, Tensor, list[float]]:
+    """One bundle adjustment on the registered cameras; returns poses, intrinsics, points
+    and the cost after each iteration."""
     from sceneforge.recon.bundle_adjustment import BAOptions, BAProblem, bundle_adjust
 
     shared = intr_mode == "shared"
@@ -288,12 +289,12 @@ def _ba(
         fix_points=fix_points,
         constant_intrinsics=() if cfg.refine_principal_point else ("cx", "cy"),
     )
-    res, _ = bundle_adjust(prob, opts)
+    res, summary = bundle_adjust(prob, opts)
     T = make_rigid(angle_axis_to_matrix(res.rotation), res.translation)
     intr_out = (
         res.intrinsics.expand(cam_from_world.shape[0], -1).clone() if shared else res.intrinsics
     )
-    return T, intr_out, res.points
+    return T, intr_out, res.points, [float(c) for c in summary.costs]
 
 
 def reconstruct_from_tracks(
@@ -455,7 +456,7 @@ def _reconstruct_from_tracks(
             raise SfMError("triangulation produced no point: the poses are degenerate")
         obs_xy = xy[tid[pi], reg_ids[vi]]
         tq = time.perf_counter()
-        T_reg, intr_reg, points = _ba(
+        T_reg, intr_reg, points, costs = _ba(
             model,
             cam_from_world[reg_ids],
             intr[reg_ids],
@@ -469,6 +470,7 @@ def _reconstruct_from_tracks(
         timings["bundle_adjustment_s"] = (
             timings.get("bundle_adjustment_s", 0.0) + time.perf_counter() - tq
         )
+        stats.setdefault("ba_costs", []).append(costs)
         cam_from_world[reg_ids] = T_reg
         intr[reg_ids] = intr_reg
         if intr_mode == "shared":

@@ -1,0 +1,278 @@
+"""The main job: photos in, a reconstructed, trained and (optionally) completed scene out.
+
+``run`` chains reconstruct → train → complete → render/export. Every stage writes into its
+own sub-folder of ``OUT_DIR`` and is recorded in ``OUT_DIR/stages.json`` (atomically) only
+when it finished, so re-running skips finished stages and a killed training continues from
+its last checkpoint. A final ``report.html`` shows cameras and points, the bundle-adjustment
+cost curve, the training curve and renders before/after completion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sceneforge.fields.api import RenderConfig, TrainConfig
+from sceneforge.fields.trainer import TrainerConfig
+from sceneforge.inpaint.complete import CompleteConfig
+from sceneforge.recon.sfm import ReconstructConfig
+
+STAGES = ("reconstruct", "train", "complete", "render", "report")
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(trainer=TrainerConfig(use_masks=False, checkpoint_every=200))
+
+
+def _default_render() -> RenderConfig:
+    return RenderConfig(num_frames=24, depth=False)
+
+
+@dataclass
+class RunConfig:
+    """``sceneforge run IMAGES_DIR OUT_DIR``: reconstruct, train, complete, render, report."""
+
+    mask_box: tuple[float, float, float, float, float, float] | None = None
+    """World box ``xmin ymin zmin xmax ymax zmax`` to remove and complete (none: no completion)."""
+    reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
+    """Structure from motion."""
+    train: TrainConfig = field(default_factory=_default_train)
+    """Field training on the reconstructed cameras (every 8th image held out)."""
+    complete: CompleteConfig = field(default_factory=CompleteConfig)
+    """Scene completion (used when ``mask_box`` is given)."""
+    render: RenderConfig = field(default_factory=_default_render)
+    """Orbit video of the final field."""
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable stage record ({e}); delete it to redo the run") from e
+
+
+class _Stages:
+    """``stages.json``: which stages finished, with their timings and results."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / "stages.json"
+        self.done: dict = _read_json(self.path) if self.path.exists() else {}
+
+    def finished(self, name: str) -> bool:
+        return name in self.done
+
+    def mark(self, name: str, seconds: float, result: dict | None = None) -> None:
+        self.done[name] = {"seconds": seconds, **(result or {})}
+        _write_json(self.path, self.done)
+
+
+def run(
+    images_dir: str | Path,
+    out_dir: str | Path,
+    config: RunConfig | None = None,
+    log: Callable[[str], None] = print,
+    stop_after: str | None = None,
+) -> dict:
+    """Run (or resume) the main job; returns ``stages.json``'s content.
+
+    ``stop_after`` ends the run after that stage (e.g. ``"reconstruct"``, to place a mask
+    box in the reconstruction's frame before completing).
+
+    ``OUT_DIR`` gets ``sfm/`` (COLMAP model, transforms.json), ``field/`` (the trained run),
+    ``complete/`` (with ``mask_box``), ``render/`` (orbit frames + video), ``points.ply`` and
+    ``report.html``. The user's images are only read.
+    """
+    from sceneforge.core.image_io import list_images
+
+    cfg = config or RunConfig()
+    if stop_after is not None and stop_after not in STAGES:
+        raise ValueError(f"stop_after must be one of {STAGES}, got {stop_after!r}")
+    images_dir = Path(images_dir)
+    out = Path(out_dir)
+    list_images(images_dir)  # clear error for a missing / empty folder before any work
+    if out.resolve() == images_dir.resolve() or images_dir.resolve() in out.resolve().parents:
+        raise ValueError(f"{out}: the output folder may not be inside the image folder")
+    out.mkdir(parents=True, exist_ok=True)
+    stages = _Stages(out)
+
+    def stage(name: str, fn: Callable[[], dict | None]) -> None:
+        if stages.finished(name):
+            log(f"[{name}] already finished ({stages.done[name]['seconds']:.1f} s); skipped")
+            return
+        log(f"[{name}] ...")
+        t0 = time.perf_counter()
+        result = fn() or {}
+        dt = time.perf_counter() - t0
+        stages.mark(name, dt, result)
+        log(f"[{name}] done in {dt:.1f} s")
+
+    sfm_dir, field_dir = out / "sfm", out / "field"
+
+    def do_reconstruct() -> dict:
+        from sceneforge.recon.sfm import reconstruct
+
+        if sfm_dir.exists():  # an interrupted attempt: SfM has no partial state worth keeping
+            shutil.rmtree(sfm_dir)
+        s = reconstruct(images_dir, sfm_dir, cfg.reconstruct)
+        return {
+            k: s[k]
+            for k in ("num_images", "num_registered", "registered_by", "unregistered_images")
+            + ("num_points", "mean_track_length", "mean_reproj_error_px")
+        }
+
+    def do_train() -> dict:
+        from sceneforge.fields.api import train
+
+        res = train(sfm_dir, field_dir, cfg.train)
+        return {
+            k: res[k] for k in ("psnr", "ssim", "num_eval_images", "steps", "wall_s") if k in res
+        }
+
+    def do_complete() -> dict:
+        from sceneforge.inpaint.complete import complete
+
+        c = dataclasses.replace(cfg.complete, mask_box=cfg.mask_box)
+        s = complete(field_dir, out / "complete", c)
+        return {k: v for k, v in s.items() if isinstance(v, int | float | str)}
+
+    final_dir = out / "complete" if cfg.mask_box is not None else field_dir
+
+    def do_render() -> dict:
+        from sceneforge.core.io import load_scene
+        from sceneforge.core.io_nerfstudio import write_ply_points
+        from sceneforge.fields.api import render
+
+        video = render(final_dir, out / "render", cfg.render)
+        scene = load_scene(sfm_dir / "sparse" / "0", images_dir=images_dir)
+        if scene.points is not None:
+            write_ply_points(out / "points.ply", scene.points, scene.point_colors)
+        return {"video": str(video)}
+
+    plan = [("reconstruct", do_reconstruct), ("train", do_train)]
+    if cfg.mask_box is not None:
+        plan.append(("complete", do_complete))
+    plan.append(("render", do_render))
+    for name, fn in plan:
+        stage(name, fn)
+        if name == stop_after:
+            return stages.done
+    write_report(out)
+    log(f"report: {out / 'report.html'}")
+    return stages.done
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _plot_ba_costs(summary: dict, path: Path) -> bool:
+    costs = (summary.get("stats") or {}).get("ba_costs") or []
+    if not costs:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    for r, c in enumerate(costs):
+        ax.semilogy(range(len(c)), [max(v, 1e-12) for v in c], marker=".", label=f"round {r}")
+    ax.set_xlabel("LM iteration")
+    ax.set_ylabel("cost (0.5 Σ r², px²)")
+    ax.set_title("Bundle adjustment")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _plot_training(history: list[dict], path: Path) -> bool:
+    rows = [h for h in history if isinstance(h.get("psnr"), int | float)]
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    ax.plot([h["step"] for h in rows], [h["psnr"] for h in rows], label="train PSNR")
+    ax.set_xlabel("step")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title("Field training")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_report(out_dir: str | Path) -> Path:
+    """``report.html`` (+ PNGs under ``report/``) from whatever stages have finished."""
+    out = Path(out_dir)
+    rep = out / "report"
+    rep.mkdir(exist_ok=True)
+    stages = _read_json(out / "stages.json") if (out / "stages.json").exists() else {}
+    parts = ["<h1>sceneforge run</h1>", "<h2>Stages</h2><table border=1 cellpadding=4>"]
+    parts.append("<tr><th>stage</th><th>seconds</th><th>result</th></tr>")
+    for name in STAGES:
+        if name in stages:
+            info = {k: v for k, v in stages[name].items() if k != "seconds"}
+            parts.append(
+                f"<tr><td>{name}</td><td>{stages[name]['seconds']:.1f}</td>"
+                f"<td><code>{html.escape(json.dumps(info, default=str))}</code></td></tr>"
+            )
+    parts.append("</table>")
+
+    def img(rel: str, caption: str) -> None:
+        parts.append(
+            f'<figure><img src="{rel}" width="480"><figcaption>{caption}</figcaption></figure>'
+        )
+
+    if (out / "sfm" / "reconstruction.png").exists():
+        shutil.copyfile(out / "sfm" / "reconstruction.png", rep / "reconstruction.png")
+        img("report/reconstruction.png", "Cameras and sparse points")
+    if (out / "sfm" / "summary.json").exists() and _plot_ba_costs(
+        _read_json(out / "sfm" / "summary.json"), rep / "ba_cost.png"
+    ):
+        img("report/ba_cost.png", "Bundle-adjustment cost per iteration")
+    hist = out / "field" / "history.json"
+    if hist.exists() and _plot_training(_read_json(hist).get("history", []), rep / "training.png"):
+        img("report/training.png", "Training curve")
+    ba = out / "complete" / "before_after"
+    if ba.is_dir():
+        for p in sorted(ba.glob("*.png"))[:6]:
+            shutil.copyfile(p, rep / f"before_after_{p.name}")
+            img(f"report/before_after_{p.name}", f"Before / after completion: {p.stem}")
+    frames = sorted((out / "render").glob("**/*.png"))
+    if frames:
+        shutil.copyfile(frames[0], rep / "render.png")
+        img("report/render.png", "Render of the final field")
+    ev = out / "field" / "eval.json"
+    if ev.exists():
+        e = _read_json(ev)
+        psnr = e.get("psnr", math.nan)
+        parts.append(f"<p>Held-out PSNR: {psnr:.2f} dB over {e.get('num_eval_images')} views</p>")
+    path = out / "report.html"
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".report.")
+    with os.fdopen(fd, "w") as f:
+        f.write("<!doctype html><meta charset=utf-8><title>sceneforge run</title>\n")
+        f.write("\n".join(parts))
+    os.replace(tmp, path)
+    return path
