@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from sceneforge.recon.bal import bal_cost, read_bal
 from sceneforge.recon.bundle_adjustment import BAOptions, BAProblem, bundle_adjust
 from sceneforge.recon.colmap_bridge import colmap_bundle_adjust

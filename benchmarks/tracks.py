@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+
 from sceneforge.recon.features import FeaturesConfig
 from sceneforge.recon.matching import MatchingConfig
 from sceneforge.recon.refine import PatchRefiner
@@ -175,10 +176,9 @@ def memory_run(views: int, size: int, queries: int, max_kp: int) -> dict:
 def cost_run(num_images: int) -> list[dict]:
     """Per-image extraction and per-pair matching cost of each setting on real photos
     (fern 706x529, blowtorch 1060x707), after one warm-up image, in this process."""
+    from sceneforge.core.image_io import list_images, read_image
     from sceneforge.recon.features import FeatureExtractor
     from sceneforge.recon.matching import Matcher
-
-    from sceneforge.core.image_io import list_images, read_image
 
     rows = []
     for scene in ("fern", "blowtorch"):

@@ -32,11 +32,10 @@ PREVIEW_GOAL_S = 1.0
 
 
 def trained_run(seconds: float) -> Path:
-    from sceneforge.fields.api import TrainConfig, train
-    from sceneforge.fields.trainer import TrainerConfig
-
     from sceneforge.core.io import save_scene
     from sceneforge.core.synthetic import turntable_scene
+    from sceneforge.fields.api import TrainConfig, train
+    from sceneforge.fields.trainer import TrainerConfig
 
     root = Path(tempfile.mkdtemp(prefix="sceneforge-viewer-bench-"))
     scene_dir = save_scene(turntable_scene(num_views=16, size=64), root / "scene", "nerfstudio")

@@ -221,14 +221,13 @@ def completed_run(tmp_path_factory):
     """A real fields run (3 steps) on a saved scene, and a completion of it (telea)."""
     from dataclasses import replace
 
+    from sceneforge.core.synthetic import turntable_scene
     from sceneforge.fields.api import TrainConfig, train
     from sceneforge.fields.field import FieldConfig, TriPlaneConfig
     from sceneforge.fields.sampling import SamplerConfig
     from sceneforge.fields.trainer import TrainerConfig
     from sceneforge.inpaint.complete import CompleteConfig, complete
     from sceneforge.inpaint.dataset_update import DatasetUpdateConfig
-
-    from sceneforge.core.synthetic import turntable_scene
 
     root = tmp_path_factory.mktemp("viewer_run")
     scene = replace(turntable_scene(num_views=4, size=16, num_points=10), masks=None)
