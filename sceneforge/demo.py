@@ -36,6 +36,8 @@ class DemoConfig:
     """Pipeline settings (the demo sets the mask box and a time budget)."""
     train_seconds: float = 150.0
     """Training budget of the field, in seconds."""
+    downscale: int = 2
+    """Field training / rendering / completion at 1/downscale of the image size."""
     complete_warmup_steps: int = 200
     """Completion: steps on unmasked pixels before the first dataset update."""
     complete_update_every: int = 100
@@ -113,7 +115,8 @@ def demo(
     truth = render_demo_images(out / "input", cfg)
     t_render = time.perf_counter() - t0
     run_cfg = cfg.run
-    train = replace(run_cfg.train, max_seconds=cfg.train_seconds)
+    trainer = replace(run_cfg.train.trainer, downscale=cfg.downscale)
+    train = replace(run_cfg.train, max_seconds=cfg.train_seconds, trainer=trainer)
     run_cfg = replace(run_cfg, train=train)
     if cfg.complete:
         # Reconstruct first (resumable), then place the box in the reconstruction's frame.

@@ -26,6 +26,7 @@ def demo_run(tmp_path_factory) -> tuple[Path, dict, list[str]]:
     cfg = replace(
         base,
         train_seconds=15.0,
+        downscale=4,
         min_psnr=0.0,
         complete_warmup_steps=20,
         complete_update_every=10,
