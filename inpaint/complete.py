@@ -196,7 +196,10 @@ def complete_scene(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    tcfg = dataclasses.replace(trainer_config, progress=config.progress, checkpoint_every=0)
+    # The update schedule is counted in steps: the run's time budget must not cut it short.
+    tcfg = dataclasses.replace(
+        trainer_config, progress=config.progress, checkpoint_every=0, max_seconds=None
+    )
     if config.device is not None:
         tcfg.device = config.device
     if config.batch_rays is not None:

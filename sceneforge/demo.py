@@ -115,7 +115,8 @@ def demo(
     truth = render_demo_images(out / "input", cfg)
     t_render = time.perf_counter() - t0
     run_cfg = cfg.run
-    trainer = replace(run_cfg.train.trainer, downscale=cfg.downscale)
+    # Object-centric orbit: a box around the sparse points beats scene contraction here.
+    trainer = replace(run_cfg.train.trainer, downscale=cfg.downscale, scene_box="bounded")
     train = replace(run_cfg.train, max_seconds=cfg.train_seconds, trainer=trainer)
     run_cfg = replace(run_cfg, train=train)
     if cfg.complete:
