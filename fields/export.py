@@ -7,7 +7,7 @@
   with their rendered colour to ``pointcloud.ply``.
 - ``mesh``: the density is sampled on a ``mesh_resolution^3`` lattice over the scene box (the
   inner, uncontracted box of unbounded scenes) and triangulated by marching cubes
-  (scikit-image) at the density whose opacity over one lattice cell is ``mesh_opacity``;
+  (scikit-image) at ``mesh_level`` (default: the density found at the rendered depth);
   vertices are coloured by the field seen along the inward normal. ``mesh.ply``.
 - ``tsdf``: rendered depth of the training views fused by open3d's ``VoxelBlockGrid``
   (extra ``[open3d]``), ``tsdf_mesh.ply``.
@@ -55,12 +55,18 @@ class ExportConfig:
     """Point cloud size cap (uniformly subsampled, deterministic)."""
     mesh_resolution: int = 192
     """Marching-cubes lattice points per side of the box."""
-    mesh_opacity: float = 0.5
-    """Iso level as the opacity ``1 - exp(-sigma * cell)`` of one lattice cell."""
+    mesh_level: float = 0.0
+    """Density iso level (per world unit); 0 = auto: the median field density at the rendered
+    (expected) depth of up to ``level_views`` training views, robust to soft, half-transparent
+    fields."""
+    level_views: int = 8
+    """Training views rendered to pick the automatic iso level."""
     mesh_colors: bool = True
     """Colour mesh vertices by the field (view direction = inward normal)."""
     tsdf_voxel_size: float = 0.0
-    """TSDF voxel size in world units (0 = box diagonal / 384)."""
+    """TSDF voxel size in world units (0 = 1.5 x the median pixel footprint of the views)."""
+    tsdf_weight_threshold: float = 1.0
+    """Voxels seen by fewer views (summed integration weight) than this are left out."""
     tsdf_trunc_voxels: float = 4.0
     """TSDF truncation distance in voxels."""
     depth_png_scale: float = 1000.0
@@ -78,6 +84,9 @@ def _write_bytes_atomic(path: Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -224,17 +233,16 @@ def marching_cubes_mesh(
     n = cfg.mesh_resolution
     if n < 8:
         raise ValueError(f"mesh_resolution must be >= 8, got {n}")
-    if not 0.0 < cfg.mesh_opacity < 1.0:
-        raise ValueError(f"mesh_opacity must be in (0, 1), got {cfg.mesh_opacity}")
+    if cfg.mesh_level < 0:
+        raise ValueError(f"mesh_level must be >= 0, got {cfg.mesh_level}")
     sigma, box = density_lattice(trainer, n, cfg.chunk_points)
     spacing = ((box[1] - box[0]) / (n - 1)).numpy()
-    cell = float(np.mean(spacing))
-    level = -math.log(1.0 - cfg.mesh_opacity) / cell
+    level = cfg.mesh_level if cfg.mesh_level > 0 else auto_level(trainer, cfg)
     vol = sigma.numpy()
     if not (vol.max() > level > vol.min()):
         raise ValueError(
             f"the density never crosses the iso level {level:.3g} (range "
-            f"{vol.min():.3g}..{vol.max():.3g}); lower mesh_opacity or train longer"
+            f"{vol.min():.3g}..{vol.max():.3g}); set mesh_level inside it or train longer"
         )
     verts, faces, normals, _ = marching_cubes(vol, level=level, spacing=tuple(spacing))
     verts = verts + box[0].numpy()
@@ -244,6 +252,32 @@ def marching_cubes_mesh(
     if cfg.mesh_colors and verts.shape[0]:
         colors = vertex_colors(trainer, verts, normals, cfg.chunk_points)
     return verts, faces, colors
+
+
+@torch.no_grad()
+def auto_level(trainer, cfg: ExportConfig) -> float:
+    """Median density at the expected ray termination points of a few training views.
+
+    Rendered depth sits inside the density ramp of a surface, so this level puts the
+    iso-surface where the renderings place it, whatever the field's overall sharpness.
+    """
+    idx = list(trainer.train_indices)
+    if not idx:
+        raise ValueError("the run has no training views to pick a mesh level from")
+    step = max(1, math.ceil(len(idx) / max(cfg.level_views, 1)))
+    vals = []
+    for i in idx[::step]:
+        r = render_depth(trainer, i, cfg.min_accumulation)
+        p = depth_to_world(trainer, i, r["depth"])[r["valid"]]
+        if p.shape[0]:
+            sigma, _ = trainer.field.density(p.float().to(trainer.device))
+            vals.append(sigma.float().cpu())
+    if not vals:
+        raise ValueError(
+            "no rendered pixel reaches min_accumulation: cannot pick a mesh level "
+            "(lower min_accumulation or set mesh_level)"
+        )
+    return float(torch.cat(vals).median())
 
 
 @torch.no_grad()
@@ -276,9 +310,26 @@ def tsdf_mesh(trainer, cfg: ExportConfig) -> tuple[np.ndarray, np.ndarray, np.nd
             "TSDF export needs open3d: pip install 'sceneforge[open3d]' "
             "(on Debian/Ubuntu it also needs the system library libusb-1.0-0)"
         ) from e
-    box = mesh_box(trainer)
-    diag = float((box[1] - box[0]).norm())
-    voxel = cfg.tsdf_voxel_size if cfg.tsdf_voxel_size > 0 else diag / 384
+    cams = trainer.scene.cameras
+    ds = trainer.cfg.downscale
+    if cams.model not in ("PINHOLE", "SIMPLE_PINHOLE"):
+        raise ValueError(
+            f"TSDF export needs pinhole cameras (got {cams.model}); undistort the scene first"
+        )
+    views = []
+    for i in _view_indices(trainer, cfg.views):
+        r = render_depth(trainer, i, cfg.min_accumulation)
+        if bool(r["valid"].any()):
+            views.append((i, r))
+    if not views:
+        raise ValueError("no rendered view has pixels above min_accumulation: nothing to fuse")
+    voxel = cfg.tsdf_voxel_size
+    if voxel <= 0:  # a voxel a bit larger than a pixel's footprint keeps the surface watertight
+        foot = [
+            r["depth"][r["valid"]].median() * ds / cams.K[i][:2, :2].diagonal().mean()
+            for i, r in views
+        ]
+        voxel = 1.5 * float(torch.stack(foot).median())
     dev = o3c.Device("CPU:0")
     vbg = o3d.t.geometry.VoxelBlockGrid(
         attr_names=("tsdf", "weight", "color"),
@@ -289,17 +340,7 @@ def tsdf_mesh(trainer, cfg: ExportConfig) -> tuple[np.ndarray, np.ndarray, np.nd
         block_count=50_000,
         device=dev,
     )
-    cams = trainer.scene.cameras
-    ds = trainer.cfg.downscale
-    if cams.model not in ("PINHOLE", "SIMPLE_PINHOLE"):
-        raise ValueError(
-            f"TSDF export needs pinhole cameras (got {cams.model}); undistort the scene first"
-        )
-    fused = 0
-    for i in _view_indices(trainer, cfg.views):
-        r = render_depth(trainer, i, cfg.min_accumulation)
-        if not bool(r["valid"].any()):
-            continue
+    for i, r in views:
         K = cams.K[i].double().clone()
         K[:2] /= ds
         ext = torch.eye(4, dtype=torch.float64)
@@ -311,10 +352,7 @@ def tsdf_mesh(trainer, cfg: ExportConfig) -> tuple[np.ndarray, np.ndarray, np.nd
         dmax = float(r["depth"].max()) * 1.01
         blocks = vbg.compute_unique_block_coordinates(depth, intr, extr, 1.0, dmax)
         vbg.integrate(blocks, depth, color, intr, intr, extr, 1.0, dmax, cfg.tsdf_trunc_voxels)
-        fused += 1
-    if fused == 0:
-        raise ValueError("no rendered view has pixels above min_accumulation: nothing to fuse")
-    mesh = vbg.extract_triangle_mesh().to_legacy()
+    mesh = vbg.extract_triangle_mesh(weight_threshold=cfg.tsdf_weight_threshold).to_legacy()
     verts = np.asarray(mesh.vertices)
     faces = np.asarray(mesh.triangles)
     cols = np.asarray(mesh.vertex_colors) if mesh.has_vertex_colors() else None

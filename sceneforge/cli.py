@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bundle-adjust": ("BundleAdjust", "Solve a BAL bundle-adjustment problem."),
     "train": ("Train", "Train a field on a posed scene; evaluate on held-out views."),
     "render": ("Render", "Render a camera path from a trained run."),
+    "export": ("Export", "Export a trained run: point cloud, mesh, TSDF mesh or depth maps."),
     "complete": ("Complete", "Complete a trained run inside a 3D box or per-image masks."),
     "run": ("Run", "The main job: reconstruct, train, complete, render; resumable."),
     "demo": ("Demo", "The main job on a procedural scene, with a quality check."),

@@ -14,6 +14,7 @@ import tyro
 
 from sceneforge.demo import DemoConfig
 from sceneforge.fields.api import RenderConfig, TrainConfig
+from sceneforge.fields.export import ExportConfig
 from sceneforge.inpaint.complete import CompleteConfig
 from sceneforge.pipeline import RunConfig
 from sceneforge.recon.sfm import ReconstructConfig
@@ -289,3 +290,22 @@ class Demo:
         print(f"total: {s['total_s']:.1f} s; report: {s['report']}")
         print("demo: OK" if s["ok"] else "demo: quality floor NOT met")
         return 0 if s["ok"] else 1
+
+
+@dataclass
+class Export:
+    """Export a trained run: coloured point cloud (PLY), marching-cubes mesh, TSDF mesh
+    (open3d extra) or depth maps (16-bit PNG + .npy)."""
+
+    run_dir: Pos[Path]
+    """Run folder written by ``sceneforge train`` (or ``complete``)."""
+    out_dir: Pos[Path]
+    """Output folder."""
+    config: Annotated[ExportConfig, Flat] = field(default_factory=ExportConfig)
+
+    def run(self) -> int:
+        from sceneforge.fields.export import export
+
+        info = export(self.run_dir, self.out_dir, self.config)
+        print({k: v for k, v in info.items() if isinstance(v, int | float | str)})
+        return 0

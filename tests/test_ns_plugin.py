@@ -1,0 +1,141 @@
+"""nerfstudio plugin (own venv: ``.venv-ns/bin/pytest -m nerfstudio tests/test_ns_plugin.py``).
+
+The ``ns-train`` / ``ns-eval`` runs use a ``sitecustomize`` that makes LPIPS construction (which
+downloads AlexNet weights) raise, so they prove the plugin never needs that download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.nerfstudio
+pytest.importorskip("nerfstudio")
+
+ENV = {
+    "NERFSTUDIO_METHOD_CONFIGS": "sceneforge=sceneforge.ns_plugin:sceneforge_method",
+    "NERFSTUDIO_DATAPARSER_CONFIGS": (
+        "sceneforge-data=sceneforge.ns_dataparser:sceneforge_dataparser"
+    ),
+}
+
+NO_LPIPS = """
+import torchmetrics.image.lpip as _lpip
+
+
+def _no_lpips(*args, **kwargs):
+    raise RuntimeError("LPIPS constructed: it would download AlexNet weights")
+
+
+_lpip.LearnedPerceptualImagePatchSimilarity.__init__ = _no_lpips
+"""
+
+
+@pytest.fixture(scope="module")
+def scene_dir(tmp_path_factory) -> Path:
+    from sceneforge.core.io import save_scene
+    from sceneforge.core.synthetic import turntable_scene
+
+    out = tmp_path_factory.mktemp("ns") / "scene"
+    save_scene(turntable_scene(num_views=9, size=32), out, format="colmap")
+    return out
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    site = tmp_path_factory.mktemp("site")
+    (site / "sitecustomize.py").write_text(NO_LPIPS)
+    e = dict(os.environ, **ENV)
+    e["PYTHONPATH"] = os.pathsep.join([str(site), e.get("PYTHONPATH", "")])
+    e["CUDA_VISIBLE_DEVICES"] = ""  # nerfacc/gsplat kernels would JIT-compile and crash
+    return e
+
+
+def ns_bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def run(cmd: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, f"{cmd}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p
+
+
+def test_sitecustomize_blocks_lpips(env, tmp_path):
+    code = "from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity as L; L()"
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert p.returncode != 0 and "would download" in p.stderr
+
+
+def test_ns_train_help_lists_method(env, tmp_path):
+    p = run([ns_bin("ns-train"), "sceneforge", "--help"], env, tmp_path)
+    assert "sceneforge radiance field" in p.stdout
+    assert "sceneforge-data" in p.stdout
+
+
+def test_dataparser_rays_match_ours(scene_dir, monkeypatch):
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    from sceneforge.core.io import load_scene
+    from sceneforge.ns_dataparser import SceneforgeDataParserConfig
+
+    parser = SceneforgeDataParserConfig(data=scene_dir).setup()
+    out = parser.get_dataparser_outputs("train")
+    scene = load_scene(scene_dir)
+    assert len(out.image_filenames) == 7 and all(p.is_file() for p in out.image_filenames)
+    j, i = 2, 3  # train image 2 is scene image 3 (images 0 and 8 are held out)
+    rb = out.cameras.generate_rays(camera_indices=j)
+    o, d, _ = scene.cameras.rays(i)
+    T, s = out.dataparser_transform.double(), out.dataparser_scale
+    o_ns = s * (o.double() @ T[:, :3].T + T[:, 3])
+    d_ns = d.double() @ T[:, :3].T
+    torch.testing.assert_close(rb.origins.reshape(-1, 3).double(), o_ns, atol=1e-4, rtol=0)
+    torch.testing.assert_close(rb.directions.reshape(-1, 3).double(), d_ns, atol=1e-4, rtol=0)
+    assert len(parser.get_dataparser_outputs("val").image_filenames) == 2
+
+
+def test_ns_train_two_steps_cpu_then_ns_eval(scene_dir, env, tmp_path):
+    out = tmp_path / "outputs"
+    run(
+        [
+            ns_bin("ns-train"),
+            "sceneforge",
+            "--data",
+            str(scene_dir),
+            "--output-dir",
+            str(out),
+            "--max-num-iterations",
+            "2",
+            "--machine.device-type",
+            "cpu",
+            "--vis",
+            "tensorboard",
+            "--timestamp",
+            "t0",
+            "--pipeline.model.field.density-grid-resolution",
+            "32",
+            "--pipeline.datamanager.train-num-rays-per-batch",
+            "256",
+        ],
+        env,
+        tmp_path,
+    )
+    run_dir = out / "scene" / "sceneforge" / "t0"
+    ckpts = sorted((run_dir / "nerfstudio_models").glob("step-*.ckpt"))
+    assert ckpts, list(run_dir.iterdir())
+    ev = tmp_path / "eval.json"
+    run(
+        [ns_bin("ns-eval"), "--load-config", str(run_dir / "config.yml"), "--output-path", str(ev)],
+        env,
+        tmp_path,
+    )
+    res = json.loads(ev.read_text())
+    assert res["method_name"] == "sceneforge"
+    assert res["checkpoint"].endswith(ckpts[-1].name)
+    assert 0 < res["results"]["psnr"] < 60
