@@ -116,9 +116,5 @@ def tiny_sd_txt2img_path(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Many small ops: one torch thread is much faster on a busy shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_thread):
+    """Every inpaint test runs on one torch thread (see ``one_thread``)."""

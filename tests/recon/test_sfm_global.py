@@ -14,13 +14,7 @@ from sceneforge.recon.global_sfm import (
     translation_averaging,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rig(n=12, seed=0, collinear=False):

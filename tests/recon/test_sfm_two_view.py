@@ -16,14 +16,7 @@ from sceneforge.recon.two_view import (
     sampson_error,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many mid-sized element-wise ops: one thread is much faster on a busy 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pairs(P=12, M=300, noise_px=0.0, outliers=0.0, f=500.0, seed=0):
