@@ -55,17 +55,20 @@ class DatasetUpdateConfig:
     """Weight of the depth loss."""
     ranking_margin: float = 1e-4
     """Margin of the depth ranking loss (world units)."""
-    accumulation_threshold: float = 0.5
-    """Rendered depth counts as known where the accumulation exceeds this."""
+    accumulation_threshold: float = 0.2
+    """Rendered depth counts as known where the accumulation exceeds this (the depth is
+    normalised by the accumulation, so a still semi-transparent field gives usable depth)."""
     empty_threshold: float = 0.02
     """Below this accumulation a pixel is empty (background at infinity); depth between the
     two thresholds is unknown (not warped)."""
     depth_source: Literal["render", "scene", "auto"] = "render"
     """Geometry for warping: the field's rendered depth, the scene's depth maps (RGB-D
     captures, synthetic scenes), or ``auto`` (scene depth when present)."""
-    photometric_tolerance: float = 0.1
+    photometric_tolerance: float = 0.0
     """Rendered depth of an observed pixel is used for warping only where the render matches
-    the capture within this (max channel difference; 0 = always)."""
+    the capture within this (max channel difference; 0 = always). Off by default: the
+    multi-view backend's visibility checks reject wrong depth, while an early field misses
+    this tolerance on most pixels and would leave nothing to warp from."""
     seed: int = 0
     """Seed for the choice of views per update."""
     write_versions: bool = True
@@ -294,9 +297,25 @@ class InpaintDatasetUpdate:
                 names.append(name)
             manifest = {**info, "images": names, "fill_pixels": [int(f.sum()) for f in self.fill]}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            old = None
+            if final.exists():  # moved aside, not deleted, until the new folder is in place
+                old = root / f".{final.name}.old-{os.getpid()}"
+                os.replace(final, old)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                if old is not None:
+                    os.replace(old, final)
+                raise
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OSError(
+                e.errno,
+                f"cannot write dataset version {final} ({e.strerror or e}); nothing was written "
+                "for it and the earlier versions are unchanged",
+            ) from e
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -307,7 +326,8 @@ class InpaintDatasetUpdate:
     def _depth_loss(self, trainer: Trainer, batch: RayBatch, out: dict) -> Tensor:
         c = self.cfg
         sel = self.depth_valid[batch.pixel_idx]
-        pred = out["depth"]
+        # expected depth of the surface (the renderer's depth is weighted by the opacity)
+        pred = out["depth"] / out["accumulation"].clamp(min=1e-3)
         if not bool(sel.any()):
             return pred.sum() * 0.0
         dev = pred.device

@@ -129,7 +129,7 @@ class Tracks:
         """Read a file written by :meth:`save`."""
         path = Path(path)
         try:
-            with np.load(path) as z:
+            with np.load(path, allow_pickle=False) as z:
                 return Tracks(**{k: torch.from_numpy(z[k]) for k in _FIELDS})
         except (OSError, KeyError, ValueError) as e:
             raise TracksError(f"{path}: not a tracks file ({e})") from e

@@ -8,6 +8,7 @@ when that command runs.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 #: name -> (attribute in sceneforge.commands, one-line help). The one registry of verbs.
@@ -60,7 +61,21 @@ def main(argv: list[str] | None = None) -> int:
         prog=f"sceneforge {name}",
         config=(tyro.conf.PositionalMetavarFromFieldName,),
     )
-    return int(cmd.run() or 0)
+    try:
+        return int(cmd.run() or 0)
+    except Exception as e:
+        if not _user_facing(e) or os.environ.get("SCENEFORGE_DEBUG"):
+            raise
+        print(f"sceneforge {name}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _user_facing(e: BaseException) -> bool:
+    """Errors that describe bad input or a machine fault (our named errors, OSError such as a
+    full disk): printed as one message; anything else is a bug and keeps its traceback."""
+    return isinstance(e, OSError) or any(
+        c.__module__.startswith("sceneforge.") for c in type(e).__mro__
+    )
 
 
 if __name__ == "__main__":

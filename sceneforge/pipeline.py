@@ -56,9 +56,13 @@ class RunConfig:
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:  # e.g. a full disk: the previous record stays, no temp file
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _read_json(path: Path) -> dict:
@@ -134,7 +138,9 @@ def run(
         return {
             k: s[k]
             for k in ("num_images", "num_registered", "registered_by", "unregistered_images")
-            + ("num_points", "mean_track_length", "mean_reproj_error_px")
+            + ("num_points", "mean_track_length", "mean_reproj_error_px", "image_groups")
+            + ("unreadable_images", "skipped_non_image_files")
+            if k in s
         }
 
     def do_train() -> dict:

@@ -102,6 +102,7 @@ def read_colmap(
                 "pass images_dir"
             )
     images_dir = require_folder(Path(images_dir), "images folder")
+    masks_required = masks_dir is not None
     if masks_dir is None:
         masks_dir = root / "masks" if (root / "masks").is_dir() else None
     elif masks_dir is not None:
@@ -195,7 +196,7 @@ def read_colmap(
         cameras=cameras,
         image_names=names,
         image_paths=image_paths,
-        mask_paths=find_masks(masks_dir, names),
+        mask_paths=find_masks(masks_dir, names, required=masks_required),
         points=points,
         point_colors=point_colors,
         observations=observations,

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,12 +58,29 @@ def find_mask(masks_dir: Path | None, image_name: str) -> Path | None:
     return None
 
 
-def find_masks(masks_dir: Path | None, image_names: list[str]) -> list[Path | None] | None:
-    """One mask path (or None) per image; None when the folder is absent or holds none."""
+def find_masks(
+    masks_dir: Path | None, image_names: list[str], required: bool = False
+) -> list[Path | None] | None:
+    """One mask path (or None) per image; None when the folder is absent or holds none.
+
+    A folder holding no mask for any image is an error when ``required`` (the user named
+    it), else a warning (a default ``masks/`` folder that is empty): every pixel is used.
+    """
     if masks_dir is None or not masks_dir.is_dir():
         return None
     paths = [find_mask(masks_dir, n) for n in image_names]
-    return paths if any(p is not None for p in paths) else None
+    if any(p is not None for p in paths):
+        return paths
+    msg = (
+        f"{masks_dir}: masks folder holds no mask for any of the {len(image_names)} images "
+        f"(expected e.g. {image_names[0]}.png)"
+        if image_names
+        else f"{masks_dir}: no images to match masks to"
+    )
+    if required:
+        raise SceneDataError(msg)
+    warnings.warn(f"{msg}; every pixel is used", stacklevel=3)
+    return None
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -188,13 +206,21 @@ def atomic_output_dir(path: Path, scene: SceneData, overwrite: bool) -> Iterator
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+    try:
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)  # put the previous version back
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

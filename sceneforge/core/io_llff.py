@@ -115,6 +115,7 @@ def read_llff(
         model = "PINHOLE"
     cameras = make_cameras(model, p, sizes, cam_from_world, str(pb))
 
+    masks_required = masks_dir is not None
     if masks_dir is None:
         masks_dir = root / "masks" if (root / "masks").is_dir() else None
     else:
@@ -128,7 +129,7 @@ def read_llff(
         cameras=cameras,
         image_names=names,
         image_paths=files,
-        mask_paths=find_masks(masks_dir, names),
+        mask_paths=find_masks(masks_dir, names, required=masks_required),
         root=root,
         metadata=metadata,
     )
