@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sceneforge-installed
+# The nerfstudio extra lives in its own venv: nerfstudio 1.1.5 pins numpy<2 and viser 0.2.7.
+# None of its dependencies declares opencv-python, so the shim is not needed there.
+NS_VENV ?= .venv-ns
+NS_STAMP := $(NS_VENV)/.sceneforge-installed
 
-.PHONY: venv test lint pytest demo bench clean-venv
+.PHONY: venv venv-ns test test-ns lint pytest demo bench clean-venv
 
 $(STAMP): pyproject.toml third_party/opencv_python_shim/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +20,20 @@ $(STAMP): pyproject.toml third_party/opencv_python_shim/pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+$(NS_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(NS_VENV)
+	$(NS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(NS_VENV)/bin/python -m pip install -q -e '.[nerfstudio,dev]'
+	$(NS_VENV)/bin/python -m pip check
+	touch $(NS_STAMP)
+
+venv-ns: $(NS_STAMP)
+
+# Only the nerfstudio-marked tests (tests/test_ns_*.py: ns-train plugins, dataparser), in the
+# nerfstudio venv.
+test-ns: venv-ns
+	$(NS_VENV)/bin/pytest -q -p no:cacheprovider -m nerfstudio tests/test_ns_*.py
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -30,4 +48,4 @@ demo: venv
 	$(VENV)/bin/sceneforge demo
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(NS_VENV)

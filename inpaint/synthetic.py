@@ -89,13 +89,39 @@ def _render_all(mesh: Mesh, cameras, near: float) -> tuple[list[Tensor], list[Te
     return imgs, deps
 
 
+def surface_points(
+    cameras, depths: list[Tensor], num_points: int, generator: torch.Generator
+) -> Tensor:
+    """``num_points`` world points on the visible surfaces (random pixels with depth > 0 of
+    random views): the sparse cloud an SfM run would give, for bounded scene boxes."""
+    from sceneforge.core.cameras import pixel_centers, transform_points, unproject
+
+    cams = cameras.to(dtype=torch.float64)
+    per = -(-num_points // len(depths))
+    out = []
+    for i, d in enumerate(depths):
+        h, w = d.shape
+        idx = (d.reshape(-1) > 0).nonzero()[:, 0]
+        idx = idx[torch.randperm(idx.numel(), generator=generator)[:per]]
+        pix = pixel_centers(h, w, dtype=torch.float64).reshape(-1, 2)[idx]
+        rays = unproject(pix, cams.model, cams.params[i].expand(idx.numel(), -1))
+        z = d.reshape(-1)[idx].double()[:, None]
+        out.append(transform_points(cams.world_from_cam[i], rays * z))
+    return torch.cat(out)[:num_points].float()
+
+
 def tiles_removal_scene(
-    num_views: int = 12, size: int = 32, seed: int = 0, fov_deg: float = 50.0
+    num_views: int = 12,
+    size: int = 32,
+    seed: int = 0,
+    fov_deg: float = 50.0,
+    num_points: int = 2000,
 ) -> RemovalScene:
     """Flat-coloured boxes on a floor of big coloured tiles, seen from an orbit; object 0
     (the box in the middle) is removed. Low-frequency content, so that small fields trained
     for a few hundred steps on small images reproduce it (the procedural scenes' noise
-    textures alias at such sizes)."""
+    textures alias at such sizes). ``num_points`` sparse surface points (as SfM would
+    triangulate, the removed box included) let a trainer use ``scene_box="bounded"``."""
     g = torch.Generator().manual_seed(seed)
 
     def colour() -> Tensor:
@@ -121,6 +147,7 @@ def tiles_removal_scene(
         image_names=[f"view_{i:03d}.png" for i in range(num_views)],
         images=imgs,
         depths=deps,
+        points=surface_points(cams, deps, num_points, g) if num_points > 0 else None,
         metadata={"synthetic": True, "mesh": mesh, "near": near},
     )
     bg = remove_object(mesh, 0)
@@ -133,4 +160,10 @@ def tiles_removal_scene(
     )
 
 
-__all__ = ["RemovalScene", "object_removal_scene", "remove_object", "tiles_removal_scene"]
+__all__ = [
+    "RemovalScene",
+    "object_removal_scene",
+    "remove_object",
+    "surface_points",
+    "tiles_removal_scene",
+]

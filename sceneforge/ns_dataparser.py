@@ -127,13 +127,17 @@ class SceneforgeDataParser(DataParser):
             scene, cfg.scene_box, cfg.inner_scale
         )
         cams = nerfstudio_cameras(scene, transform, scale)[torch.tensor(idx)]
+        # nerfstudio's scene box = our box in its frame (inside [-1, 1]^3; tight, not the cube
+        # around it: a bounded field then spends its grid and samples where ours does)
+        box = auto_scene_box(scene, cfg.scene_box, cfg.inner_scale).aabb.double()
+        aabb = (scale * (box + transform[:, 3])).float()
         masks = None
         if cfg.use_masks and scene.mask_paths is not None:
             masks = [Path(scene.mask_paths[i]) for i in idx]
         return DataparserOutputs(
             image_filenames=[Path(scene.image_paths[i]) for i in idx],
             cameras=cams,
-            scene_box=NSSceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]])),
+            scene_box=NSSceneBox(aabb=aabb),
             mask_filenames=masks,
             dataparser_transform=transform.float(),
             dataparser_scale=scale,

@@ -124,13 +124,56 @@ class SceneforgeModel(Model):
                 self._sync_box()
                 self.grid.update(self.field.density_normalized, step, self._generator)
 
+        datamanager = getattr(training_callback_attributes.pipeline, "datamanager", None)
+
+        def init_background(step: int) -> None:
+            # Step 0 only: a run resumed from a checkpoint starts later and keeps its colour.
+            if step == 0 and self.config.render.background == "learned":
+                dataset = getattr(datamanager, "train_dataset", None)
+                if dataset is not None:
+                    self.init_background(dataset)
+
         return [
             TrainingCallback(
                 where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
                 update_every_num_iters=1,
+                func=init_background,
+            ),
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                update_every_num_iters=1,
                 func=update_grid,
-            )
+            ),
         ]
+
+    @torch.no_grad()
+    def init_background(self, dataset, max_images: int = 16) -> Tensor:
+        """Start the learned background at the median border colour of the training images.
+
+        As our trainer does. Starting at ``sigmoid(0)`` (grey) instead, the first steps on a
+        black-background scene drive the density grid towards empty space and the field never
+        recovers (18 dB instead of 25 dB held out). Masked-out and transparent pixels are
+        skipped; returns the colour (grey when no border pixel is usable).
+        """
+        n = len(dataset)
+        cols = []
+        for j in sorted({round(k * (n - 1) / max(max_images - 1, 1)) for k in range(max_images)}):
+            if j >= n:
+                continue
+            data = dataset[j]
+            img = data["image"].float()
+            ok = torch.ones(img.shape[:2], dtype=torch.bool)
+            if "mask" in data:
+                ok &= data["mask"].reshape(img.shape[:2]).bool().cpu()
+            if img.shape[-1] == 4:
+                ok &= img[..., 3].cpu() > 0.5
+            img = img[..., :3].cpu()
+            for sl in ((0, slice(None)), (-1, slice(None)), (slice(None), 0), (slice(None), -1)):
+                cols.append(img[sl][ok[sl]])
+        c = torch.cat(cols) if cols else torch.empty(0, 3)
+        color = c.median(0).values if c.numel() else torch.full((3,), 0.5)
+        self.bg_param.copy_(torch.logit(color.clamp(0.02, 0.98)).to(self.bg_param))
+        return color
 
     @property
     def background(self) -> Tensor | None:

@@ -49,6 +49,9 @@ def _eval(trainer, rs, fill):
 
 
 def test_multiview_completion_beats_masked_field_and_depth_loss_helps(removal, tmp_path):
+    """Photos only (the realistic path): the multi-view backend warps with the field's own
+    rendered depth (calibrated on the observed pixels) and the depth loss uses the completed
+    depth made from it."""
     rs, fill = removal
     before = [im.clone() for im in rs.scene.images]
     tcfg = TrainerConfig(
@@ -59,6 +62,7 @@ def test_multiview_completion_beats_masked_field_and_depth_loss_helps(removal, t
         holdout_every=0,
         checkpoint_every=0,
         log_every=0,
+        scene_box="bounded",  # from the scene's sparse (SfM-like) points
         sampler=SamplerConfig(**SAMPLER),
     )
     trainer = Trainer(masked_training_scene(rs.scene, fill), tcfg)
@@ -77,7 +81,7 @@ def test_multiview_completion_beats_masked_field_and_depth_loss_helps(removal, t
             num_rounds=1,
             final_steps=FINAL,
             depth_loss=loss,
-            depth_source="scene",  # an RGB-D capture: warp with the captured depth
+            depth_source="render",  # photos only: warp with the field's rendered depth
             depth_loss_weight=0.5,
         )
         upd = InpaintDatasetUpdate(trainer, fill, MultiViewInpainter(), upd_cfg, tmp_path / loss)

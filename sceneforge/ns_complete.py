@@ -1,0 +1,382 @@
+"""nerfstudio plugin method ``sceneforge-complete``: scene completion (the Inpaint Dataset Update)
+inside ``ns-train``.
+
+Needs the ``[nerfstudio]`` extra. Registered through the ``nerfstudio.method_configs`` entry
+point ``sceneforge-complete``, or without installing
+``NERFSTUDIO_METHOD_CONFIGS=sceneforge-complete=sceneforge.ns_complete:sceneforge_complete_method``.
+
+    ns-train sceneforge-complete --data SCENE_DIR \\
+        --pipeline.datamanager.mask-box XMIN YMIN ZMIN XMAX YMAX ZMAX
+
+The model is :mod:`sceneforge.ns_plugin`'s; the datamanager (:class:`CompletionDataManager`)
+builds fill masks for the training images (a world box in the scene's own frame projected into
+every view, and/or a folder of per-image masks, white = fill), trains on the unmasked pixels
+only (the fill pixels are masked out of the pixel sampler), and after ``warmup_steps`` and then
+every ``update_every`` steps (``num_rounds`` times) renders the training views with the model,
+inpaints them jointly with our inpainter (multi-view by default; ``telea``; ``sd`` with a local
+model) and replaces the cached training images inside the fill masks (noise strength annealed
+across the rounds). Each update is written to ``<run dir>/datasets/vNNN/`` (atomic; the scene's
+files are never touched).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+try:
+    from nerfstudio.data.datamanagers.base_datamanager import (
+        VanillaDataManager,
+        VanillaDataManagerConfig,
+    )
+    from nerfstudio.engine.callbacks import (
+        TrainingCallback,
+        TrainingCallbackAttributes,
+        TrainingCallbackLocation,
+    )
+    from nerfstudio.plugins.types import MethodSpecification
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "sceneforge.ns_complete needs nerfstudio: install 'sceneforge[nerfstudio]' into its own "
+        "venv (nerfstudio pins numpy<2), e.g. python -m venv .venv-ns && "
+        ".venv-ns/bin/pip install -e '.[nerfstudio]'"
+    ) from e
+
+from sceneforge.core.cameras import Cameras
+from sceneforge.core.diffusion import annealed_strength
+from sceneforge.core.image_io import write_image_atomic
+from sceneforge.fields.rendering import render_rays
+from sceneforge.fields.trainer import split_indices
+from sceneforge.inpaint.complete import CompleteConfig, make_inpainter
+from sceneforge.inpaint.inpainters import Inpainter
+from sceneforge.inpaint.masks import box_fill_mask, dilate, read_fill_masks
+from sceneforge.ns_dataparser import SceneforgeDataParserConfig, scene_to_nerfstudio_frame
+from sceneforge.ns_plugin import SceneforgeModel, method_config
+
+
+@dataclass
+class CompletionDataManagerConfig(VanillaDataManagerConfig):
+    """Vanilla datamanager + fill masks + the Inpaint Dataset Update (sceneforge dataparser)."""
+
+    _target: type = dataclasses.field(default_factory=lambda: CompletionDataManager)
+    mask_box: tuple[float, float, float, float, float, float] | None = None
+    """World box ``xmin ymin zmin xmax ymax zmax`` (the scene's own frame) to remove."""
+    masks: Path | None = None
+    """Folder of per-image fill masks (same stem as the images; white = fill)."""
+    dilate_px: int = 1
+    """Grow the fill masks by this many pixels."""
+    inpainter: Literal["multiview", "telea", "sd"] = "multiview"
+    """Inpainting backend (``sd`` needs ``model_path``)."""
+    model_path: str | None = None
+    """Local Stable Diffusion inpainting folder for ``sd``."""
+    prompt: str = ""
+    """Text prompt for ``sd``."""
+    warmup_steps: int = 1000
+    """Steps on the unmasked pixels before the first update."""
+    update_every: int = 500
+    """Steps between updates."""
+    num_rounds: int = 4
+    """Number of updates."""
+    strength_start: float = 1.0
+    """Noise strength of the first update."""
+    strength_end: float = 0.4
+    """Noise strength of the last update (annealed linearly)."""
+    accumulation_threshold: float = 0.2
+    """Rendered depth counts as known above this accumulation."""
+    empty_threshold: float = 0.02
+    """Below this accumulation a pixel is empty (depth 0: background at infinity)."""
+    render_chunk: int = 8192
+    """Rays per chunk when rendering the training views."""
+    write_versions: bool = True
+    """Write every dataset version to ``<run dir>/datasets/vNNN``."""
+
+
+class CompletionDataManager(VanillaDataManager):
+    """Trains on the unmasked pixels, then inpaints rendered training views every N steps."""
+
+    config: CompletionDataManagerConfig
+
+    def setup_train(self) -> None:
+        super().setup_train()
+        cfg = self.config
+        if not isinstance(cfg.dataparser, SceneforgeDataParserConfig):
+            raise ValueError("sceneforge-complete needs the sceneforge-data dataparser")
+        if cfg.mask_box is None and cfg.masks is None:
+            raise ValueError(
+                "sceneforge-complete: give --pipeline.datamanager.mask-box or "
+                "--pipeline.datamanager.masks (nothing to fill)"
+            )
+        loader = self.train_image_dataloader
+        if not loader.cache_all_images:
+            raise ValueError(
+                "sceneforge-complete replaces the cached training images: keep "
+                "--pipeline.datamanager.train-num-images-to-sample-from at -1"
+            )
+        from sceneforge.core.io import load_scene
+
+        dp = cfg.dataparser
+        scene = load_scene(dp.data, format=dp.format)
+        train_idx, _ = split_indices(len(scene), dp.holdout_every)
+        names = self.train_dataparser_outputs.metadata.get("image_names")
+        if names != [scene.image_names[i] for i in train_idx]:
+            raise ValueError(f"{dp.data}: the dataparser's training images do not match the scene")
+        self.scene, self.train_idx = scene, train_idx
+        self.ns_transform, self.ns_scale, _ = scene_to_nerfstudio_frame(
+            scene, dp.scene_box, dp.inner_scale
+        )
+        self.cameras: Cameras = scene.cameras[train_idx]
+        fill = [
+            torch.zeros(int(scene.cameras.height[i]), int(scene.cameras.width[i]), dtype=torch.bool)
+            for i in train_idx
+        ]
+        if cfg.masks is not None:
+            files = read_fill_masks(cfg.masks, scene)
+            fill = [f | files[i] for f, i in zip(fill, train_idx)]
+        if cfg.mask_box is not None:
+            depths = scene.depths
+            fill = [
+                f
+                | box_fill_mask(
+                    scene.cameras, i, cfg.mask_box, depth=None if depths is None else depths[i]
+                )
+                for f, i in zip(fill, train_idx)
+            ]
+        self.fill = [dilate(f, cfg.dilate_px) for f in fill]
+        if not any(bool(f.any()) for f in self.fill):
+            raise ValueError("the fill masks select no pixel of any training image")
+        batch = loader.cached_collated_batch
+        self._originals = [self._image(batch, j).clone() for j in range(len(self.fill))]
+        # the scene's own masks (True = usable) stay; the fill pixels are masked until filled
+        self._scene_masks = None
+        if "mask" in batch:
+            self._scene_masks = [
+                self._get(batch, "mask", j)[..., 0].bool().cpu() for j in range(len(self.fill))
+            ]
+        self._set_masks(batch, self._usable(filled=False))
+        self.round = 0
+        self.version = 0
+        self.history: list[dict] = []
+        self.out_dir: Path | None = None
+        self._inpainter: Inpainter | None = None
+
+    # -- cached batch access ------------------------------------------------------------------
+
+    def _pos(self, batch: dict, j: int) -> int:
+        """Position of training image ``j`` in the cached batch (loaded in random order)."""
+        pos = (batch["image_idx"].reshape(-1) == j).nonzero()
+        if pos.numel() != 1:
+            raise RuntimeError(f"training image {j} is not in the cached batch once")
+        return int(pos[0, 0])
+
+    def _get(self, batch: dict, key: str, j: int) -> Tensor:
+        return batch[key][self._pos(batch, j)]
+
+    def _image(self, batch: dict, j: int) -> Tensor:
+        return self._get(batch, "image", j)[..., :3].float().cpu()
+
+    def _usable(self, filled: bool) -> list[Tensor]:
+        """Pixels the sampler may draw: the scene's masks, without (before the first update)
+        or with (after it) the fill pixels."""
+        out = []
+        for j, f in enumerate(self.fill):
+            base = torch.ones_like(f) if self._scene_masks is None else self._scene_masks[j]
+            out.append(base | f if filled else base & ~f)
+        return out
+
+    def _set_masks(self, batch: dict, usable: list[Tensor]) -> None:
+        """``batch["mask"]`` (in the batch's image order) = ``usable`` (per training image)."""
+        dev = self.device
+        order = [int(j) for j in batch["image_idx"].reshape(-1)]
+        ms = [usable[j][..., None].to(dev) for j in order]
+        batch["mask"] = torch.stack(ms) if _same_shapes(ms) else ms
+
+    # -- the update ---------------------------------------------------------------------------
+
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> list[TrainingCallback]:
+        attrs = training_callback_attributes
+        if attrs.trainer is not None and self.config.write_versions:
+            self.out_dir = Path(attrs.trainer.base_dir)
+
+        def maybe_update(step: int) -> None:
+            done = step + 1  # iterations finished after this step
+            c = self.config
+            k = done - c.warmup_steps
+            if k >= 0 and k % max(c.update_every, 1) == 0 and self.round < c.num_rounds:
+                self.inpaint_update(attrs.pipeline.model, done)
+
+        return [
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+                update_every_num_iters=1,
+                func=maybe_update,
+            )
+        ]
+
+    @property
+    def inpainter(self) -> Inpainter:
+        if self._inpainter is None:
+            c = self.config
+            self._inpainter = make_inpainter(
+                CompleteConfig(inpainter=c.inpainter, model=c.model_path, prompt=c.prompt)
+            )
+        return self._inpainter
+
+    @torch.no_grad()
+    def render_view(self, model: SceneforgeModel, j: int) -> dict[str, Tensor]:
+        """RGB, z-depth (scene units) and accumulation of training view ``j`` (full res)."""
+        cams = self.cameras
+        h, w = int(cams.height[j]), int(cams.width[j])
+        o, d, z = cams.rays(j)
+        T, s = self.ns_transform.to(o), self.ns_scale
+        o_ns = s * (o @ T[:, :3].T + T[:, 3])
+        d_ns = torch.nn.functional.normalize(d @ T[:, :3].T, dim=-1)
+        was_training = model.training
+        model.eval()
+        model._sync_box()
+        dev = model.device
+        outs: dict[str, list[Tensor]] = {"rgb": [], "depth": [], "accumulation": []}
+        try:
+            for a in range(0, o.shape[0], self.config.render_chunk):
+                sl = slice(a, a + self.config.render_chunk)
+                r = render_rays(
+                    model.field,
+                    model.grid,
+                    model.config.sampler,
+                    o_ns[sl].float().to(dev),
+                    d_ns[sl].float().to(dev),
+                    None,
+                    model.background,
+                    None,
+                    z[sl].float().to(dev),
+                )
+                for k in outs:
+                    outs[k].append(r[k].cpu())
+        finally:
+            model.train(was_training)
+        acc = torch.cat(outs["accumulation"]).view(h, w)
+        return {
+            "rgb": torch.cat(outs["rgb"]).view(h, w, 3).clamp(0, 1),
+            "depth": torch.cat(outs["depth"]).view(h, w) / s,  # nerfstudio units -> scene
+            "accumulation": acc,
+        }
+
+    @torch.no_grad()
+    def inpaint_update(self, model: SceneforgeModel, step: int) -> int:
+        """Render the training views with holes, inpaint them jointly, replace them."""
+        c = self.config
+        views = [j for j, f in enumerate(self.fill) if bool(f.any())]
+        strength = annealed_strength(self.round, c.num_rounds, c.strength_start, c.strength_end)
+        renders, depths = [], []
+        for j in views:
+            r = self.render_view(model, j)
+            acc = r["accumulation"]
+            d = r["depth"] / acc.clamp(min=1e-6)
+            d = torch.where(acc > c.accumulation_threshold, d, float("nan"))
+            d = torch.where(acc < c.empty_threshold, 0.0, d)
+            renders.append(r["rgb"])
+            depths.append(d)
+        if not _same_shapes(renders):
+            raise ValueError("sceneforge-complete needs training images of one size")
+        render, depth = torch.stack(renders), torch.stack(depths)
+        fill = torch.stack([self.fill[j] for j in views])
+        originals = torch.stack([self._originals[j] for j in views])
+        current = torch.where(fill[..., None], render, originals)
+        res = self.inpainter.inpaint(
+            current, fill, depth, self.cameras[views], prompt=c.prompt or None, strength=strength
+        )
+        images = res.images
+        if not getattr(self.inpainter, "uses_strength", False) and strength < 1.0:
+            images = torch.where(fill[..., None], render + strength * (images - render), images)
+        # exactly the capture outside the fill masks
+        images = torch.where(fill[..., None], images, originals)
+        batch = self.train_image_dataloader.cached_collated_batch
+        for k, j in enumerate(views):
+            pos = self._pos(batch, j)
+            img = batch["image"][pos]
+            new = images[k].to(img)
+            if img.shape[-1] == 4:  # RGBA capture: the filled pixels become opaque
+                alpha = torch.where(fill[k, ..., None].to(img.device), 1.0, img[..., 3:])
+                new = torch.cat([new, alpha.to(img)], -1)
+            batch["image"][pos] = new
+        self._set_masks(batch, self._usable(filled=True))
+        self.round += 1
+        self.version += 1
+        info = {
+            "version": self.version,
+            "step": step,
+            "round": self.round,
+            "strength": strength,
+            "views": [self.scene.image_names[self.train_idx[j]] for j in views],
+            "inpainter": self.inpainter.name,
+        }
+        self.history.append(info)
+        if self.out_dir is not None and c.write_versions:
+            self.write_version(info)
+        return self.version
+
+    def write_version(self, info: dict) -> Path:
+        """Write the current training images to ``<run dir>/datasets/vNNN`` atomically."""
+        root = self.out_dir / "datasets"
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / f"v{self.version:03d}"
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".v{self.version:03d}."))
+        batch = self.train_image_dataloader.cached_collated_batch
+        try:
+            (tmp / "images").mkdir()
+            names = []
+            for j, i in enumerate(self.train_idx):
+                name = Path(self.scene.image_names[i]).with_suffix(".png").name
+                write_image_atomic(tmp / "images" / name, self._image(batch, j))
+                names.append(name)
+            manifest = {**info, "images": names, "fill_pixels": [int(f.sum()) for f in self.fill]}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+
+def _same_shapes(ts: list[Tensor]) -> bool:
+    return all(t.shape == ts[0].shape for t in ts)
+
+
+def complete_method_config(max_steps: int = 3000) -> object:
+    """``sceneforge-complete``: the ``sceneforge`` method with the completion datamanager."""
+    cfg = method_config(max_steps)
+    cfg.method_name = "sceneforge-complete"
+    dm = cfg.pipeline.datamanager
+    cfg.pipeline.datamanager = CompletionDataManagerConfig(
+        dataparser=dm.dataparser,
+        train_num_rays_per_batch=dm.train_num_rays_per_batch,
+        eval_num_rays_per_batch=dm.eval_num_rays_per_batch,
+    )
+    return cfg
+
+
+sceneforge_complete_method = MethodSpecification(
+    config=complete_method_config(),
+    description="sceneforge scene completion: train on the unmasked pixels, inpaint rendered "
+    "views jointly every N steps (Inpaint Dataset Update)",
+)
+
+
+__all__ = [
+    "CompletionDataManager",
+    "CompletionDataManagerConfig",
+    "complete_method_config",
+    "sceneforge_complete_method",
+]
