@@ -5,6 +5,7 @@ with optional epipolar verification.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -65,24 +66,86 @@ class Matches:
         return Matches(torch.zeros(0, 2, dtype=torch.long), torch.zeros(0))
 
 
+_BF16_FAST: dict[str, bool] = {}
+
+
+def _bf16_is_fast(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products are clearly faster than float32 here (CPUs with native
+    bf16 units: several times), measured once per process on a small product."""
+    key = f"{device}:{torch.get_num_threads()}"
+    if key not in _BF16_FAST:
+        if device.type != "cpu":
+            _BF16_FAST[key] = False
+        else:
+            import time
+
+            a = torch.randn(512, 128)
+            b = torch.randn(128, 2048)
+            times = []
+            for x, y in ((a, b), (a.bfloat16(), b.bfloat16())):
+                x @ y
+                t0 = time.process_time()
+                for _ in range(3):
+                    x @ y
+                times.append(time.process_time() - t0)
+            _BF16_FAST[key] = times[1] < 0.5 * times[0]
+    return _BF16_FAST[key]
+
+
 def _nn_top2(
     a: Float[Tensor, "N D"], b: Float[Tensor, "M D"], chunk: int
-) -> tuple[Int[Tensor, " N"], Float[Tensor, " N"], Float[Tensor, " N"]]:
+) -> tuple[
+    Int[Tensor, " N"],
+    Float[Tensor, " N"],
+    Float[Tensor, " N"],
+    Int[Tensor, " M"],
+    Float[Tensor, " M"],
+]:
     """For each row of ``a``: index of its nearest row of ``b`` by cosine similarity, the best
-    similarity and the second best (-1 when ``b`` has one row). Chunked over ``a``."""
-    n = a.shape[0]
+    similarity and the second best (-1 when ``b`` has one row); for each row of ``b``: the
+    index of its nearest row of ``a`` and that similarity. One similarity matrix, chunked over
+    ``a``.
+
+    Where bfloat16 products are fast (see :func:`_bf16_is_fast`), the similarity matrix is
+    computed in bfloat16 only to shortlist candidates (4 per row of ``a``, 1 per row of ``b``),
+    which are then re-scored exactly in the input precision."""
+    n, m = a.shape[0], b.shape[0]
+    low = a.dtype == torch.float32 and m > 4 and n > 2 and _bf16_is_fast(a.device)
     idx = torch.empty(n, dtype=torch.long, device=a.device)
     s1 = torch.empty(n, dtype=a.dtype, device=a.device)
     s2 = torch.full((n,), -1.0, dtype=a.dtype, device=a.device)
-    k = min(2, b.shape[0])
+    col_val = torch.full((m,), -math.inf, dtype=torch.bfloat16 if low else a.dtype, device=a.device)
+    col_idx = torch.zeros(m, dtype=torch.long, device=a.device)
+    bt = b.T.contiguous()
+    bt_low = bt.bfloat16() if low else bt
     for start in range(0, n, chunk):
-        sim = a[start : start + chunk] @ b.T
-        top = sim.topk(k, dim=1)
-        idx[start : start + chunk] = top.indices[:, 0]
-        s1[start : start + chunk] = top.values[:, 0]
-        if k == 2:
+        a_c = a[start : start + chunk]
+        c = a_c.shape[0]
+        if low:
+            sim = a_c.bfloat16() @ bt_low
+            cand = sim.topk(4, dim=1).indices  # (c, 4)
+            exact = (a_c[:, None, :] * b[cand]).sum(-1)
+            top = exact.topk(2, dim=1)
+            idx[start : start + chunk] = cand.gather(1, top.indices[:, :1])[:, 0]
+            s1[start : start + chunk] = top.values[:, 0]
             s2[start : start + chunk] = top.values[:, 1]
-    return idx, s1, s2
+        else:
+            sim = a_c @ bt
+            rows = torch.arange(c, device=a.device)
+            v1, i1 = sim.max(dim=1)
+            idx[start : start + chunk] = i1
+            s1[start : start + chunk] = v1
+            if m > 1:
+                sim[rows, i1] = -math.inf
+                s2[start : start + chunk] = sim.max(dim=1).values
+                sim[rows, i1] = v1
+        cv, ci = sim.max(dim=0)
+        better = cv > col_val
+        col_val = torch.where(better, cv, col_val)
+        col_idx = torch.where(better, ci + start, col_idx)
+    if low:  # exact similarity of each row of b with its shortlisted row of a
+        col_val = (a[col_idx] * b).sum(-1)
+    return idx, s1, s2, col_idx, col_val
 
 
 def mutual_nn_match(
@@ -98,10 +161,11 @@ def mutual_nn_match(
         return Matches.empty()
     if desc0.shape[1] != desc1.shape[1]:
         raise ValueError(f"descriptor sizes differ: {desc0.shape[1]} vs {desc1.shape[1]}")
-    nn01, s01, t01 = _nn_top2(desc0, desc1, chunk_size)
-    nn10, _, _ = _nn_top2(desc1, desc0, chunk_size)
+    nn01, s01, t01, nn10, s10 = _nn_top2(desc0, desc1, chunk_size)
     i0 = torch.arange(desc0.shape[0], device=desc0.device)
-    mutual = nn10[nn01] == i0
+    # Mutual: no row of desc0 is closer to desc1[nn01] (a bfloat16 shortlist may have picked a
+    # near-tie, hence the comparison of exact similarities too).
+    mutual = (nn10[nn01] == i0) | (s01 >= s10[nn01])
     d1 = (2 - 2 * s01).clamp_min(0).sqrt()
     d2 = (2 - 2 * t01).clamp_min(0).sqrt()
     ok = mutual & (s01 >= min_similarity)

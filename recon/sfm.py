@@ -4,7 +4,8 @@ Stages (each with its own typed config):
 1. tracks (:mod:`sceneforge.recon.tracking`) over all images;
 2. two-view geometry on every pair sharing enough tracks, batched
    (:mod:`sceneforge.recon.two_view`); unknown focal lengths are first estimated from the
-   fundamental matrices;
+   fundamental matrices (one shared value, or one per image when the images do not share a
+   camera, e.g. internet photos of different sizes);
 3. global initialisation: rotation then translation averaging, all cameras at once
    (:mod:`sceneforge.recon.global_sfm`);
 4. triangulation (:mod:`sceneforge.recon.triangulation`) → bundle adjustment
@@ -49,7 +50,12 @@ from sceneforge.recon.global_sfm import (
     translation_averaging,
 )
 from sceneforge.recon.tracks import Tracks
-from sceneforge.recon.two_view import TwoViewConfig, estimate_shared_focal, estimate_two_view
+from sceneforge.recon.two_view import (
+    TwoViewConfig,
+    estimate_per_image_focals,
+    estimate_shared_focal,
+    estimate_two_view,
+)
 
 
 class SfMError(ValueError):
@@ -110,6 +116,13 @@ class RefinementConfig:
     """Also refine cx, cy (poorly constrained; COLMAP keeps them fixed by default)."""
     max_points_ba: int = 20000
     """Bundle-adjust at most this many points (the longest tracks)."""
+    converged_max_filtered: float = 0.05
+    """From the second round on, stop early when a round registers no new image, filters at
+    most this fraction of the observations and lowers the mean reprojection error by less than
+    ``converged_min_gain``."""
+    converged_min_gain: float = 0.2
+    """Relative decrease of the mean reprojection error below which a round counts as
+    converged (see ``converged_max_filtered``; 0 disables the early stop)."""
 
 
 @dataclass
@@ -201,6 +214,28 @@ def initial_intrinsics(
     return convert_params("SIMPLE_PINHOLE", pin, cfg.model)
 
 
+def _per_image_focals(
+    fgeo, pairs: Tensor, sizes: Tensor, cfg: CameraConfig, log: Callable[[str], None]
+) -> Tensor:
+    """One initial focal length per image (cameras not shared, e.g. internet photos), from the
+    verified fundamental matrices; the prior for every image when they leave it unobservable."""
+    ok = fgeo.success
+    side = sizes.max(1).values.double()
+    pp = sizes.flip(1).double() / 2
+    f, rho = estimate_per_image_focals(
+        fgeo.matrix[ok], pairs[ok], pp, side, fgeo.num_inliers[ok].double(), cfg.focal_range
+    )
+    lo, hi = cfg.focal_range
+    if rho < 1.05 * lo or rho > 0.95 * hi:
+        log(f"focal lengths not observable from the pairs; using {cfg.focal_prior:g} x image size")
+        return cfg.focal_prior * side
+    log(
+        f"per-image focal lengths from {int(ok.sum())} fundamental matrices: "
+        f"{float(f.min()):.0f}-{float(f.max()):.0f} px (shared ratio {rho:.2f})"
+    )
+    return f
+
+
 def _focals(model: str, params: Tensor) -> Tensor:
     from sceneforge.core.cameras import split_params
 
@@ -288,6 +323,8 @@ def _ba(
         intrinsics="fixed" if intr_mode == "fixed" else intr_mode,
         fix_points=fix_points,
         constant_intrinsics=() if cfg.refine_principal_point else ("cx", "cy"),
+        # The pipeline's thread setting (BAOptions' default, all cores, oversubscribes).
+        num_threads=torch.get_num_threads(),
     )
     res, summary = bundle_adjust(prob, opts)
     T = make_rigid(angle_axis_to_matrix(res.rotation), res.translation)
@@ -346,9 +383,12 @@ def _reconstruct_from_tracks(
         ok = fgeo.success
         if int(ok.sum()) == 0:
             raise SfMError("no image pair has a valid fundamental matrix")
+        lo, hi = cfg.camera.focal_range
+        if not cfg.camera.shared or not bool((sizes == sizes[:1]).all()):
+            focal0 = _per_image_focals(fgeo, pairs, sizes, cfg.camera, log)
+    if not known and focal0 is None:
         pp = torch.stack([sizes[:, 1].double().mean() / 2, sizes[:, 0].double().mean() / 2])
         size = float(sizes.max())
-        lo, hi = cfg.camera.focal_range
         focal0 = estimate_shared_focal(
             fgeo.matrix[ok], pp, fgeo.num_inliers[ok].double(), (lo * size, hi * size)
         )
@@ -380,10 +420,25 @@ def _reconstruct_from_tracks(
     stats["pairs_verified"] = int(geo.success.sum())
     timings["two_view_s"] = time.perf_counter() - t0
     log(f"two-view: {int(geo.success.sum())}/{pairs.shape[0]} pairs verified")
+    ok = geo.success
+    if not bool(ok.any()):
+        raise SfMError(
+            f"no image pair passed two-view verification (0/{pairs.shape[0]} pairs): the "
+            "matches are not consistent with one rigid scene; nothing can be registered"
+        )
+    _check_motion(geo.median_angle_deg[ok], cfg.translation.min_pair_angle_deg)
+    groups = image_groups(n, pairs[ok])
+    stats["image_groups"] = groups
+    if len(groups) > 1:
+        log(
+            f"[yellow]the images form {len(groups)} disconnected groups "
+            f"({', '.join(str(len(g)) for g in groups)} images) that share no verified pair; "
+            f"continuing with the largest ({len(groups[0])} images), the others stay "
+            "unregistered"
+        )
 
     # ---- global rotations and positions
     t0 = time.perf_counter()
-    ok = geo.success
     edges, R_rel, t_rel = pairs[ok], geo.R[ok], geo.t[ok]
     w_e = geo.num_inliers[ok].double()
     R_abs, solved, inl_e = rotation_averaging(n, edges, R_rel, w_e, cfg.rotation)
@@ -411,6 +466,16 @@ def _reconstruct_from_tracks(
     stats["edges_rotation_inliers"] = int(inl_e.sum())
     timings["global_init_s"] = time.perf_counter() - t0
     log(f"global init: {int(solved.sum())}/{n} images registered")
+    scale_groups = scale_linked_edge_groups(vis, edges)
+    stats["scale_groups"] = scale_groups
+    if scale_groups > 1:
+        log(
+            f"[yellow]the verified pairs form {scale_groups} groups whose relative scale no "
+            "track fixes (no point seen in three images across them): camera positions may be "
+            "wrong although the reprojection error is small; capture with more overlap"
+        )
+    if int(solved.sum()) < 2:
+        raise SfMError("global initialisation registered fewer than 2 images: nothing to build on")
 
     # ---- triangulate / BA / filter loop
     t0 = time.perf_counter()
@@ -427,6 +492,7 @@ def _reconstruct_from_tracks(
     points = torch.zeros(0, 3, dtype=torch.float64)
     track_ids = torch.zeros(0, dtype=torch.long)
     use = torch.zeros(0, n, dtype=torch.bool)
+    prev_err = math.inf
     for rnd in range(max(1, rcfg.rounds)):
         reg_ids = registered.nonzero()[:, 0]
         cams = Cameras(
@@ -487,6 +553,7 @@ def _reconstruct_from_tracks(
             f"{int((~good_obs).sum())} observations filtered"
         )
         # PnP fallback for images the global step left out.
+        newly: dict[int, Tensor] = {}
         if rnd < rcfg.rounds - 1 and not bool(registered.all()):
             newly = _register_pnp(xy, vis, track_ids, points, use, registered, model, intr, cfg.pnp)
             for i, T in newly.items():
@@ -495,6 +562,17 @@ def _reconstruct_from_tracks(
                 registered_by[i] = "pnp"
             if newly:
                 log(f"PnP registered {len(newly)} more image(s)")
+        # Converged: another triangulate + BA round would redo the same problem.
+        mean_err = float(err.mean())
+        if (
+            rnd >= 1
+            and not newly
+            and int((~good_obs).sum()) <= rcfg.converged_max_filtered * err.numel()
+            and mean_err >= (1.0 - rcfg.converged_min_gain) * prev_err
+        ):
+            stats["refinement_rounds"] = rnd + 1
+            break
+        prev_err = mean_err
     timings["refinement_s"] = time.perf_counter() - t0
 
     # Final filter: reprojection error and triangulation angle.
@@ -516,6 +594,79 @@ def _reconstruct_from_tracks(
         stats=stats,
     )
     return rec
+
+
+def _check_motion(pair_angles_deg: Tensor, min_angle_deg: float) -> None:
+    """SfMError when no verified pair has a usable baseline (the camera only rotated)."""
+    best = float(pair_angles_deg.max())
+    if best < min_angle_deg:
+        raise SfMError(
+            f"degenerate camera motion: the median triangulation angle of every verified image "
+            f"pair is below {min_angle_deg:g} deg (largest {best:.2f} deg), i.e. the camera "
+            "only rotated (or moved far too little for the scene's depth); 3D points cannot be "
+            "recovered. Move the camera between photos instead of turning in place."
+        )
+
+
+def image_groups(num_images: int, edges: Int[Tensor, "E 2"]) -> list[list[int]]:
+    """Connected groups (2+ images) of the verified-pair graph, largest first."""
+    parent = list(range(num_images))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for i, j in edges.tolist():
+        parent[find(i)] = find(j)
+    comp: dict[int, list[int]] = {}
+    for a in range(num_images):
+        comp.setdefault(find(a), []).append(a)
+    groups = [g for g in comp.values() if len(g) >= 2]
+    return sorted(groups, key=lambda g: (-len(g), g[0]))
+
+
+def scale_linked_edge_groups(
+    vis: Bool[Tensor, "T N"], edges: Int[Tensor, "E 2"], min_tracks: int = 5
+) -> int:
+    """How many groups of image pairs have relative scales fixed by the data.
+
+    A pair's relative translation has no length; two pairs sharing an image have a fixed
+    length ratio only if at least ``min_tracks`` tracks are seen in all three images or the
+    third pair of the triangle is verified too. With tracks of length 2 only (e.g. a capture
+    turning so fast that no point is seen in three images) every pair is its own group and
+    the camera positions along the chain are not determined, however small the reprojection
+    error."""
+    ne = edges.shape[0]
+    if ne == 0:
+        return 0
+    parent = list(range(ne))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    n = vis.shape[1]
+    adj = torch.zeros(n, n, dtype=torch.bool)
+    adj[edges[:, 0], edges[:, 1]] = True
+    adj[edges[:, 1], edges[:, 0]] = True
+    e_list = edges.tolist()
+    for j in range(n):
+        inc = [k for k, (a, b) in enumerate(e_list) if a == j or b == j]
+        if len(inc) < 2:
+            continue
+        v = vis[vis[:, j]].double()
+        co = v.T @ v  # tracks through j also seen in a and b
+        other = [b if a == j else a for a, b in (e_list[k] for k in inc)]
+        for x in range(len(inc)):
+            for y in range(x + 1, len(inc)):
+                a, b = other[x], other[y]
+                if co[a, b] >= min_tracks or bool(adj[a, b]):
+                    parent[find(inc[x])] = find(inc[y])
+    return len({find(k) for k in range(ne)})
 
 
 def _register_pnp(
@@ -621,19 +772,36 @@ class ReconstructConfig:
     """Show a progress display per stage."""
 
 
-def _load_inputs(images_dir: Path, cfg: ReconstructConfig, log) -> tuple[list, list, list, list]:
-    """Readable images (paths, names, arrays) and masks; unreadable files are listed."""
-    from sceneforge.core.image_io import ImageReadError, list_images, read_image, read_mask
+def _load_inputs(images_dir: Path, cfg: ReconstructConfig, log) -> tuple[list, ...]:
+    """Readable images (paths, arrays), their masks, the unreadable files (named, with why)
+    and the skipped non-image files.
+
+    Policy: non-image files are skipped with a note; unreadable (corrupt, truncated) images are
+    skipped with a warning and listed in the summary; a mask folder that is missing or holds no
+    mask for any image, and a mask that is unreadable or not its image's size, are errors.
+    """
+    from sceneforge.core.image_io import ImageReadError, read_image, read_mask, scan_folder
     from sceneforge.core.io_common import find_mask
 
     try:
-        files = list_images(images_dir)
+        files, others = scan_folder(images_dir)
     except ImageReadError as e:
         raise SfMError(str(e)) from e
+    if others:
+        log(f"skipping {len(others)} non-image file(s): {', '.join(p.name for p in others[:10])}")
     if cfg.max_images > 0:
         files = files[: cfg.max_images]
     if len(files) < 2:
         raise SfMError(f"{images_dir}: need at least 2 images, found {len(files)}")
+    masks_dir = Path(cfg.masks_dir) if cfg.masks_dir is not None else None
+    if masks_dir is not None:
+        if not masks_dir.is_dir():
+            raise SfMError(f"{masks_dir}: masks folder does not exist or is not a folder")
+        if not any(find_mask(masks_dir, p.name) is not None for p in files):
+            raise SfMError(
+                f"{masks_dir}: masks folder holds no mask for any of the {len(files)} images "
+                f"(expected e.g. {files[0].name}.png or {files[0].stem}.png)"
+            )
     paths, images, masks, unreadable = [], [], [], []
     for p in files:
         try:
@@ -643,17 +811,17 @@ def _load_inputs(images_dir: Path, cfg: ReconstructConfig, log) -> tuple[list, l
             log(f"[yellow]skipping unreadable image {p}: {e}")
             continue
         mask = None
-        if cfg.masks_dir is not None:
-            mp = find_mask(Path(cfg.masks_dir), p.name)
-            if mp is not None:
-                try:
-                    mask = read_mask(mp)
-                except (ImageReadError, OSError, ValueError) as e:
-                    raise SfMError(f"{mp}: unreadable mask ({e})") from e
-                if tuple(mask.shape) != tuple(img.shape[:2]):
-                    raise SfMError(
-                        f"{mp}: mask is {tuple(mask.shape)} but the image is {tuple(img.shape[:2])}"
-                    )
+        mp = find_mask(masks_dir, p.name) if masks_dir is not None else None
+        if mp is not None:
+            try:
+                mask = read_mask(mp)
+            except (ImageReadError, OSError, ValueError) as e:
+                raise SfMError(f"{mp}: unreadable mask ({e})") from e
+            if tuple(mask.shape) != tuple(img.shape[:2]):
+                raise SfMError(
+                    f"{mp}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {p.name} is "
+                    f"{img.shape[1]}x{img.shape[0]}"
+                )
         paths.append(p)
         images.append(img)
         masks.append(mask)
@@ -662,7 +830,7 @@ def _load_inputs(images_dir: Path, cfg: ReconstructConfig, log) -> tuple[list, l
             f"{images_dir}: fewer than 2 readable images ({len(unreadable)} unreadable: "
             f"{'; '.join(unreadable[:5])})"
         )
-    return paths, images, masks, unreadable
+    return paths, images, masks, unreadable, [p.name for p in others]
 
 
 def _point_colors(images: list[Tensor], rec: Reconstruction) -> Tensor:
@@ -691,13 +859,13 @@ def write_reconstruction(
     colors: Tensor | None = None,
     write_png: bool = True,
 ) -> None:
-    """COLMAP model (``sparse/0``), ``transforms.json`` and ``reconstruction.png`` of the
-    registered images into ``out_dir`` (which must exist)."""
+    """COLMAP model (``sparse/0``), ``transforms.json`` (+ its ``sparse_pc.ply``) and
+    ``reconstruction.png`` of the registered images into ``out_dir`` (which must exist)."""
     import os
 
     from sceneforge.core.io_colmap import write_colmap
     from sceneforge.core.io_common import atomic_write_bytes
-    from sceneforge.core.io_nerfstudio import transforms_dict
+    from sceneforge.core.io_nerfstudio import transforms_dict, write_ply_points
     from sceneforge.core.scene import Observations, SceneData
 
     reg = rec.registered.nonzero()[:, 0]
@@ -728,7 +896,10 @@ def write_reconstruction(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     rel = [os.path.relpath(image_paths[i], out_dir) for i in reg.tolist()]
-    tj = transforms_dict(scene, rel)
+    # The sparse points travel with transforms.json (as nerfstudio's sparse_pc.ply): fields
+    # trained on this folder fit their bounded box to them instead of to the cameras.
+    write_ply_points(out_dir / "sparse_pc.ply", scene.points, colors)
+    tj = transforms_dict(scene, rel, ply_file_path="sparse_pc.ply")
     atomic_write_bytes(out_dir / "transforms.json", json.dumps(tj, indent=2).encode())
     if write_png:
         plot_reconstruction(rec, out_dir / "reconstruction.png", colors)
@@ -809,26 +980,35 @@ def reconstruct(
         raise SfMError(f"{out_dir}: output folder exists and is not empty (use overwrite)")
     if out_dir.resolve() == images_dir.resolve():
         raise SfMError(f"{out_dir}: the output folder must not be the images folder")
-    t_all = time.perf_counter()
+    t_all, c_all = time.perf_counter(), time.process_time()
     timings: dict[str, float] = {}
 
     with console.status("[bold]loading images") as status:
         t0 = time.perf_counter()
-        paths, images, masks, unreadable = _load_inputs(images_dir, cfg, log)
+        paths, images, masks, unreadable, skipped = _load_inputs(images_dir, cfg, log)
         timings["load_s"] = time.perf_counter() - t0
         log(f"{len(paths)} images loaded from {images_dir}")
 
         status.update("[bold]tracking")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         tcfg = TracksConfig(
             features=FeaturesConfig(method=cfg.features, max_image_size=cfg.max_image_size),
             matching=MatchingConfig(method="auto"),
             num_query_frames=cfg.num_query_frames,
         )
-        tracks = build_tracks(
-            images, tcfg, masks=masks if any(m is not None for m in masks) else None, log=log
-        )
+        old_threads = torch.get_num_threads()
+        if cfg.sfm.num_threads:  # the same thread setting as the SfM stages
+            torch.set_num_threads(cfg.sfm.num_threads)
+        try:
+            tracks = build_tracks(
+                images, tcfg, masks=masks if any(m is not None for m in masks) else None, log=log
+            )
+        finally:
+            torch.set_num_threads(old_threads)
         timings["tracks_s"] = time.perf_counter() - t0
+        # CPU seconds of this process (all its threads): comparable on a busy machine.
+        timings["tracks_cpu_s"] = time.process_time() - c0
+        c0 = time.process_time()
         log(f"tracks: {tracks.num_tracks}, mean length {tracks.mean_length():.2f}")
 
         status.update("[bold]structure from motion")
@@ -848,8 +1028,11 @@ def reconstruct(
         write_reconstruction(rec, paths, out_dir, colors, cfg.write_png)
         timings["write_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_all
+    timings["sfm_and_write_cpu_s"] = time.process_time() - c0
+    timings["total_cpu_s"] = time.process_time() - c_all
     summary = make_summary(rec, [p.name for p in paths], timings)
     summary["unreadable_images"] = unreadable
+    summary["skipped_non_image_files"] = skipped
     summary["config"] = asdict(cfg)
     summary["tracks"] = {"num_tracks": tracks.num_tracks, "mean_length": tracks.mean_length()}
     atomic_write_bytes(
@@ -878,6 +1061,7 @@ def make_summary(rec: Reconstruction, names: list[str], timings: dict[str, float
             names[i]: rec.registered_by[i] for i in range(len(names)) if rec.registered[i]
         },
         "unregistered_images": [names[i] for i in range(len(names)) if not rec.registered[i]],
+        "image_groups": [[names[i] for i in g] for g in rec.stats.get("image_groups", [])],
         "num_points": int(rec.points.shape[0]),
         "num_observations": int(rec.obs_image.numel()),
         "mean_track_length": rec.mean_track_length(),

@@ -108,3 +108,23 @@ def test_pnp():
     assert float(rotation_angle_deg(T[:, :3].T @ R)) < 0.5
     assert float((T[:, 3] - t).norm()) < 0.05
     assert float((inl & out).sum()) <= 2 and float((inl & ~out).sum() / (~out).sum()) > 0.9
+
+
+def test_scale_linked_edge_groups_detects_two_view_only_chains():
+    """A chain of images whose tracks are each seen in two images only leaves the relative
+    scale of every pair free (the indoor-walk failure); tracks through three images, or a
+    verified triangle, tie the pairs together."""
+    from sceneforge.recon.sfm import scale_linked_edge_groups
+
+    n = 5
+    edges = torch.tensor([[0, 1], [1, 2], [2, 3], [3, 4]])
+    vis = torch.zeros(4 * 10, n, dtype=torch.bool)
+    for k, (i, j) in enumerate(edges.tolist()):  # 10 two-view tracks per consecutive pair
+        vis[10 * k : 10 * k + 10, i] = True
+        vis[10 * k : 10 * k + 10, j] = True
+    assert scale_linked_edge_groups(vis, edges) == 4
+    triple = torch.zeros(6, n, dtype=torch.bool)
+    triple[:, 1:4] = True  # seen in images 1, 2, 3: links pairs (1, 2) and (2, 3)
+    assert scale_linked_edge_groups(torch.cat([vis, triple]), edges) == 3
+    tri = torch.cat([edges, torch.tensor([[2, 4]])])  # triangle 2-3-4 links (2, 3), (3, 4)
+    assert scale_linked_edge_groups(torch.cat([vis, triple]), tri) == 2

@@ -101,3 +101,37 @@ def test_empty_batch(P):
     z = torch.zeros(P, 10, 2, dtype=torch.float64)
     geo = estimate_two_view(z, z, torch.zeros(P, 10, dtype=torch.bool), focal=500.0)
     assert geo.R.shape == (0, 3, 3)
+
+
+def test_per_image_focals_mixed_cameras():
+    """Different focal lengths and image sizes (internet photos): each image's focal length is
+    recovered from exact fundamental matrices, where one shared value cannot fit them all."""
+    from sceneforge.recon.two_view import estimate_per_image_focals
+
+    g = torch.Generator().manual_seed(3)
+    n = 6
+    sizes_wh = torch.tensor(
+        [[1024, 768], [768, 1024], [1000, 667], [800, 800], [1200, 900], [640, 960]],
+        dtype=torch.float64,
+    )
+    side = sizes_wh.max(1).values
+    ratio = torch.tensor([0.8, 1.3, 2.2, 1.0, 0.9, 1.7], dtype=torch.float64)
+    f = ratio * side
+    pp = sizes_wh / 2
+    # Cameras around a scene, looking at different points (no common fixation point).
+    R = angle_axis_to_matrix(torch.randn(n, 3, generator=g, dtype=torch.float64) * 0.3)
+    C = torch.randn(n, 3, generator=g, dtype=torch.float64) * 1.5
+    t = -(R @ C[:, :, None])[:, :, 0]
+    K = torch.zeros(n, 3, 3, dtype=torch.float64)
+    K[:, 0, 0], K[:, 1, 1], K[:, 2, 2] = f, f, 1.0
+    K[:, :2, 2] = pp
+    pairs = torch.combinations(torch.arange(n), 2)
+    i, j = pairs[:, 0], pairs[:, 1]
+    R12 = R[j] @ R[i].transpose(-1, -2)
+    t12 = t[j] - (R12 @ t[i][:, :, None])[:, :, 0]
+    E = skew(t12) @ R12
+    F = torch.linalg.inv(K[j]).transpose(-1, -2) @ E @ torch.linalg.inv(K[i])
+    est, rho = estimate_per_image_focals(F, pairs, pp, side, num_candidates=120, sweeps=8)
+    assert 0.4 < rho < 4.0
+    rel = (est - f).abs() / f
+    assert float(rel.max()) < 0.05, (est, f)
