@@ -112,8 +112,14 @@ class FieldConfig:
     density_grid_resolution: int = 0
     """Cells per side of the explicit density grid (0 = the trainer picks one from the image
     size: the longest training side, clamped to 64..256)."""
-    density_grid_init: float = 1e-3
-    """Initial density of the explicit grid, per voxel length (opacity of one voxel)."""
+    density_grid_init: float = 0.0
+    """Initial density of the explicit grid, per voxel length (opacity of one voxel); 0 = auto:
+    0.05 in a bounded box, 1e-3 in a contracted (unbounded) scene. From a nearly empty grid
+    (1e-3) a bounded object settles into a semi-transparent fog with over-bright colours
+    (opacity and colour trade off per ray, worst before a black background) whose held-out
+    PSNR falls as training goes on; 0.05 stops rays at the first surface they meet and carves
+    free space from there. Contracted scenes keep 1e-3: their background cells seen by few
+    training rays would keep the initial fog and block held-out views."""
 
 
 def _mlp(i: int, h: int, o: int, layers: int) -> nn.Sequential:
@@ -160,7 +166,10 @@ class RadianceField(nn.Module):
                 raise ValueError("density_grid_resolution must be set (> 0) to build the field")
             self.density_grid = nn.Parameter(torch.zeros(1, 1, n, n, n))
             # softplus(0 + shift) = init: initial space is nearly empty
-            self.grid_shift = float(math.log(math.expm1(cfg.density_grid_init)))
+            init = cfg.density_grid_init
+            if init <= 0:
+                init = 1e-3 if box.contract else 0.05
+            self.grid_shift = float(math.log(math.expm1(init)))
             self.density_mlp = _mlp(self.encoding.out_dim, cfg.hidden_dim, cfg.geo_feat_dim, 0)
         else:
             self.density_mlp = _mlp(self.encoding.out_dim, cfg.hidden_dim, 1 + cfg.geo_feat_dim, 1)

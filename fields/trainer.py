@@ -11,6 +11,7 @@ clock) for the same reason.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -39,6 +40,11 @@ CHECKPOINT_FORMAT = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, corrupt or incompatible; the message names the file."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss (or a parameter) became NaN/inf: training stopped; the message names the last
+    good checkpoint, which is never overwritten with non-finite parameters."""
 
 
 @dataclass
@@ -224,6 +230,8 @@ class Trainer:
         self.loss_hooks: list[LossHook] = []
         self.history: list[dict] = []
         self._writer = None
+        self.last_checkpoint: tuple[Path, int] | None = None
+        """``(path, step)`` of the last checkpoint this trainer wrote or loaded."""
 
     # -- setup helpers -----------------------------------------------------------------------
 
@@ -283,6 +291,8 @@ class Trainer:
             loss = loss + cfg.density_tv_weight * density_tv(self.field.density_grid)
         for fn in self.loss_hooks:
             loss = loss + fn(self, batch, out)
+        if not bool(torch.isfinite(loss.detach())):
+            raise TrainingDivergedError(self._diverged(f"the loss is {float(loss.detach())}"))
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * self.lr_factor(self.step)
         self.optimizer.zero_grad(set_to_none=True)
@@ -488,10 +498,35 @@ class Trainer:
             "image_names": list(self.scene.image_names),
         }
 
+    def _diverged(self, what: str) -> str:
+        last = self.last_checkpoint
+        kept = (
+            f"the last good checkpoint is {last[0]} (step {last[1]})"
+            if last is not None
+            else "no checkpoint was written yet"
+        )
+        return (
+            f"training diverged at step {self.step + 1}: {what}; stopped, {kept}. "
+            "Lower the learning rate (lr, grid_lr) or check the inputs for NaN/inf values."
+        )
+
     def save_checkpoint(self, path: str | Path) -> Path:
-        """Write the full training state atomically (temp file + ``os.replace``)."""
+        """Write the full training state atomically (temp file + ``os.replace``).
+
+        Non-finite parameters are refused (:class:`TrainingDivergedError`) and a failed write
+        (disk full) raises an OSError naming the file: either way the previous checkpoint at
+        ``path`` is left as it was and no temporary file remains.
+        """
         path = Path(path)
+        bad = [n for n, p in self.field.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad or not bool(torch.isfinite(self.bg_param).all()):
+            raise TrainingDivergedError(
+                self._diverged(f"non-finite parameters ({', '.join(bad) or 'background'})")
+                + f" {path} was not overwritten."
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
+            stale.unlink(missing_ok=True)  # left by a process killed while writing
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -499,10 +534,16 @@ class Trainer:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except OSError as e:
+            raise OSError(
+                e.errno,
+                f"cannot write checkpoint {path} ({e.strerror or e}); the previous checkpoint "
+                "there (if any) is unchanged",
+            ) from e
+        finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-            raise
+        self.last_checkpoint = (path, self.step)
         return path
 
     def load_state_dict(self, s: dict, where: str = "checkpoint") -> None:
@@ -532,6 +573,7 @@ class Trainer:
             if isinstance(e, CheckpointError):
                 raise
             raise CheckpointError(f"{path}: checkpoint does not match this trainer ({e})") from e
+        self.last_checkpoint = (Path(path), self.step)
 
     @classmethod
     def from_checkpoint(
@@ -546,6 +588,7 @@ class Trainer:
         cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
         tr = cls(scene, cfg, out_dir)
         tr.load_state_dict(s, str(path))
+        tr.last_checkpoint = (Path(path), tr.step)
         return tr
 
 
@@ -556,11 +599,21 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         s = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise CheckpointError(
+                f"{path}: refusing to load: the file holds pickled Python objects other than "
+                "tensors and plain data (only weights_only=True loading is allowed; the file "
+                "may have been tampered with)"
+                + "".join(
+                    f" [{ln.strip()}]" for ln in str(e).splitlines() if "unsupported" in ln.lower()
+                )
+            ) from e
+        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({e})") from e
     except (
         RuntimeError,
         EOFError,
         OSError,
-        pickle.UnpicklingError,
         zipfile.BadZipFile,
         IndexError,
         KeyError,
@@ -577,6 +630,7 @@ def read_checkpoint(path: str | Path) -> dict:
 __all__ = [
     "CheckpointError",
     "Trainer",
+    "TrainingDivergedError",
     "TrainerConfig",
     "auto_scene_box",
     "read_checkpoint",

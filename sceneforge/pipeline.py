@@ -121,11 +121,11 @@ def run(
             log(f"[{name}] already finished ({stages.done[name]['seconds']:.1f} s); skipped")
             return
         log(f"[{name}] ...")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = fn() or {}
-        dt = time.perf_counter() - t0
-        stages.mark(name, dt, result)
-        log(f"[{name}] done in {dt:.1f} s")
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        stages.mark(name, dt, {**result, "cpu_seconds": cpu})
+        log(f"[{name}] done in {dt:.1f} s ({cpu:.1f} CPU s)")
 
     sfm_dir, field_dir = out / "sfm", out / "field"
 

@@ -86,6 +86,12 @@ class SyntheticSceneConfig:
     """Objects in procedural scenes."""
     ground_plane: bool | None = None
     """Add a textured ground plane (None: yes for forward rigs, no otherwise)."""
+    ground_size: float = 6.0
+    """Side of the square ground plane (world units)."""
+    ground_frequency: float = 4.0
+    """Coarsest noise frequency of the ground texture (cells per unit; 8x at the finest)."""
+    object_frequency: float = 10.0
+    """Coarsest noise frequency of procedural objects' textures (cells per unit)."""
     backdrop: bool | None = None
     """Add a textured wall behind the objects (None: yes for forward rigs)."""
     orbit_distance: float = 0.0
@@ -258,7 +264,9 @@ def make_cameras(
 # ----------------------------------------------------------------------------- scenes
 
 
-def _procedural_objects(num: int, gen: torch.Generator, seed: int, boxes_only: bool) -> list[Mesh]:
+def _procedural_objects(
+    num: int, gen: torch.Generator, seed: int, boxes_only: bool, frequency: float = 10.0
+) -> list[Mesh]:
     out = []
     for i in range(num):
         u = torch.rand(6, generator=gen, dtype=torch.float64)
@@ -269,7 +277,7 @@ def _procedural_objects(num: int, gen: torch.Generator, seed: int, boxes_only: b
         oseed = seed * 1000 + 17 * i + 1
         if boxes_only or i % 2 == 0:
             dims = (size, size * (0.7 + 0.6 * float(u[3])), size * (0.8 + 0.8 * float(u[4])))
-            m = box_mesh(dims, seed=oseed, frequency=10.0, tint=tint)
+            m = box_mesh(dims, seed=oseed, frequency=frequency, tint=tint)
             yaw = 2 * math.pi * float(u[5])
             R = torch.tensor(
                 [
@@ -281,7 +289,7 @@ def _procedural_objects(num: int, gen: torch.Generator, seed: int, boxes_only: b
             )
             z = dims[2] / 2
         else:
-            m = sphere_mesh(size / 2, seed=oseed, frequency=10.0, tint=tint)
+            m = sphere_mesh(size / 2, seed=oseed, frequency=frequency, tint=tint)
             R, z = None, size / 2
         pos = (rad * math.cos(ang), rad * math.sin(ang), z)
         out.append(m.transformed(R, pos).with_object_id(i))
@@ -310,10 +318,12 @@ def build_scene_mesh(cfg: SyntheticSceneConfig) -> tuple[Mesh, str]:
         lo, _ = mesh.bounds()
         parts = [mesh.transformed(translation=(0.0, 0.0, -float(lo[2])))]
     elif kind in ("objects", "boxes"):
-        parts = _procedural_objects(cfg.num_objects, gen, cfg.seed, kind == "boxes")
+        parts = _procedural_objects(
+            cfg.num_objects, gen, cfg.seed, kind == "boxes", cfg.object_frequency
+        )
     elif kind == "room":
         room = room_mesh(seed=cfg.seed * 1000 + 991)
-        objs = _procedural_objects(cfg.num_objects, gen, cfg.seed, False)
+        objs = _procedural_objects(cfg.num_objects, gen, cfg.seed, False, cfg.object_frequency)
         # push the objects out towards the walls, clear of the camera path
         parts = [room]
         for m in objs:
@@ -329,7 +339,13 @@ def build_scene_mesh(cfg: SyntheticSceneConfig) -> tuple[Mesh, str]:
         )
     if kind != "room":
         if ground:
-            parts.append(plane_mesh(size=6.0, z=0.0, seed=cfg.seed * 1000 + 501))
+            plane = plane_mesh(
+                size=cfg.ground_size,
+                z=0.0,
+                seed=cfg.seed * 1000 + 501,
+                frequency=cfg.ground_frequency,
+            )
+            parts.append(plane)
         if backdrop:
             parts.append(_backdrop(cfg.seed * 1000 + 777, y=1.6))
     return merge_meshes(parts), rig
