@@ -306,8 +306,8 @@ def main() -> None:
         body = (
             f"`benchmarks/bundle_adjustment.py` on {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores, torch {torch.__version__}, load average at the end {load:.1f} "
-            "(above ~0.5 other jobs shared the cores and the times, above all the 2-thread ones, are "
-            "inflated). All costs are the BAL formula 0.5·Σ|r|² from our own scorer. Tolerances for both LM "
+            "(this benchmark's own 2-thread runs account for up to ~2; clearly above that, other jobs "
+            "shared the cores and the times, above all the 2-thread ones, are inflated). All costs are the BAL formula 0.5·Σ|r|² from our own scorer. Tolerances for both LM "
             f"solvers: {TOL}. sceneforge times include problem setup and follow one warm-up run; "
             f"Ceres times are the pycolmap solve only (conversion excluded); both best of {args.repeats} "
             "runs. OMP_WAIT_POLICY=PASSIVE is set by the script. scipy: trf with a "

@@ -544,6 +544,7 @@ def test_browser_shows_field_render(scene_dir, browser):
 def test_view_serves_until_interrupted(scene_dir, capsys):
     """``view`` (what ``sceneforge view`` runs) serves on localhost until Ctrl-C, then stops."""
     import _thread
+    import signal
     import socket
     import urllib.request
 
@@ -571,7 +572,13 @@ def test_view_serves_until_interrupted(scene_dir, capsys):
         threads.append(threading.Thread(target=probe, daemon=True))
         threads[0].start()
 
-    assert view(scene_dir, ViewerConfig(port=port), on_ready) == 0
+    # interrupt_main() does nothing while SIGINT is ignored (e.g. pytest started in the
+    # background by a non-interactive shell): install Python's default handler for the test.
+    old_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert view(scene_dir, ViewerConfig(port=port), on_ready) == 0
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
     threads[0].join()
     assert b"<" in seen["html"]
     assert f"http://127.0.0.1:{port}" in capsys.readouterr().out
