@@ -24,13 +24,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import re
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _sections import replace_section
 
 from sceneforge.recon.bal import bal_cost, read_bal, write_bal
 from sceneforge.recon.bundle_adjustment import (
@@ -188,21 +188,6 @@ def run_scipy(problem: BAProblem, cap_s: float) -> dict:
     return dict(final_cost=bal_cost(unpack(x)), iterations=iters, wall_s=wall, note=note)
 
 
-def _write_section(path: Path, body: str) -> None:
-    """Replace (or append) the ``## Bundle adjustment`` section of RESULTS.md atomically."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = "## Bundle adjustment\n\n" + body.rstrip() + "\n"
-    pat = re.compile(r"^## Bundle adjustment\n.*?(?=^## |\Z)", re.S | re.M)
-    if pat.search(text):
-        text = pat.sub(lambda _: section + "\n", text).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="*", type=Path, help="extra BAL files")
@@ -319,7 +304,7 @@ def main() -> None:
             "cloud, 0.5 px noise, 1% perturbation of every parameter) because the shared BAL problems "
             "are too small for a second thread to pay off.\n\n" + summary + "\n" + table
         )
-        _write_section(args.results, body)
+        replace_section(args.results, "## Bundle adjustment", body)
 
 
 def speedup_table(rows: list[dict], threads: list[int]) -> str:

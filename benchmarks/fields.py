@@ -22,11 +22,11 @@ import json
 import os
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _sections import replace_section
 
 from sceneforge.fields.trainer import Trainer, TrainerConfig
 
@@ -138,32 +138,9 @@ def table(rows: list[dict]) -> list[str]:
 
 
 def write_results(rows: list[dict], note: str, path: Path = RESULTS) -> None:
-    """Replace (or append to ``## Fields``) this script's sub-section only, atomically."""
-    body = "\n".join([SECTION, "", note, "", *table(rows), ""]) + "\n"
-    text = path.read_text() if path.exists() else "## Fields\n\n"
-    lines = text.splitlines(keepends=True)
-
-    def next_heading(start: int, levels: tuple[str, ...]) -> int:
-        for k in range(start, len(lines)):
-            if lines[k].startswith(levels):
-                return k
-        return len(lines)
-
-    starts = [k for k, ln in enumerate(lines) if ln.rstrip() == SECTION]
-    if starts:
-        a = starts[0]
-        b = next_heading(a + 1, ("## ", "### "))
-    else:
-        f = [k for k, ln in enumerate(lines) if ln.rstrip() == "## Fields"]
-        if not f:
-            lines += ["\n", "## Fields\n", "\n"]
-            f = [len(lines) - 2]
-        a = b = next_heading(f[0] + 1, ("## ", "### "))
-    new = "".join(lines[:a]) + body + ("\n" if b < len(lines) else "") + "".join(lines[b:])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(new)
-    os.replace(tmp, path)
+    """Replace (or add right after the ``## Fields`` introduction) this script's sub-section."""
+    body = "\n".join([note, "", *table(rows)])
+    replace_section(path, SECTION, body, parent="## Fields", first=True)
 
 
 def main(argv: list[str] | None = None) -> int:

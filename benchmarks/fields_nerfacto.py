@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from _sections import replace_section
 
 
 class _NoLPIPS(torch.nn.Module):
@@ -165,31 +166,9 @@ def table(rows: list[dict], budgets: list[float]) -> list[str]:
 
 
 def write_results(rows: list[dict], budgets: list[float], note: str) -> None:
-    """Replace (or append to ``## Fields``) the ``### Ours vs nerfacto`` sub-section only."""
-    body = "\n".join([SECTION, "", note, "", *table(rows, budgets), ""]) + "\n"
-    text = RESULTS.read_text() if RESULTS.exists() else "## Fields\n\n"
-    lines = text.splitlines(keepends=True)
-
-    def next_heading(start: int, levels: tuple[str, ...]) -> int:
-        for k in range(start, len(lines)):
-            if lines[k].startswith(levels):
-                return k
-        return len(lines)
-
-    starts = [k for k, ln in enumerate(lines) if ln.rstrip() == SECTION]
-    if starts:
-        a = starts[0]
-        b = next_heading(a + 1, ("## ", "### "))
-    else:
-        f = [k for k, ln in enumerate(lines) if ln.rstrip() == "## Fields"]
-        if not f:
-            lines += ["\n", "## Fields\n", "\n"]
-            f = [len(lines) - 2]
-        a = b = next_heading(f[0] + 1, ("## ",))
-    new = "".join(lines[:a]) + body + "".join(lines[b:])
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    tmp.replace(RESULTS)
+    """Replace (or add at the end of ``## Fields``) the ``### Ours vs nerfacto`` sub-section."""
+    body = "\n".join([note, "", *table(rows, budgets)])
+    replace_section(RESULTS, SECTION, body, parent="## Fields")
 
 
 def main() -> None:
