@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _sections import replace_section
 
 from sceneforge.core.metrics import pose_auc, relative_pose_errors
 
@@ -215,7 +216,10 @@ def main() -> None:
         "--json", type=Path, default=None, help="write one JSON object per (scene, method)"
     )
     ap.add_argument(
-        "--results", type=Path, default=None, help="append a '## SfM' section to this markdown file"
+        "--results",
+        type=Path,
+        default=None,
+        help="write (replace) the '## SfM' section of this markdown file",
     )
     args = ap.parse_args()
 
@@ -272,8 +276,8 @@ def main() -> None:
     table = format_table(rows, args)
     print(table)
     if args.results:
-        with open(args.results, "a") as f:
-            f.write("\n" + table + "\n")
+        heading, _, body = table.partition("\n")
+        replace_section(args.results, heading, body)
 
 
 def _f(v, fmt="{:.3f}") -> str:
