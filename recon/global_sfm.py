@@ -78,8 +78,9 @@ class PnPConfig:
 # ----------------------------------------------------------------------------- graph utils
 
 
-def largest_component(num_nodes: int, edges: Int[Tensor, "E 2"]) -> Bool[Tensor, " N"]:
-    """Mask of the nodes in the largest connected component of the graph."""
+def connected_components(num_nodes: int, edges) -> list[list[int]]:
+    """Connected components (singletons included) of an undirected graph given as ``(E, 2)``
+    node pairs (tensor or list), largest first, ties by smallest node."""
     parent = list(range(num_nodes))
 
     def find(a: int) -> int:
@@ -88,17 +89,20 @@ def largest_component(num_nodes: int, edges: Int[Tensor, "E 2"]) -> Bool[Tensor,
             a = parent[a]
         return a
 
-    for i, j in edges.tolist():
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[ri] = rj
-    roots = torch.tensor([find(a) for a in range(num_nodes)])
-    if num_nodes == 0:
-        return torch.zeros(0, dtype=torch.bool)
-    counts = torch.bincount(roots, minlength=num_nodes)
-    if edges.shape[0] == 0:
-        return torch.zeros(num_nodes, dtype=torch.bool)
-    return roots == counts.argmax()
+    for i, j in edges.tolist() if isinstance(edges, Tensor) else edges:
+        parent[find(i)] = find(j)
+    comp: dict[int, list[int]] = {}
+    for a in range(num_nodes):
+        comp.setdefault(find(a), []).append(a)
+    return sorted(comp.values(), key=lambda c: (-len(c), c[0]))
+
+
+def largest_component(num_nodes: int, edges: Int[Tensor, "E 2"]) -> Bool[Tensor, " N"]:
+    """Mask of the nodes in the largest connected component of the graph."""
+    mask = torch.zeros(num_nodes, dtype=torch.bool)
+    if num_nodes and edges.shape[0]:
+        mask[connected_components(num_nodes, edges)[0]] = True
+    return mask
 
 
 def _project_so3(M: Float[Tensor, "*B 3 3"]) -> Float[Tensor, "*B 3 3"]:

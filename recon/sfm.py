@@ -45,6 +45,7 @@ from sceneforge.recon.global_sfm import (
     PnPConfig,
     RotationAveragingConfig,
     TranslationAveragingConfig,
+    connected_components,
     pnp_ransac,
     rotation_averaging,
     translation_averaging,
@@ -610,21 +611,7 @@ def _check_motion(pair_angles_deg: Tensor, min_angle_deg: float) -> None:
 
 def image_groups(num_images: int, edges: Int[Tensor, "E 2"]) -> list[list[int]]:
     """Connected groups (2+ images) of the verified-pair graph, largest first."""
-    parent = list(range(num_images))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for i, j in edges.tolist():
-        parent[find(i)] = find(j)
-    comp: dict[int, list[int]] = {}
-    for a in range(num_images):
-        comp.setdefault(find(a), []).append(a)
-    groups = [g for g in comp.values() if len(g) >= 2]
-    return sorted(groups, key=lambda g: (-len(g), g[0]))
+    return [g for g in connected_components(num_images, edges) if len(g) >= 2]
 
 
 def scale_linked_edge_groups(
@@ -641,14 +628,7 @@ def scale_linked_edge_groups(
     ne = edges.shape[0]
     if ne == 0:
         return 0
-    parent = list(range(ne))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
+    linked: list[tuple[int, int]] = []  # pairs of edges whose relative scale is fixed
     n = vis.shape[1]
     adj = torch.zeros(n, n, dtype=torch.bool)
     adj[edges[:, 0], edges[:, 1]] = True
@@ -665,8 +645,8 @@ def scale_linked_edge_groups(
             for y in range(x + 1, len(inc)):
                 a, b = other[x], other[y]
                 if co[a, b] >= min_tracks or bool(adj[a, b]):
-                    parent[find(inc[x])] = find(inc[y])
-    return len({find(k) for k in range(ne)})
+                    linked.append((inc[x], inc[y]))
+    return len(connected_components(ne, linked))
 
 
 def _register_pnp(
