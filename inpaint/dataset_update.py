@@ -28,7 +28,7 @@ from sceneforge.core.image_io import write_image_atomic
 from sceneforge.core.scene import SceneData
 from sceneforge.fields.datasets import RayBatch, downscale_image, downscale_mask
 from sceneforge.fields.trainer import Trainer
-from sceneforge.inpaint.inpainters import Inpainter, telea_fill
+from sceneforge.inpaint.inpainters import Inpainter, InpaintResult, telea_fill
 
 
 @dataclass
@@ -89,6 +89,88 @@ def scale_cameras(cameras: Cameras, downscale: int) -> Cameras:
         cameras.height // downscale,
         cameras.cam_from_world,
     )
+
+
+def known_depth(
+    depth: Float[Tensor, "H W"],
+    accumulation: Float[Tensor, "H W"],
+    accumulation_threshold: float,
+    empty_threshold: float,
+) -> Float[Tensor, "H W"]:
+    """Rendered depth for warping: expected surface depth where the render is opaque, 0 (empty,
+    background at infinity) below ``empty_threshold``, NaN (unknown) in between."""
+    d = depth / accumulation.clamp(min=1e-6)
+    d = torch.where(accumulation > accumulation_threshold, d, float("nan"))
+    return torch.where(accumulation < empty_threshold, 0.0, d)
+
+
+def inpaint_views(
+    inpainter: Inpainter,
+    render: Float[Tensor, "V H W 3"],
+    originals: Float[Tensor, "V H W 3"],
+    fill: Bool[Tensor, "V H W"],
+    depth: Float[Tensor, "V H W"],
+    cameras: Cameras,
+    prompt: str | None,
+    strength: float,
+) -> tuple[Float[Tensor, "V H W 3"], InpaintResult]:
+    """One joint inpainting round: the capture outside ``fill``, the render inside it.
+
+    Returns the new images (exactly ``originals`` outside ``fill``) and the inpainter's result.
+    Backends without a noise strength keep ``1 - strength`` of the field's current consensus in
+    the hole, so later rounds refine rather than replace it.
+    """
+    current = torch.where(fill[..., None], render, originals)
+    res = inpainter.inpaint(current, fill, depth, cameras, prompt=prompt, strength=strength)
+    images = res.images
+    if not getattr(inpainter, "uses_strength", False) and strength < 1.0:
+        images = torch.where(fill[..., None], render + strength * (images - render), images)
+    return torch.where(fill[..., None], images, originals), res
+
+
+def write_dataset_version(
+    root: Path, version: int, names: list[str], images: list[Tensor], manifest: dict
+) -> Path:
+    """Write one dataset version to ``root/vNNN`` (PNG images + ``manifest.json``) atomically.
+
+    The folder is built under a temporary name and moved into place with ``os.replace``; an
+    existing folder of the same version is moved aside until the new one is in place, so a
+    failure (e.g. a full disk) leaves the earlier versions exactly as they were.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"v{version:03d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".v{version:03d}."))
+    try:
+        (tmp / "images").mkdir()
+        png_names = []
+        for name, image in zip(names, images, strict=True):
+            png = Path(name).with_suffix(".png").name
+            write_image_atomic(tmp / "images" / png, image)
+            png_names.append(png)
+        (tmp / "manifest.json").write_text(json.dumps({**manifest, "images": png_names}, indent=1))
+        old = None
+        if final.exists():  # moved aside, not deleted, until the new folder is in place
+            old = root / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if old is not None:
+                os.replace(old, final)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(
+            e.errno,
+            f"cannot write dataset version {final} ({e.strerror or e}); nothing was written "
+            "for it and the earlier versions are unchanged",
+        ) from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
 
 
 def masked_training_scene(scene: SceneData, fill: list[Bool[Tensor, "H W"]]) -> SceneData:
@@ -211,13 +293,12 @@ class InpaintDatasetUpdate:
         renders, depths = [], []
         for j in views:
             r = tr.render_training_view(j)
-            acc = r["accumulation"]
-            # opaque: expected depth; empty: background (0); in between: unknown (NaN)
-            d = r["depth"] / acc.clamp(min=1e-6)
-            d = torch.where(acc > c.accumulation_threshold, d, float("nan"))
-            d = torch.where(acc < c.empty_threshold, 0.0, d)
             renders.append(r["rgb"])
-            depths.append(d)
+            depths.append(
+                known_depth(
+                    r["depth"], r["accumulation"], c.accumulation_threshold, c.empty_threshold
+                )
+            )
         render = torch.stack(renders).clamp(0, 1)
         depth = torch.stack(depths)
         scene_depths = tr.scene.depths
@@ -229,14 +310,16 @@ class InpaintDatasetUpdate:
             # the field's depth is trusted only where it reproduces the captured colour
             bad = (render - originals).abs().amax(-1) > c.photometric_tolerance
             depth = torch.where(bad & ~fill & (depth > 0), float("nan"), depth)
-        current = torch.where(fill[..., None], render, originals)
-        res = self.inpainter.inpaint(
-            current, fill, depth, self.cameras[views], prompt=self.prompt, strength=strength
+        images, res = inpaint_views(
+            self.inpainter,
+            render,
+            originals,
+            fill,
+            depth,
+            self.cameras[views],
+            self.prompt,
+            strength,
         )
-        images = res.images
-        if not getattr(self.inpainter, "uses_strength", False) and strength < 1.0:
-            # deterministic backends: keep part of the field's current consensus in the hole
-            images = torch.where(fill[..., None], render + strength * (images - render), images)
         ds.update_images(views, list(images), [torch.ones_like(f) for f in fill])
         if c.depth_loss != "none":
             comp = res.depths
@@ -282,44 +365,15 @@ class InpaintDatasetUpdate:
 
     def write_version(self, info: dict) -> Path:
         """Write the current training images to ``datasets/vNNN`` atomically."""
-        tr = self.trainer
-        ds = tr.dataset
-        root = self.out_dir / "datasets"
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / f"v{ds.version:03d}"
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".v{ds.version:03d}."))
-        try:
-            (tmp / "images").mkdir()
-            names = []
-            for j in range(len(ds)):
-                name = Path(tr.scene.image_names[tr.train_indices[j]]).with_suffix(".png").name
-                write_image_atomic(tmp / "images" / name, ds.image(j))
-                names.append(name)
-            manifest = {**info, "images": names, "fill_pixels": [int(f.sum()) for f in self.fill]}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-            old = None
-            if final.exists():  # moved aside, not deleted, until the new folder is in place
-                old = root / f".{final.name}.old-{os.getpid()}"
-                os.replace(final, old)
-            try:
-                os.replace(tmp, final)
-            except BaseException:
-                if old is not None:
-                    os.replace(old, final)
-                raise
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise OSError(
-                e.errno,
-                f"cannot write dataset version {final} ({e.strerror or e}); nothing was written "
-                "for it and the earlier versions are unchanged",
-            ) from e
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return final
+        tr, ds = self.trainer, self.trainer.dataset
+        names = [tr.scene.image_names[i] for i in tr.train_indices]
+        return write_dataset_version(
+            self.out_dir / "datasets",
+            ds.version,
+            names,
+            [ds.image(j) for j in range(len(ds))],
+            {**info, "fill_pixels": [int(f.sum()) for f in self.fill]},
+        )
 
     # -- depth loss -----------------------------------------------------------------------------
 

@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -44,6 +41,7 @@ try:
         TrainingCallbackLocation,
     )
     from nerfstudio.plugins.types import MethodSpecification
+    from nerfstudio.utils.rich_utils import CONSOLE
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "sceneforge.ns_complete needs nerfstudio: install 'sceneforge[nerfstudio]' into its own "
@@ -53,10 +51,11 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from sceneforge.core.cameras import Cameras
 from sceneforge.core.diffusion import annealed_strength
-from sceneforge.core.image_io import write_image_atomic
+from sceneforge.core.image_io import read_image
 from sceneforge.fields.rendering import render_rays
 from sceneforge.fields.trainer import split_indices
 from sceneforge.inpaint.complete import CompleteConfig, make_inpainter
+from sceneforge.inpaint.dataset_update import inpaint_views, known_depth, write_dataset_version
 from sceneforge.inpaint.inpainters import Inpainter
 from sceneforge.inpaint.masks import box_fill_mask, dilate, read_fill_masks
 from sceneforge.ns_dataparser import SceneforgeDataParserConfig, scene_to_nerfstudio_frame
@@ -205,8 +204,15 @@ class CompletionDataManager(VanillaDataManager):
         self, training_callback_attributes: TrainingCallbackAttributes
     ) -> list[TrainingCallback]:
         attrs = training_callback_attributes
-        if attrs.trainer is not None and self.config.write_versions:
-            self.out_dir = Path(attrs.trainer.base_dir)
+        if attrs.trainer is not None:
+            if self.config.write_versions:
+                self.out_dir = Path(attrs.trainer.base_dir)
+            # ``--load-dir`` / ``--load-checkpoint``: continue the rounds from the checkpoint
+            start = int(getattr(attrs.trainer, "_start_step", 0))
+            tc = attrs.trainer.config
+            src = tc.load_dir or (tc.load_checkpoint.parent if tc.load_checkpoint else None)
+            if start > 0 and src is not None:
+                self.restore(Path(src).parent / "datasets", start)
 
         def maybe_update(step: int) -> None:
             done = step + 1  # iterations finished after this step
@@ -222,6 +228,59 @@ class CompletionDataManager(VanillaDataManager):
                 func=maybe_update,
             )
         ]
+
+    def restore(self, datasets_dir: Path, start_step: int) -> int:
+        """Resume the Inpaint Dataset Update of an earlier run at ``start_step``.
+
+        Loads the newest dataset version written by an update the checkpoint already contains
+        (manifest ``step`` <= ``start_step``) into the cached training images (inside the fill
+        masks; the capture stays bit-exact outside), makes the fill pixels trainable and
+        continues the round and version counters. Returns the restored version (0 = none).
+        """
+        c = self.config
+        found = []
+        for m in sorted(datasets_dir.glob("v[0-9][0-9][0-9]/manifest.json")):
+            info = json.loads(m.read_text())
+            if int(info.get("step", -1)) <= start_step:
+                found.append((int(info["version"]), m.parent, info))
+        if not found:
+            due = start_step - c.warmup_steps
+            if due >= 0:
+                # the run wrote no versions: keep the schedule, the images come from the next one
+                self.round = min(c.num_rounds, due // max(c.update_every, 1) + 1)
+                CONSOLE.print(
+                    f"[yellow]sceneforge-complete: no dataset version in {datasets_dir}; "
+                    f"resuming at round {self.round} without the earlier inpainted images"
+                )
+            return 0
+        version, folder, info = max(found, key=lambda t: t[0])
+        names = [Path(self.scene.image_names[i]).with_suffix(".png").name for i in self.train_idx]
+        if info.get("images") != names:
+            raise ValueError(
+                f"{folder / 'manifest.json'}: its images do not match this run's training images"
+            )
+        batch = self.train_image_dataloader.cached_collated_batch
+        for j, name in enumerate(names):
+            saved = read_image(folder / "images" / name)
+            f = self.fill[j]
+            if saved.shape[:2] != f.shape:
+                raise ValueError(
+                    f"{folder / 'images' / name}: size {tuple(saved.shape[:2])} "
+                    f"does not match the training image {tuple(f.shape)}"
+                )
+            pos = self._pos(batch, j)
+            img = batch["image"][pos]
+            new = torch.where(f[..., None], saved, self._originals[j]).to(img)
+            if img.shape[-1] == 4:
+                new = torch.cat(
+                    [new, torch.where(f[..., None], 1.0, img[..., 3:].cpu()).to(img)], -1
+                )
+            batch["image"][pos] = new
+        self._set_masks(batch, self._usable(filled=True))
+        self.version, self.round = version, int(info["round"])
+        self.history = [t[2] for t in sorted(found, key=lambda t: t[0])]
+        CONSOLE.print(f"sceneforge-complete: resumed from {folder} (round {self.round})")
+        return version
 
     @property
     def inpainter(self) -> Inpainter:
@@ -280,26 +339,27 @@ class CompletionDataManager(VanillaDataManager):
         renders, depths = [], []
         for j in views:
             r = self.render_view(model, j)
-            acc = r["accumulation"]
-            d = r["depth"] / acc.clamp(min=1e-6)
-            d = torch.where(acc > c.accumulation_threshold, d, float("nan"))
-            d = torch.where(acc < c.empty_threshold, 0.0, d)
             renders.append(r["rgb"])
-            depths.append(d)
+            depths.append(
+                known_depth(
+                    r["depth"], r["accumulation"], c.accumulation_threshold, c.empty_threshold
+                )
+            )
         if not _same_shapes(renders):
             raise ValueError("sceneforge-complete needs training images of one size")
         render, depth = torch.stack(renders), torch.stack(depths)
         fill = torch.stack([self.fill[j] for j in views])
         originals = torch.stack([self._originals[j] for j in views])
-        current = torch.where(fill[..., None], render, originals)
-        res = self.inpainter.inpaint(
-            current, fill, depth, self.cameras[views], prompt=c.prompt or None, strength=strength
+        images, _ = inpaint_views(
+            self.inpainter,
+            render,
+            originals,
+            fill,
+            depth,
+            self.cameras[views],
+            c.prompt or None,
+            strength,
         )
-        images = res.images
-        if not getattr(self.inpainter, "uses_strength", False) and strength < 1.0:
-            images = torch.where(fill[..., None], render + strength * (images - render), images)
-        # exactly the capture outside the fill masks
-        images = torch.where(fill[..., None], images, originals)
         batch = self.train_image_dataloader.cached_collated_batch
         for k, j in enumerate(views):
             pos = self._pos(batch, j)
@@ -327,27 +387,14 @@ class CompletionDataManager(VanillaDataManager):
 
     def write_version(self, info: dict) -> Path:
         """Write the current training images to ``<run dir>/datasets/vNNN`` atomically."""
-        root = self.out_dir / "datasets"
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / f"v{self.version:03d}"
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".v{self.version:03d}."))
         batch = self.train_image_dataloader.cached_collated_batch
-        try:
-            (tmp / "images").mkdir()
-            names = []
-            for j, i in enumerate(self.train_idx):
-                name = Path(self.scene.image_names[i]).with_suffix(".png").name
-                write_image_atomic(tmp / "images" / name, self._image(batch, j))
-                names.append(name)
-            manifest = {**info, "images": names, "fill_pixels": [int(f.sum()) for f in self.fill]}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return final
+        return write_dataset_version(
+            self.out_dir / "datasets",
+            self.version,
+            [self.scene.image_names[i] for i in self.train_idx],
+            [self._image(batch, j) for j in range(len(self.train_idx))],
+            {**info, "fill_pixels": [int(f.sum()) for f in self.fill]},
+        )
 
 
 def _same_shapes(ts: list[Tensor]) -> bool:

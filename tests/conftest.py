@@ -32,3 +32,56 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+# -- nerfstudio plugin tests (run in .venv-ns) ---------------------------------------------------
+
+NS_ENTRY_POINTS = {
+    "NERFSTUDIO_METHOD_CONFIGS": (
+        "sceneforge=sceneforge.ns_plugin:sceneforge_method,"
+        "sceneforge-complete=sceneforge.ns_complete:sceneforge_complete_method"
+    ),
+    "NERFSTUDIO_DATAPARSER_CONFIGS": (
+        "sceneforge-data=sceneforge.ns_dataparser:sceneforge_dataparser"
+    ),
+}
+
+NO_LPIPS = """
+import torchmetrics.image.lpip as _lpip
+
+
+def _no_lpips(*args, **kwargs):
+    raise RuntimeError("LPIPS constructed: it would download AlexNet weights")
+
+
+_lpip.LearnedPerceptualImagePatchSimilarity.__init__ = _no_lpips
+"""
+
+
+@pytest.fixture(scope="module")
+def ns_env(tmp_path_factory) -> dict:
+    """Environment for ``ns-train`` / ``ns-eval`` subprocesses: our methods and dataparser
+    registered without installing, and a ``sitecustomize`` that makes LPIPS construction (an
+    AlexNet download) raise, so the runs prove the plugins never need that download."""
+    site = tmp_path_factory.mktemp("site")
+    (site / "sitecustomize.py").write_text(NO_LPIPS)
+    e = dict(os.environ, **NS_ENTRY_POINTS)
+    e["PYTHONPATH"] = os.pathsep.join([str(site), e.get("PYTHONPATH", "")])
+    e["CUDA_VISIBLE_DEVICES"] = ""  # nerfacc/gsplat kernels would JIT-compile and crash
+    return e
+
+
+@pytest.fixture(scope="module")
+def ns_run(ns_env):
+    """``ns_run(["ns-train", ...], cwd)``: run a nerfstudio command of this venv under
+    :func:`ns_env`; a non-zero exit fails the test with the command's output."""
+    import subprocess
+    import sys
+
+    def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+        cmd = [str(Path(sys.executable).parent / cmd[0]), *cmd[1:]]
+        p = subprocess.run(cmd, env=ns_env, cwd=cwd, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, f"{cmd}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+        return p
+
+    return run

@@ -1,14 +1,11 @@
 """nerfstudio completion method (own venv: ``.venv-ns/bin/pytest -m nerfstudio
 tests/test_ns_complete.py``). ``ns-train`` runs under a ``sitecustomize`` that makes LPIPS
-construction (an AlexNet download) raise, as in ``test_ns_plugin.py``."""
+construction (an AlexNet download) raise (``ns_env`` in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,26 +13,6 @@ import torch
 
 pytestmark = pytest.mark.nerfstudio
 pytest.importorskip("nerfstudio")
-
-ENV = {
-    "NERFSTUDIO_METHOD_CONFIGS": (
-        "sceneforge-complete=sceneforge.ns_complete:sceneforge_complete_method"
-    ),
-    "NERFSTUDIO_DATAPARSER_CONFIGS": (
-        "sceneforge-data=sceneforge.ns_dataparser:sceneforge_dataparser"
-    ),
-}
-
-NO_LPIPS = """
-import torchmetrics.image.lpip as _lpip
-
-
-def _no_lpips(*args, **kwargs):
-    raise RuntimeError("LPIPS constructed: it would download AlexNet weights")
-
-
-_lpip.LearnedPerceptualImagePatchSimilarity.__init__ = _no_lpips
-"""
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +25,6 @@ def removal(tmp_path_factory):
     out = tmp_path_factory.mktemp("nsc") / "scene"
     save_scene(rs.scene, out, format="colmap")
     return out, rs.box
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict:
-    site = tmp_path_factory.mktemp("site")
-    (site / "sitecustomize.py").write_text(NO_LPIPS)
-    e = dict(os.environ, **ENV)
-    e["PYTHONPATH"] = os.pathsep.join([str(site), e.get("PYTHONPATH", "")])
-    e["CUDA_VISIBLE_DEVICES"] = ""  # nerfacc/gsplat kernels would JIT-compile and crash
-    return e
 
 
 def _fills(scene_dir: Path, box) -> tuple[list[int], list[torch.Tensor]]:
@@ -79,9 +46,11 @@ def _digest(folder: Path) -> dict:
     }
 
 
-def test_datamanager_samples_only_unmasked_pixels_and_needs_a_mask(removal, monkeypatch):
-    for k, v in ENV.items():
-        monkeypatch.setenv(k, v)
+def test_datamanager_samples_only_unmasked_pixels_and_needs_a_mask(
+    removal, monkeypatch, ns_env, tmp_path
+):
+    for k in ("NERFSTUDIO_METHOD_CONFIGS", "NERFSTUDIO_DATAPARSER_CONFIGS"):
+        monkeypatch.setenv(k, ns_env[k])
     from sceneforge.ns_complete import CompletionDataManagerConfig
     from sceneforge.ns_dataparser import SceneforgeDataParserConfig
 
@@ -116,18 +85,36 @@ def test_datamanager_samples_only_unmasked_pixels_and_needs_a_mask(removal, monk
     _, batch = dm.next_train(1)
     cam, y, x = batch["indices"].long().unbind(-1)
     assert bool(torch.stack(fills)[cam, y, x].any())
+    # resume: a fresh datamanager restores that version (8-bit PNGs) into its cached images
+    dm.out_dir = tmp_path
+    folder = dm.write_version({**dm.history[0], "step": 4})  # as if written after step 3
+    dm2 = CompletionDataManagerConfig(
+        dataparser=parser, mask_box=box, train_num_rays_per_batch=4096
+    ).setup(device="cpu")
+    assert dm2.restore(tmp_path / "datasets", start_step=3) == 0 and dm2.round == 0
+    assert dm2.restore(tmp_path / "datasets", start_step=4) == 1
+    assert (dm2.round, dm2.version, len(dm2.history)) == (1, 1, 1)
+    cached2 = dm2.train_image_dataloader.cached_collated_batch
+    for j in range(7):
+        now, f = cached2["image"][dm2._pos(cached2, j)], fills[j]
+        assert torch.equal(now[~f], before[j][~f])
+        torch.testing.assert_close(
+            now[f], cached["image"][dm._pos(cached, j)][f], atol=0.5 / 255 + 1e-6, rtol=0
+        )
+        assert bool(cached2["mask"][dm2._pos(cached2, j)][..., 0].all())
+    assert folder == tmp_path / "datasets" / "v001"
     with pytest.raises(ValueError, match="nothing to fill"):
         CompletionDataManagerConfig(dataparser=parser).setup(device="cpu")
 
 
-def test_ns_train_complete_two_updates_cpu(removal, env, tmp_path):
+def test_ns_train_complete_two_updates_cpu(removal, ns_run, tmp_path):
     from sceneforge.core.image_io import read_image
 
     scene_dir, box = removal
     before = _digest(scene_dir)
     out = tmp_path / "outputs"
     cmd = [
-        str(Path(sys.executable).parent / "ns-train"),
+        "ns-train",
         "sceneforge-complete",
         "--data",
         str(scene_dir),
@@ -154,8 +141,7 @@ def test_ns_train_complete_two_updates_cpu(removal, env, tmp_path):
         "--pipeline.datamanager.num-rounds",
         "2",
     ]
-    p = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, f"{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    ns_run(cmd, tmp_path)
     run_dir = out / "scene" / "sceneforge-complete" / "t0"
     assert sorted((run_dir / "nerfstudio_models").glob("step-*.ckpt"))
     versions = sorted(p.name for p in (run_dir / "datasets").iterdir())
@@ -177,3 +163,24 @@ def test_ns_train_complete_two_updates_cpu(removal, env, tmp_path):
         changed += int(((new - cap).abs().amax(-1) > 0.05)[f].sum())
     assert changed > 0.3 * sum(int(f.sum()) for f in fills)  # the box is painted over
     assert _digest(scene_dir) == before  # the scene's files are never touched
+    # resume from the last checkpoint (step 6) with a third round: the rounds continue
+    ns_run(
+        [
+            *cmd[: cmd.index("--max-num-iterations")],
+            "--max-num-iterations",
+            "3",
+            *cmd[cmd.index("--max-num-iterations") + 2 : cmd.index("--timestamp")],
+            "--timestamp",
+            "t1",
+            *cmd[cmd.index("--timestamp") + 2 :],
+            "--pipeline.datamanager.num-rounds",
+            "3",
+            "--load-dir",
+            str(run_dir / "nerfstudio_models"),
+        ],
+        tmp_path,
+    )
+    run2 = out / "scene" / "sceneforge-complete" / "t1"
+    assert sorted(p.name for p in (run2 / "datasets").iterdir()) == ["v003"]
+    m3 = json.loads((run2 / "datasets" / "v003" / "manifest.json").read_text())
+    assert (m3["round"], m3["step"], m3["strength"]) == (3, 9, 0.4)

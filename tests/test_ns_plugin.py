@@ -7,7 +7,6 @@ downloads AlexNet weights) raise, so they prove the plugin never needs that down
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,24 +16,6 @@ import torch
 
 pytestmark = pytest.mark.nerfstudio
 pytest.importorskip("nerfstudio")
-
-ENV = {
-    "NERFSTUDIO_METHOD_CONFIGS": "sceneforge=sceneforge.ns_plugin:sceneforge_method",
-    "NERFSTUDIO_DATAPARSER_CONFIGS": (
-        "sceneforge-data=sceneforge.ns_dataparser:sceneforge_dataparser"
-    ),
-}
-
-NO_LPIPS = """
-import torchmetrics.image.lpip as _lpip
-
-
-def _no_lpips(*args, **kwargs):
-    raise RuntimeError("LPIPS constructed: it would download AlexNet weights")
-
-
-_lpip.LearnedPerceptualImagePatchSimilarity.__init__ = _no_lpips
-"""
 
 
 @pytest.fixture(scope="module")
@@ -47,41 +28,21 @@ def scene_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict:
-    site = tmp_path_factory.mktemp("site")
-    (site / "sitecustomize.py").write_text(NO_LPIPS)
-    e = dict(os.environ, **ENV)
-    e["PYTHONPATH"] = os.pathsep.join([str(site), e.get("PYTHONPATH", "")])
-    e["CUDA_VISIBLE_DEVICES"] = ""  # nerfacc/gsplat kernels would JIT-compile and crash
-    return e
-
-
-def ns_bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
-
-
-def run(cmd: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    p = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, f"{cmd}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-    return p
-
-
-def test_sitecustomize_blocks_lpips(env, tmp_path):
+def test_sitecustomize_blocks_lpips(ns_env, tmp_path):
     code = "from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity as L; L()"
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-c", code], env=ns_env, capture_output=True, text=True)
     assert p.returncode != 0 and "would download" in p.stderr
 
 
-def test_ns_train_help_lists_method(env, tmp_path):
-    p = run([ns_bin("ns-train"), "sceneforge", "--help"], env, tmp_path)
+def test_ns_train_help_lists_method(ns_run, tmp_path):
+    p = ns_run(["ns-train", "sceneforge", "--help"], tmp_path)
     assert "sceneforge radiance field" in p.stdout
     assert "sceneforge-data" in p.stdout
 
 
-def test_dataparser_rays_match_ours(scene_dir, monkeypatch):
-    for k, v in ENV.items():
-        monkeypatch.setenv(k, v)
+def test_dataparser_rays_match_ours(scene_dir, monkeypatch, ns_env):
+    for k in ("NERFSTUDIO_METHOD_CONFIGS", "NERFSTUDIO_DATAPARSER_CONFIGS"):
+        monkeypatch.setenv(k, ns_env[k])
     from sceneforge.core.io import load_scene
     from sceneforge.ns_dataparser import SceneforgeDataParserConfig
 
@@ -106,11 +67,11 @@ def test_dataparser_rays_match_ours(scene_dir, monkeypatch):
     torch.testing.assert_close(out.scene_box.aabb.abs().max(), torch.tensor(1.0))
 
 
-def test_ns_train_two_steps_cpu_then_ns_eval(scene_dir, env, tmp_path):
+def test_ns_train_two_steps_cpu_then_ns_eval(scene_dir, ns_run, tmp_path):
     out = tmp_path / "outputs"
-    run(
+    ns_run(
         [
-            ns_bin("ns-train"),
+            "ns-train",
             "sceneforge",
             "--data",
             str(scene_dir),
@@ -129,16 +90,14 @@ def test_ns_train_two_steps_cpu_then_ns_eval(scene_dir, env, tmp_path):
             "--pipeline.datamanager.train-num-rays-per-batch",
             "256",
         ],
-        env,
         tmp_path,
     )
     run_dir = out / "scene" / "sceneforge" / "t0"
     ckpts = sorted((run_dir / "nerfstudio_models").glob("step-*.ckpt"))
     assert ckpts, list(run_dir.iterdir())
     ev = tmp_path / "eval.json"
-    run(
-        [ns_bin("ns-eval"), "--load-config", str(run_dir / "config.yml"), "--output-path", str(ev)],
-        env,
+    ns_run(
+        ["ns-eval", "--load-config", str(run_dir / "config.yml"), "--output-path", str(ev)],
         tmp_path,
     )
     res = json.loads(ev.read_text())
