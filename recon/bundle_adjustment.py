@@ -321,6 +321,7 @@ def project_with_jacobians(
     points: Tensor,
     with_jacobians: bool = True,
     cam_index: Tensor | None = None,
+    point_jacobian_only: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Pixels, depth and analytic Jacobians per observation.
 
@@ -328,7 +329,8 @@ def project_with_jacobians(
     (``rotation``/``translation``/``intrinsics`` of shape ``(Nc, .)``) so rotation matrices
     and SO(3) Jacobians are computed once per camera. Returns ``pixels (M, 2)``,
     ``depth (M,)``, ``J_pose (M, 2, 6)`` (angle-axis then translation), ``J_intr (M, 2, P)``,
-    ``J_point (M, 2, 3)``. The angle-axis derivative is exact:
+    ``J_point (M, 2, 3)`` (with ``point_jacobian_only``, ``J_pose`` and ``J_intr`` are None:
+    triangulation needs only ``J_point``). The angle-axis derivative is exact:
     ``d(R(w) X)/dw = -[R X]_x J_l(w)`` with the SO(3) left Jacobian ``J_l``.
     """
     if cam_index is None:
@@ -337,7 +339,11 @@ def project_with_jacobians(
     else:
         R = angle_axis_to_matrix(rotation)[cam_index]
         rx = R[:, :, 0] * points[:, 0:1] + R[:, :, 1] * points[:, 1:2] + R[:, :, 2] * points[:, 2:3]
-        jl = _left_jacobian(rotation)[cam_index] if with_jacobians else None
+        jl = (
+            _left_jacobian(rotation)[cam_index]
+            if with_jacobians and not point_jacobian_only
+            else None
+        )
         translation = translation[cam_index]
         intrinsics = intrinsics[cam_index]
     pc = rx + translation
@@ -368,8 +374,10 @@ def project_with_jacobians(
     dpix_dP = torch.stack([a00, a01, a02, a10, a11, a12], -1).reshape(m, 2, 3)
     if R is None:
         R = angle_axis_to_matrix(rotation)
-        jl = _left_jacobian(rotation)
+        jl = None if point_jacobian_only else _left_jacobian(rotation)
     j_point = _small_mm(dpix_dP, R)
+    if point_jacobian_only:
+        return pixels, depth, None, None, j_point
     # Row a of dpix/dP times [rx]_x is (a x rx)^T.
     a_cross = torch.linalg.cross(dpix_dP, rx[:, None, :].expand(-1, 2, -1), dim=-1)
     d_rot = -_small_mm(a_cross, jl)

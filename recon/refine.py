@@ -39,8 +39,9 @@ class TrackRefiner(Protocol):
 class RefineConfig:
     """Patch-correlation refinement settings."""
 
-    search_levels: tuple[int, ...] = (4, 2, 1)
-    """Pyramid downscale factors of the integer NCC search, coarse to fine (empty = no search)."""
+    search_levels: tuple[int, ...] | None = None
+    """Pyramid downscale factors of the integer NCC search, coarse to fine (empty = no search;
+    None = :func:`default_search_levels`, which ``build_tracks`` picks per feature method)."""
     search_radius: int = 2
     """Search radius in pixels of each level (level 4 with radius 2 covers +-8 px)."""
     search_patch: int = 9
@@ -48,7 +49,10 @@ class RefineConfig:
     patch_size: int = 11
     """Side of the Lucas-Kanade patch at full resolution (odd)."""
     lk_iters: int = 15
-    """Inverse-compositional Lucas-Kanade iterations."""
+    """Inverse-compositional Lucas-Kanade iterations (at most)."""
+    lk_tolerance: float = 3e-3
+    """A patch stops iterating once its translation update is at most this (pixels; a tenth
+    of the median error after refinement: 1e-3 cost 25% more, median error 0.031 -> 0.030 px)."""
     affine: bool = True
     """Estimate a local affine warp (handles viewpoint foreshortening) instead of translation only."""
     blur_sigma: float = 0.5
@@ -61,6 +65,15 @@ class RefineConfig:
     """Observations refined at once (bounds memory)."""
 
 
+def default_search_levels(feature_method: str | None = None) -> tuple[int, ...]:
+    """NCC search levels for tracks from ``feature_method``: none for SIFT, whose matched
+    keypoints are already within a pixel (measured on synthetic scenes with exact ground truth:
+    the search there only adds outliers -- orbit 0.9% -> 3.2% of observations beyond 3 px -- and
+    doubles the cost); ``(4, 2, 1)`` (+-14 px) for the coarser learned keypoints or unknown
+    sources."""
+    return () if feature_method == "sift" else (4, 2, 1)
+
+
 def rgb_to_gray(image: Tensor) -> Float[Tensor, "H W"]:
     """Luma of an ``H W 3`` image (``H W`` passes through), float32."""
     image = image.float()
@@ -70,13 +83,20 @@ def rgb_to_gray(image: Tensor) -> Float[Tensor, "H W"]:
 
 
 def gaussian_blur(img: Float[Tensor, "H W"], sigma: float) -> Float[Tensor, "H W"]:
-    """Separable Gaussian blur with replicate borders."""
+    """Separable Gaussian blur with replicate borders (OpenCV on CPU: ~100x faster than a
+    single-channel ``conv2d``)."""
     if sigma <= 0:
         return img
     r = max(1, int(math.ceil(3 * sigma)))
     x = torch.arange(-r, r + 1, dtype=img.dtype)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     k = k / k.sum()
+    if img.device.type == "cpu" and img.dtype in (torch.float32, torch.float64):
+        import cv2
+
+        kn = k.numpy()
+        src = img.contiguous().numpy()
+        return torch.from_numpy(cv2.sepFilter2D(src, -1, kn, kn, borderType=cv2.BORDER_REPLICATE))
     out = F.pad(img[None, None], (r, r, r, r), mode="replicate")
     out = F.conv2d(out, k.view(1, 1, 1, -1))
     out = F.conv2d(out, k.view(1, 1, -1, 1))
@@ -87,6 +107,19 @@ def sample(img: Float[Tensor, "H W"], xy: Float[Tensor, "B K 2"]) -> Float[Tenso
     """Bilinear samples of ``img`` at COLMAP-convention pixel positions (border-clamped)."""
     h, w = img.shape
     grid = torch.stack([xy[..., 0] / w * 2 - 1, xy[..., 1] / h * 2 - 1], dim=-1)
+    out = F.grid_sample(
+        img[None, None],
+        grid[None].to(img.dtype),
+        mode="bilinear",
+        align_corners=False,
+        padding_mode="border",
+    )
+    return out[0, 0]
+
+
+def _grid_sample(img: Float[Tensor, "H W"], grid: Float[Tensor, "B K 2"]) -> Float[Tensor, "B K"]:
+    """Bilinear samples of ``img`` at normalised grid positions (as :func:`sample` after its
+    conversion from pixels; border-clamped)."""
     out = F.grid_sample(
         img[None, None],
         grid[None].to(img.dtype),
@@ -165,6 +198,7 @@ def lucas_kanade(
     center: Float[Tensor, "B 2"],
     iters: int = 15,
     affine: bool = True,
+    tolerance: float = 3e-3,
 ) -> tuple[Float[Tensor, "B 2"], Float[Tensor, " B"]]:
     """Inverse-compositional Lucas-Kanade of ``template`` (a ``P+2`` patch: one border pixel for
     gradients) into ``img`` from ``center``; Gaussian-weighted, zero-mean/unit-variance
@@ -187,38 +221,63 @@ def lucas_kanade(
         sd = torch.stack([gx * u, gx * v, gy * u, gy * v, gx, gy], dim=-1)
     else:
         sd = torch.stack([gx, gy], dim=-1)
-    hess = torch.einsum("bki,bkj->bij", sd * g[..., None], sd)
+    sdg = sd * g[..., None]
+    hess = torch.einsum("bki,bkj->bij", sdg, sd)
     npar = sd.shape[-1]
     hess = hess + 1e-6 * torch.eye(npar) * hess.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None]
-    hinv = torch.linalg.pinv(hess)
-    mat = torch.eye(3, dtype=center.dtype).repeat(b, 1, 1)
-    mat[:, :2, 2] = center
-    uv1 = torch.cat([uv, torch.ones_like(uv[:, :1])], dim=-1)  # K 3
+    # Inverse compositional: the update is a fixed linear map of the error, (B, npar, K).
+    hinv, info = torch.linalg.inv_ex(hess)
+    if bool((info != 0).any()):  # flat (textureless) patches: pseudo-inverse for those only
+        bad = (info != 0).nonzero()[:, 0]
+        hinv[bad] = torch.linalg.pinv(hess[bad])
+    step = hinv @ sdg.transpose(1, 2)
+    h, w = img.shape
+    to_grid = torch.tensor([2.0 / w, 2.0 / h], dtype=center.dtype)
+    # Warp x' = lin u + trans, as its four entries (B, 1) and the translation (B, 2).
+    l00, l01 = torch.ones(b, 1, dtype=center.dtype), torch.zeros(b, 1, dtype=center.dtype)
+    l10, l11 = l01.clone(), l00.clone()
+    trans = center.clone()
+
+    def grid(a: Tensor, l00, l01, l10, l11, trans) -> Tensor:
+        """Sampling grid (normalised coordinates) of the patches ``a`` under their warps."""
+        x = (trans[a, :1] + l00 * u + l01 * v) * to_grid[0] - 1
+        y = (trans[a, 1:] + l10 * u + l11 * v) * to_grid[1] - 1
+        return torch.stack([x, y], -1)
+
+    # Patches leave the iteration once converged (translation update <= tolerance px):
+    # later iterations only run on the few that still move.
+    act = torch.arange(b)
+    tn_a, step_a = tn, step
     for _ in range(iters):
-        pts = torch.einsum("bij,kj->bki", mat[:, :2], uv1)
-        iw = _normalize(sample(img, pts), g)
-        err = iw - tn
-        dp = torch.einsum("bij,bj->bi", hinv, torch.einsum("bki,bk->bi", sd * g[..., None], err))
-        d = torch.eye(3, dtype=center.dtype).repeat(b, 1, 1)
-        if affine:
-            d[:, 0, 0] += dp[:, 0]
-            d[:, 0, 1] = dp[:, 1]
-            d[:, 1, 0] = dp[:, 2]
-            d[:, 1, 1] += dp[:, 3]
-            d[:, :2, 2] = dp[:, 4:]
-        else:
-            d[:, :2, 2] = dp
-        mat = mat @ torch.linalg.inv(d)
-        # stop once (almost) every patch has converged (translation update < 1e-3 px)
-        if float((dp[:, -2:].abs().amax(-1) > 1e-3).float().mean()) < 0.01:
+        la = (l00[act], l01[act], l10[act], l11[act])
+        err = _normalize(_grid_sample(img, grid(act, *la, trans)), g) - tn_a
+        dp = torch.bmm(step_a, err[..., None])[..., 0]
+        dx, dy = dp[:, -2:-1], dp[:, -1:]
+        if affine:  # compose with the inverse of the update warp (I + D, dt)
+            a11, a12, a21, a22 = 1 + dp[:, 0:1], dp[:, 1:2], dp[:, 2:3], 1 + dp[:, 3:4]
+            det = a11 * a22 - a12 * a21
+            det = torch.where(det.abs() < 1e-12, torch.full_like(det, 1e-12), det)
+            i11, i12, i21, i22 = a22 / det, -a12 / det, -a21 / det, a11 / det
+            la = (
+                la[0] * i11 + la[1] * i21,
+                la[0] * i12 + la[1] * i22,
+                la[2] * i11 + la[3] * i21,
+                la[2] * i12 + la[3] * i22,
+            )
+            l00[act], l01[act], l10[act], l11[act] = la
+        tx = la[0] * dx + la[1] * dy
+        ty = la[2] * dx + la[3] * dy
+        trans[act] -= torch.cat([tx, ty], -1)
+        moving = (dp[:, -2:].abs().amax(-1) > tolerance).nonzero()[:, 0]
+        if moving.numel() == 0:
             break
-    pts = torch.einsum("bij,kj->bki", mat[:, :2], uv1)
-    iw = _normalize(sample(img, pts), g)
+        act, tn_a, step_a = act[moving], tn_a[moving], step_a[moving]
+    iw = _normalize(_grid_sample(img, grid(torch.arange(b), l00, l01, l10, l11, trans)), g)
     ncc = (iw * tn * g).sum(-1)
     # A degenerate warp (collapse or flip) means LK diverged.
-    det = torch.linalg.det(mat[:, :2, :2])
+    det = (l00 * l11 - l01 * l10)[:, 0]
     ncc = torch.where((det > 0.25) & (det < 4.0), ncc, torch.full_like(ncc, -1.0))
-    return mat[:, :2, 2], ncc
+    return trans, ncc
 
 
 class PatchRefiner:
@@ -226,6 +285,8 @@ class PatchRefiner:
 
     def __init__(self, config: RefineConfig | None = None) -> None:
         self.config = config or RefineConfig()
+        if self.config.search_levels is None:
+            self.config = replace(self.config, search_levels=default_search_levels())
         if self.config.patch_size % 2 == 0 or self.config.search_patch % 2 == 0:
             raise ValueError("patch sizes must be odd")
 
@@ -276,7 +337,9 @@ class PatchRefiner:
                 for s in c.search_levels:
                     found, _ = ncc_search(templ_s[s][ti], pyr[s], pos / s, c.search_radius)
                     pos = found * s
-                pos, ncc = lucas_kanade(templ_q[ti], pyr[1], pos, c.lk_iters, c.affine)
+                pos, ncc = lucas_kanade(
+                    templ_q[ti], pyr[1], pos, c.lk_iters, c.affine, c.lk_tolerance
+                )
                 ok = (ncc >= c.min_ncc) & ((pos - pred).norm(dim=-1) <= c.max_shift)
                 ok &= (pos[:, 0] >= 0) & (pos[:, 0] < w) & (pos[:, 1] >= 0) & (pos[:, 1] < h)
                 ok &= torch.isfinite(pos).all(-1)

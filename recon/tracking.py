@@ -1,8 +1,9 @@
 """``build_tracks``: images in, sub-pixel point tracks over all frames out (VGGSfM-style).
 
 Steps: query points on a few query frames spread over the sequence -> match each query frame
-into every frame -> merge into tracks (no track claims two points in one frame) -> coarse-to-fine
-sub-pixel refinement of every observation against its track's anchor patch.
+into every frame -> merge into tracks (no track claims two points in one frame) -> sub-pixel
+refinement of every observation against its track's anchor patch (affine Lucas-Kanade, after a
+coarse-to-fine search for the learned features; SIFT matches are already within a pixel).
 
 Defaults were chosen by measurement (benchmarks/tracks.py, benchmarks/RESULTS.md "Tracks"): on
 CPU, pycolmap SIFT + mutual nearest neighbour. ALIKED + LightGlue costs ~3x SIFT per image and
@@ -31,7 +32,12 @@ from sceneforge.recon.features import (
     select_query_frames,
 )
 from sceneforge.recon.matching import Matcher, MatchingConfig
-from sceneforge.recon.refine import PatchRefiner, RefineConfig, TrackRefiner
+from sceneforge.recon.refine import (
+    PatchRefiner,
+    RefineConfig,
+    TrackRefiner,
+    default_search_levels,
+)
 from sceneforge.recon.tracks import Tracks, merge_matches
 
 
@@ -50,6 +56,12 @@ class TracksConfig:
     max_frame_distance: int | None = None
     """Match a query frame only with frames at most this many indices away (ordered captures);
     None = with every frame."""
+    neighbor_frames: int = 1
+    """Also match every frame with the next this many frames (0 = query pairs only). In an
+    ordered capture a point seen only by consecutive frames between two query frames would
+    otherwise be split into pairs: with no track through three images there, the relative
+    scale of the camera motion on either side is not fixed (measured: the 24-view indoor walk,
+    whose query frames are 3-4 frames apart, fell into two scale groups; 1 links them)."""
     refine_enabled: bool = True
     """Run the sub-pixel refinement."""
     min_track_length: int = 2
@@ -59,14 +71,18 @@ class TracksConfig:
 
 
 def resolve_config(config: TracksConfig) -> TracksConfig:
-    """Replace ``auto`` feature / matcher choices by the measured defaults for this machine."""
+    """Replace ``auto`` feature / matcher / refinement-search choices by the measured defaults
+    for this machine and feature method."""
     feats = config.features
     if feats.method == "auto":
         feats = replace(feats, method=default_feature_method())
     match = config.matching
     if match.method == "auto":
         match = replace(match, method="lightglue" if feats.method == "aliked" else "nn")
-    return replace(config, features=feats, matching=match)
+    ref = config.refine
+    if ref.search_levels is None:
+        ref = replace(ref, search_levels=default_search_levels(feats.method))
+    return replace(config, features=feats, matching=match, refine=ref)
 
 
 class _Frames:
@@ -112,19 +128,23 @@ class _Frames:
         return self._read_mask(Path(m)) if isinstance(m, (str, os.PathLike)) else m.to(torch.bool)
 
 
-def query_pairs(n: int, queries: list[int], max_distance: int | None) -> list[tuple[int, int]]:
-    """Pairs ``(query, frame)`` to match: every query with every other frame (within
-    ``max_distance`` if given), each unordered pair once."""
+def query_pairs(
+    n: int, queries: list[int], max_distance: int | None, neighbors: int = 0
+) -> list[tuple[int, int]]:
+    """Pairs to match: ``(query, frame)`` for every query with every other frame (within
+    ``max_distance`` if given), then ``(i, i + d)`` for ``d <= neighbors``; each unordered
+    pair once."""
     pairs, seen = [], set()
-    for q in queries:
-        for j in range(n):
-            if j == q or (max_distance is not None and abs(j - q) > max_distance):
-                continue
-            key = (min(q, j), max(q, j))
-            if key in seen:
-                continue
-            seen.add(key)
-            pairs.append((q, j))
+    cand = [(q, j) for q in queries for j in range(n)]
+    cand += [(i, i + d) for d in range(1, neighbors + 1) for i in range(n - d)]
+    for q, j in cand:
+        if j == q or (max_distance is not None and abs(j - q) > max_distance):
+            continue
+        key = (min(q, j), max(q, j))
+        if key in seen:
+            continue
+        seen.add(key)
+        pairs.append((q, j))
     return pairs
 
 
@@ -173,7 +193,7 @@ def build_tracks(
     t0 = time.perf_counter()
     nq = frames.n if config.num_query_frames <= 0 else config.num_query_frames
     queries = select_query_frames(frames.n, nq)
-    pairs = query_pairs(frames.n, queries, config.max_frame_distance)
+    pairs = query_pairs(frames.n, queries, config.max_frame_distance, config.neighbor_frames)
     pair_matches = {}
     for i, j in pairs:
         m = matcher(feats[i], feats[j])

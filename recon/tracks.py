@@ -161,9 +161,6 @@ def merge_matches(
     Matches are unioned strongest first; a union that would give a track two keypoints in one
     frame is refused (only inside components that actually conflict, found vectorised first).
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     n_frames = len(keypoints)
     counts = np.array([k.shape[0] for k in keypoints], dtype=np.int64)
     offset = np.concatenate([[0], np.cumsum(counts)])
@@ -181,8 +178,7 @@ def merge_matches(
         return _empty_tracks(image_sizes)
     src, dst, w = np.concatenate(src), np.concatenate(dst), np.concatenate(w)
 
-    graph = coo_matrix((np.ones_like(w), (src, dst)), shape=(n_nodes, n_nodes))
-    _, label = connected_components(graph, directed=False)
+    label = component_labels(n_nodes, src, dst)
     # Components holding two nodes of one frame conflict.
     key = label.astype(np.int64) * n_frames + node_frame
     uk, cnt = np.unique(key, return_counts=True)
@@ -262,6 +258,25 @@ def merge_matches(
     ref_t = torch.from_numpy(ref)
     conf[torch.arange(t), ref_t] = 1.0
     return Tracks(xy, visible, conf, ref_t, kp_idx, image_sizes.clone())
+
+
+def component_labels(num_nodes: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Connected-component label of every node of an undirected graph (the smallest node of
+    its component), by vectorised union-find: hook the larger root of every edge to the
+    smaller, then compress paths, until no edge joins two roots (a few rounds; numpy only,
+    where scipy's import alone cost more than the whole merge)."""
+    label = np.arange(num_nodes)
+    while True:
+        ls, ld = label[src], label[dst]
+        join = ls != ld
+        if not join.any():
+            return label
+        np.minimum.at(label, np.maximum(ls, ld)[join], np.minimum(ls, ld)[join])
+        while True:
+            nxt = label[label]
+            if np.array_equal(nxt, label):
+                break
+            label = nxt
 
 
 def _empty_tracks(image_sizes: Tensor) -> Tracks:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sceneforge.core.cameras import Cameras, unproject
+from sceneforge.core.cameras import Cameras, project, unproject
 from sceneforge.core.rotations import matrix_to_angle_axis
 from sceneforge.recon.bundle_adjustment import project_with_jacobians
 
@@ -53,11 +53,17 @@ class Triangulation:
     """``(N,)`` largest angle between two used rays."""
 
 
-def _normalised(cameras: Cameras, pixels: Tensor) -> Tensor:
-    """Rays ``(N, V, 3)`` in each camera frame (z = +-1) for every pixel."""
+def _normalised(cameras: Cameras, pixels: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Rays ``(N, V, 3)`` in each camera frame (z = +-1) for every pixel (only where ``mask``
+    is True if given; z = 1 elsewhere)."""
     n, v = pixels.shape[:2]
-    params = cameras.params[None].expand(n, v, -1)
-    return unproject(pixels, cameras.model, params)
+    if mask is None:
+        return unproject(pixels, cameras.model, cameras.params[None].expand(n, v, -1))
+    pi, vi = mask.nonzero(as_tuple=True)
+    rays = torch.zeros(n, v, 3, dtype=pixels.dtype, device=pixels.device)
+    rays[..., 2] = 1.0
+    rays[pi, vi] = unproject(pixels[pi, vi], cameras.model, cameras.params[vi])
+    return rays
 
 
 def triangulate_dlt(cam_from_world: Tensor, rays: Tensor, mask: Tensor) -> Tensor:
@@ -97,49 +103,56 @@ def _project_all(cameras: Cameras, points: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def triangulation_angles(cameras: Cameras, points: Tensor, mask: Tensor) -> Tensor:
-    """Largest angle (degrees) between any two masked viewing rays of each point."""
-    centers = cameras.centers  # (V, 3)
-    d = points[:, None, :] - centers[None]
+    """Largest angle (degrees) between any two masked viewing rays of each point.
+
+    Computed over each point's own views only (padded to the longest track), not over all
+    ``V x V`` view pairs: tracks are usually much shorter than the number of views."""
+    n, v = mask.shape
+    longest = int(mask.sum(1).max()) if n else 0
+    if longest < 2:
+        return torch.zeros(n, dtype=points.dtype, device=points.device)
+    views = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :longest]
+    used = torch.gather(mask, 1, views)
+    d = points[:, None, :] - cameras.centers[views]  # (N, L, 3)
     d = d / d.norm(dim=-1, keepdim=True).clamp(min=1e-30)
-    cos = (d[:, :, None, :] * d[:, None, :, :]).sum(-1).clamp(-1.0, 1.0)
-    both = mask[:, :, None] & mask[:, None, :]
-    ang = torch.rad2deg(torch.acos(cos))
-    return torch.where(both, ang, torch.zeros_like(ang)).flatten(1).max(1).values
+    cos = d @ d.transpose(1, 2)
+    both = used[:, :, None] & used[:, None, :]
+    min_cos = torch.where(both, cos, torch.ones_like(cos)).flatten(1).min(1).values
+    return torch.rad2deg(torch.acos(min_cos.clamp(-1.0, 1.0)))
 
 
 def refine_points(
     cameras: Cameras, points: Tensor, pixels: Tensor, mask: Tensor, iterations: int = 10
 ) -> Tensor:
-    """Batched Levenberg-Marquardt on each point's reprojection error over its masked views."""
-    n, v = mask.shape
-    rot = (
-        matrix_to_angle_axis(cameras.cam_from_world[:, :, :3])[None]
-        .expand(n, -1, -1)
-        .reshape(-1, 3)
-    )
-    trans = cameras.cam_from_world[:, :, 3][None].expand(n, -1, -1).reshape(-1, 3)
-    intr = cameras.params[None].expand(n, -1, -1).reshape(n * v, -1)
-    w = mask.reshape(-1, 1)
-    obs = pixels.reshape(-1, 2)
+    """Batched Levenberg-Marquardt on each point's reprojection error over its masked views.
+
+    Only the masked observations are evaluated (tracks are short compared with the number of
+    views: a dense ``N x V`` evaluation did several times the work); each point's 3x3 normal
+    equations are accumulated from its observations."""
+    n, _ = mask.shape
+    pi, vi = mask.nonzero(as_tuple=True)
+    rot = matrix_to_angle_axis(cameras.cam_from_world[:, :, :3])
+    trans = cameras.cam_from_world[:, :, 3]
+    obs = pixels[pi, vi]
     lam = torch.full((n,), 1e-4, dtype=points.dtype, device=points.device)
+    eye = torch.eye(3, dtype=points.dtype, device=points.device)
 
     def evaluate(X, jac):
-        Xr = X[:, None].expand(-1, v, -1).reshape(-1, 3)
-        pix, _, _, _, jp = project_with_jacobians(cameras.model, rot, trans, intr, Xr, jac)
-        r = torch.where(w, pix - obs, torch.zeros_like(pix))
-        cost = (r * r).reshape(n, -1).sum(1)
-        if jp is not None:
-            jp = torch.where(w[:, :, None], jp, torch.zeros_like(jp))
+        pix, _, _, _, jp = project_with_jacobians(
+            cameras.model, rot, trans, cameras.params, X[pi], jac, vi, point_jacobian_only=True
+        )
+        r = pix - obs
+        cost = torch.zeros(n, dtype=X.dtype, device=X.device).index_add_(0, pi, (r * r).sum(-1))
         return r, cost, jp
 
     X = points.clone()
     for _ in range(iterations):
         r, cost, jp = evaluate(X, True)
-        jp = jp.reshape(n, v * 2, 3)
-        r = r.reshape(n, v * 2)
-        H = jp.transpose(1, 2) @ jp
-        g = (jp.transpose(1, 2) @ r[:, :, None])[:, :, 0]
-        eye = torch.eye(3, dtype=X.dtype, device=X.device)
+        # Per observation J^T J and J^T r (elementwise: far faster than bmm of 3x2 @ 2x3).
+        jtj = jp[:, 0, :, None] * jp[:, 0, None, :] + jp[:, 1, :, None] * jp[:, 1, None, :]
+        H = torch.zeros(n, 3, 3, dtype=X.dtype, device=X.device).index_add_(0, pi, jtj)
+        g = torch.zeros(n, 3, dtype=X.dtype, device=X.device)
+        g.index_add_(0, pi, (jp * r[:, :, None]).sum(1))
         Hd = H + lam[:, None, None] * (H.diagonal(dim1=1, dim2=2)[:, :, None] * eye + 1e-12 * eye)
         step = -torch.linalg.solve(Hd, g[:, :, None])[:, :, 0]
         step = torch.nan_to_num(step)
@@ -152,11 +165,18 @@ def refine_points(
 
 
 def _checks(cameras, points, pixels, use, options) -> tuple[Tensor, Tensor, Tensor]:
-    pix, depth = _project_all(cameras, points)
-    err = (pix - pixels).norm(dim=-1)
+    pi, vi = use.nonzero(as_tuple=True)
+    T = cameras.cam_from_world[vi]
+    pc = (T[:, :, :3] @ points[pi][:, :, None])[:, :, 0] + T[:, :, 3]
+    pix, depth = project(pc, cameras.model, cameras.params[vi])
+    n = use.shape[0]
+    err = torch.zeros(n, dtype=points.dtype, device=points.device)
+    err.index_add_(0, pi, (pix - pixels[pi, vi]).norm(dim=-1))
     cnt = use.sum(1).clamp(min=1)
-    mean_err = torch.where(use, err, torch.zeros_like(err)).sum(1) / cnt
-    cheiral = torch.where(use, depth > 0, torch.ones_like(use)).all(1)
+    mean_err = err / cnt
+    behind = torch.zeros(n, dtype=torch.long, device=points.device)
+    behind.index_add_(0, pi, (depth <= 0).long())
+    cheiral = behind == 0
     angle = triangulation_angles(cameras, points, use)
     valid = (
         cheiral
@@ -184,7 +204,7 @@ def triangulate(
     options = options or TriangulationOptions()
     mask = mask.bool()
     _check_inputs(cameras, pixels, mask)
-    rays = _normalised(cameras, pixels)
+    rays = _normalised(cameras, pixels, mask)
     X = triangulate_dlt(cameras.cam_from_world, rays, mask)
     if options.refine_iterations:
         X = refine_points(cameras, X, pixels, mask, options.refine_iterations)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -40,6 +42,9 @@ def test_query_frames_cover_the_sequence():
     pairs = query_pairs(6, [0, 5], None)
     assert len(pairs) == len({tuple(sorted(p)) for p in pairs}) == 9  # (0,5) only once
     assert all(abs(i - j) <= 2 for i, j in query_pairs(20, [0, 10, 19], 2))
+    with_next = query_pairs(6, [0, 5], None, neighbors=2)
+    assert len(with_next) == len({tuple(sorted(p)) for p in with_next}) == 9 + 5
+    assert {(1, 2), (1, 3), (2, 3), (2, 4), (3, 4)} <= set(with_next)
 
 
 def test_mutual_nn_recovers_permutation_and_chunking_is_exact():
@@ -228,10 +233,17 @@ def test_custom_refiner_replaces_the_default_and_queries_cover_frames():
         return tracks
 
     cfg = TracksConfig(features=FeaturesConfig(method="sift"), num_query_frames=2)
-    tr = build_tracks(imgs, cfg, refiner=refiner)
+    tr = build_tracks(imgs, replace(cfg, neighbor_frames=0), refiner=refiner)
     assert calls == [(h, w, 3)]
     assert tr.info["query_frames"] == [0, n - 1] and tr.info["features"] == "sift"
     assert tr.num_tracks > 10 and set(tr.ref_frame.tolist()) <= {0, n - 1}
+    # With neighbour pairs (the default) the frames between the queries are matched too; a
+    # track through a query frame is still anchored there.
+    tr2 = build_tracks(imgs, cfg, refiner=refiner)
+    assert tr2.info["num_pairs"] > tr.info["num_pairs"]
+    has_query = tr2.visible[:, [0, n - 1]].any(1)
+    assert bool(has_query.any())
+    assert set(tr2.ref_frame[has_query].tolist()) <= {0, n - 1}
 
 
 def test_verify_matches_keeps_epipolar_inliers_and_survives_degenerate_input():
@@ -251,3 +263,45 @@ def test_verify_matches_keeps_epipolar_inliers_and_survives_degenerate_input():
     same = torch.full((12, 2), 5.0)
     assert not bool(verify_matches(same, same + 1).any())
     assert verify_matches(same[:5], same[:5]).numel() == 5
+
+
+def _exact_mutual_nn(d0, d1, ratio):
+    """Reference: float64 brute force mutual NN + ratio test."""
+    s = d0.double() @ d1.double().T
+    top = s.topk(2, dim=1)
+    nn, s1, s2 = top.indices[:, 0], top.values[:, 0], top.values[:, 1]
+    mutual = s1 >= s.max(0).values[nn]
+    dist1 = (2 - 2 * s1).clamp_min(0).sqrt()
+    dist2 = (2 - 2 * s2).clamp_min(0).sqrt()
+    keep = (mutual & (dist1 < ratio * dist2)).nonzero()[:, 0]
+    return set(zip(keep.tolist(), nn[keep].tolist()))
+
+
+def test_mutual_nn_equals_exact_reference_with_near_ties():
+    # Clusters of near-duplicate descriptors on both sides: bfloat16 similarities cannot rank
+    # them, so the shortlist, the column maxima and the exact re-check all take part.
+    g = torch.Generator().manual_seed(3)
+    base = F.normalize(torch.randn(150, 128, generator=g), dim=-1)
+    d0 = F.normalize(base.repeat(3, 1) + 0.02 * torch.randn(450, 128, generator=g), dim=-1)
+    d1 = F.normalize(base.repeat(2, 1) + 0.02 * torch.randn(300, 128, generator=g), dim=-1)
+    d1 = torch.cat([d1, F.normalize(torch.randn(200, 128, generator=g), dim=-1)])
+    for ratio in (0.95, 1.0):
+        ref = _exact_mutual_nn(d0, d1, ratio)
+        got = mutual_nn_match(d0, d1, ratio=ratio, chunk_size=64)
+        assert set(map(tuple, got.idx.tolist())) == ref
+        assert got.idx[:, 1].unique().numel() == len(got)  # one-to-one
+    assert len(ref) > 50
+
+
+def test_component_labels_match_union_find():
+    from sceneforge.recon.global_sfm import connected_components
+    from sceneforge.recon.tracks import component_labels
+
+    rng = np.random.default_rng(0)
+    for n, e in ((1, 0), (7, 3), (500, 400), (3000, 2500)):
+        src, dst = rng.integers(0, n, e), rng.integers(0, n, e)
+        lab = component_labels(n, src, dst)
+        comps = connected_components(n, list(zip(src.tolist(), dst.tolist())))
+        assert len(set(lab.tolist())) == len(comps)
+        for c in comps:
+            assert set(lab[c].tolist()) == {min(c)}

@@ -9,7 +9,7 @@ import torch
 
 from sceneforge.core.synthetic import forward_scene
 from sceneforge.recon.features import FeaturesConfig
-from sceneforge.recon.refine import PatchRefiner, RefineConfig
+from sceneforge.recon.refine import PatchRefiner
 from sceneforge.recon.track_eval import (
     apply_homography,
     epipolar_errors,
@@ -21,7 +21,7 @@ from sceneforge.recon.track_eval import (
     render_homography_sequence,
     track_errors,
 )
-from sceneforge.recon.tracking import TracksConfig, build_tracks
+from sceneforge.recon.tracking import TracksConfig, build_tracks, resolve_config
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,8 @@ def _config(**kw) -> TracksConfig:
 def unmasked_tracks(scene):
     s = replace(scene, masks=None)
     raw = build_tracks(s, _config(refine_enabled=False))
-    refined = PatchRefiner(RefineConfig())(raw, s.load_image).filter(2)  # as build_tracks does
+    refine_cfg = resolve_config(_config()).refine
+    refined = PatchRefiner(refine_cfg)(raw, s.load_image).filter(2)  # as build_tracks does
     return s, raw, refined
 
 

@@ -118,3 +118,28 @@ def test_dlt_batched_poses_and_errors():
     X = triangulate_dlt(T, rays, torch.ones(pts.shape[0], 6, dtype=torch.bool))
     # OPENCV distortion makes pixel-space DLT approximate, but it still lands close.
     assert float((X - pts).norm(dim=1).max()) < 0.2
+
+
+def test_angles_and_refinement_use_only_visible_views():
+    from sceneforge.recon.triangulation import triangulation_angles
+
+    cams, pts, pix, _ = _scene(n_cams=8, n_pts=80, seed=2)
+    g = torch.Generator().manual_seed(4)
+    mask = torch.rand(pts.shape[0], len(cams), generator=g) < 0.4
+    mask[:, 3] = True
+    mask[:5] = False  # points seen once or never: angle 0, invalid
+    mask[:5, 0] = True
+    # Dense reference: every pair of masked rays.
+    d = pts[:, None] - cams.centers[None]
+    d = d / d.norm(dim=-1, keepdim=True)
+    cos = (d[:, :, None] * d[:, None]).sum(-1).clamp(-1, 1)
+    both = mask[:, :, None] & mask[:, None, :]
+    ref = torch.where(both, torch.rad2deg(torch.acos(cos)), torch.zeros_like(cos)).flatten(1)
+    torch.testing.assert_close(triangulation_angles(cams, pts, mask), ref.max(1).values)
+    # Hidden pixels (NaN or garbage) change nothing.
+    noisy = pix + 0.3 * torch.randn(pix.shape, generator=g, dtype=pix.dtype)
+    a = triangulate(cams, torch.where(mask[..., None], noisy, float("nan")), mask)
+    b = triangulate(cams, torch.where(mask[..., None], noisy, 1e6), mask)
+    torch.testing.assert_close(a.points[5:], b.points[5:])
+    assert torch.equal(a.valid, b.valid) and not bool(a.valid[:5].any())
+    assert float(a.valid[5:].float().mean()) > 0.8
