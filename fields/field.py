@@ -102,6 +102,10 @@ class FieldConfig:
     """Spherical-harmonics degree of the view-direction encoding (0 = no view dependence)."""
     appearance_dim: int = 0
     """Per-image appearance embedding size (0 = off)."""
+    color_affine: bool = False
+    """Per-image affine colour transform (3x3 matrix + bias, starting at identity) applied to
+    the colour head's RGB: a camera's exposure / white balance that, unlike an appearance
+    embedding, cannot encode view-specific content. Held-out views use the mean transform."""
     num_feature_channels: int = 0
     """Extra per-point feature outputs rendered alongside RGB (0 = none)."""
     density_bias: float = -3.0
@@ -183,6 +187,15 @@ class RadianceField(nn.Module):
         )
         if self.embedding is not None:
             nn.init.zeros_(self.embedding.weight)
+        # per image: 3x3 matrix (row-major, minus identity) and bias; zeros = identity
+        self.color_affine = (
+            nn.Parameter(torch.zeros(max(num_images, 1), 12)) if cfg.color_affine else None
+        )
+        self.unseen_embedding: Tensor | None = None
+        """Appearance embedding (``1 x appearance_dim``) for ``image_idx == -1`` instead of the
+        training mean (set while fitting / evaluating a held-out image; not saved)."""
+        self.unseen_color_affine: Tensor | None = None
+        """Likewise for the colour transform (``1 x 12``)."""
 
     def density(self, x: Float[Tensor, "N 3"]) -> tuple[Float[Tensor, " N"], Float[Tensor, "N G"]]:
         """Volume density (zero outside a bounded box) and the geometry feature at world ``x``."""
@@ -227,13 +240,17 @@ class RadianceField(nn.Module):
     ) -> dict[str, Tensor]:
         """RGB in [0, 1] (and ``features`` when configured) for unit view ``directions``.
 
-        ``image_idx`` selects the appearance embedding; ``-1`` (or None) uses the mean one.
+        ``image_idx`` selects the appearance embedding; ``-1`` (or None) uses the mean one
+        (or :attr:`unseen_embedding` when set).
         """
         parts = [geo_feat]
         if self.dir_enc is not None:
             parts.append(self.dir_enc(directions))
         if self.embedding is not None:
-            mean = self.embedding.weight.mean(0, keepdim=True).expand(geo_feat.shape[0], -1)
+            mean = self.unseen_embedding
+            if mean is None:
+                mean = self.embedding.weight.mean(0, keepdim=True)
+            mean = mean.expand(geo_feat.shape[0], -1)
             if image_idx is None:
                 emb = mean
             else:
@@ -242,9 +259,26 @@ class RadianceField(nn.Module):
             parts.append(emb)
         h = self.color_mlp(torch.cat(parts, dim=-1))
         out = {"rgb": torch.sigmoid(h[:, :3])}
+        if self.color_affine is not None:
+            out["rgb"] = self.apply_color_affine(out["rgb"], image_idx)
         if self.cfg.num_feature_channels > 0:
             out["features"] = h[:, 3:]
         return out
+
+    def apply_color_affine(
+        self, rgb: Float[Tensor, "N 3"], image_idx: Int[Tensor, " N"] | None
+    ) -> Float[Tensor, "N 3"]:
+        """The per-image colour transform (``-1`` / None: the mean one) of ``rgb``."""
+        p = self.color_affine
+        mean = self.unseen_color_affine
+        if mean is None:
+            mean = p.mean(0, keepdim=True)
+        mean = mean.expand(rgb.shape[0], -1)
+        if image_idx is None:
+            d = mean
+        else:
+            d = torch.where((image_idx >= 0)[:, None], p[image_idx.clamp(min=0)], mean)
+        return rgb + (d[:, :9].view(-1, 3, 3) @ rgb[:, :, None])[:, :, 0] + d[:, 9:]
 
     def forward(
         self,

@@ -63,6 +63,9 @@ class TrainerConfig:
     """Adam learning rate of the explicit density grid and the learned background colour."""
     lr_final_factor: float = 0.1
     """Exponential decay to ``lr * lr_final_factor`` at ``max_steps``."""
+    color_affine_weight: float = 1e-3
+    """Weight of the squared distance of the per-image colour transforms (``field.color_affine``)
+    from identity."""
     density_tv_weight: float = 0.0
     """Total-variation weight on the explicit density grid (smoother geometry from few views)."""
     holdout_every: int = 8
@@ -71,6 +74,15 @@ class TrainerConfig:
     """Held-out evaluation every N steps during training (0 = only at the end)."""
     eval_max_images: int = 0
     """Evaluate at most this many held-out images during training (0 = all)."""
+    eval_appearance_fit_steps: int = 0
+    """NeRF-W evaluation when > 0 (and the field has per-image appearance): per held-out
+    image, the appearance is optimised for this many steps on the image's left half (field
+    frozen) and ``psnr_right_fit`` / ``psnr_right_mean`` compare the right half rendered with
+    the fitted and with the mean appearance."""
+    eval_color_correct: bool = True
+    """Also report colour-corrected held-out metrics (``psnr_cc``, ...): each render mapped by
+    its least-squares affine colour transform onto the ground truth (removes per-photo
+    exposure / white balance that the mean appearance cannot know); raw metrics are kept."""
     checkpoint_every: int = 1000
     """Write a checkpoint every N steps (0 = only at the end)."""
     log_every: int = 25
@@ -289,6 +301,8 @@ class Trainer:
         loss = mse
         if cfg.density_tv_weight > 0 and self.field.density_kind == "grid":
             loss = loss + cfg.density_tv_weight * density_tv(self.field.density_grid)
+        if self.field.color_affine is not None and cfg.color_affine_weight > 0:
+            loss = loss + cfg.color_affine_weight * self.field.color_affine.pow(2).sum(-1).mean()
         for fn in self.loss_hooks:
             loss = loss + fn(self, batch, out)
         if not bool(torch.isfinite(loss.detach())):
@@ -436,46 +450,142 @@ class Trainer:
         """Render training image ``j`` (with its appearance embedding) at dataset resolution."""
         return self.render_camera(self.scene.cameras, self.train_indices[j], image_idx=j)
 
-    def evaluate(self, max_images: int | None = None, save_dir: Path | None = None) -> dict:
+    def fit_unseen_appearance(
+        self,
+        origins: Float[Tensor, "R 3"],
+        directions: Float[Tensor, "R 3"],
+        rgb: Float[Tensor, "R 3"],
+        steps: int,
+        lr: float = 0.02,
+        seed: int = 0,
+    ) -> dict[str, Tensor]:
+        """Optimise the appearance used for unseen images (``image_idx -1``: embedding and/or
+        colour transform, starting from the training mean) to reproduce ``rgb`` along the given
+        rays, with every field parameter frozen; returns the fitted tensors and leaves them set
+        on the field (``field.unseen_embedding`` / ``unseen_color_affine``; reset to None for
+        the mean). Uses its own seeded generator, so training randomness is untouched."""
+        f = self.field
+        fitted: dict[str, Tensor] = {}
+        if f.embedding is not None:
+            fitted["unseen_embedding"] = f.embedding.weight.detach().mean(0, keepdim=True).clone()
+        if f.color_affine is not None:
+            fitted["unseen_color_affine"] = f.color_affine.detach().mean(0, keepdim=True).clone()
+        if not fitted:
+            raise ValueError(
+                "the field has no per-image appearance to fit (appearance_dim 0, no color_affine)"
+            )
+        for k, v in fitted.items():
+            setattr(f, k, v.requires_grad_(True))
+        opt = torch.optim.Adam(list(fitted.values()), lr=lr)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        frozen = [q for q in f.parameters() if q.requires_grad]
+        was_training = f.training
+        f.eval()
+        try:
+            for q in frozen:
+                q.requires_grad_(False)
+            for _ in range(steps):
+                k = torch.randint(origins.shape[0], (self.cfg.batch_rays,), generator=gen)
+                out = render_rays(
+                    f,
+                    self.grid,
+                    self.cfg.sampler,
+                    origins[k].to(self.device),
+                    directions[k].to(self.device),
+                    torch.full((k.shape[0],), -1, dtype=torch.long, device=self.device),
+                    self.background,
+                )
+                loss = (out["rgb"] - rgb[k].to(self.device)).pow(2).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        finally:
+            for q in frozen:
+                q.requires_grad_(True)
+            f.train(was_training)
+        for k, v in fitted.items():
+            setattr(f, k, v.detach())
+        return {k: getattr(f, k) for k in fitted}
+
+    def evaluate(
+        self,
+        max_images: int | None = None,
+        save_dir: Path | None = None,
+        color_correct: bool | None = None,
+    ) -> dict:
         """Held-out PSNR / SSIM over whole images, plus ``psnr_masked`` / ``ssim_masked`` over
-        the mask's True pixels when the scene has masks."""
+        the mask's True pixels when the scene has masks (renders use the mean appearance).
+
+        With ``color_correct`` (default ``cfg.eval_color_correct``) the same metrics with a
+        ``_cc`` suffix are computed after :func:`~sceneforge.fields.evaluation.color_correct`
+        (for the masked ones the transform is fitted on the masked pixels only). With
+        ``cfg.eval_appearance_fit_steps`` also NeRF-W's left-half / right-half metrics (see
+        :meth:`fit_unseen_appearance`).
+        """
         from sceneforge.core.image_io import write_image_atomic
         from sceneforge.core.metrics import psnr, ssim
+        from sceneforge.fields.evaluation import color_correct as color_correct_image
 
         idx = self.eval_indices[:max_images] if max_images else self.eval_indices
         if not idx:
             raise ValueError("no held-out images to evaluate (holdout_every = 0 or too few images)")
-        ps, ss, pm, sm, samples, rays = [], [], [], [], 0, 0
+        cc = self.cfg.eval_color_correct if color_correct is None else color_correct
+        fit_steps = self.cfg.eval_appearance_fit_steps
+        if self.field.embedding is None and self.field.color_affine is None:
+            fit_steps = 0
+        vals: dict[str, list[float]] = {}
+        samples, rays = 0, 0
         t0 = time.perf_counter()
         for i in idx:
             gt = downscale_image(self.scene.load_image(i), self.cfg.downscale)
             r = self.render_camera(self.scene.cameras, i)
             pred = r["rgb"]
-            ps.append(psnr(pred, gt))
-            ss.append(ssim(pred, gt))
             m = self.scene.load_mask(i)
-            if m is not None:
-                m = downscale_mask(m, self.cfg.downscale)
-                if m.any():
-                    pm.append(psnr(pred, gt, m))
-                    sm.append(ssim(pred, gt, m))
+            m = downscale_mask(m, self.cfg.downscale) if m is not None else None
+            m = m if m is not None and bool(m.any()) else None
+            preds = {"": pred}
+            if cc:
+                preds["_cc"] = color_correct_image(pred, gt)
+            for sfx, p in preds.items():
+                vals.setdefault("psnr" + sfx, []).append(psnr(p, gt))
+                vals.setdefault("ssim" + sfx, []).append(ssim(p, gt))
+                if m is not None:
+                    pm_ = p if not sfx else color_correct_image(pred, gt, m)
+                    vals.setdefault("psnr_masked" + sfx, []).append(psnr(pm_, gt, m))
+                    vals.setdefault("ssim_masked" + sfx, []).append(ssim(pm_, gt, m))
             samples += int(r["num_samples"])
             rays += pred.shape[0] * pred.shape[1]
+            if fit_steps > 0:
+                w = pred.shape[1]
+                right = torch.zeros(pred.shape[:2], dtype=torch.bool)
+                right[:, w // 2 :] = True
+                vals.setdefault("psnr_right_mean", []).append(psnr(pred, gt, right))
+                o, d, z = self.scene.cameras.rays(i, downscale=self.cfg.downscale)
+                left = ~right.reshape(-1)
+                try:
+                    self.fit_unseen_appearance(
+                        o.float()[left], d.float()[left], gt.reshape(-1, 3)[left], fit_steps, seed=i
+                    )
+                    sl = right.reshape(-1)
+                    rr = self.render_rays(o.float()[sl], d.float()[sl], z.float()[sl])["rgb"]
+                finally:
+                    self.field.unseen_embedding = self.field.unseen_color_affine = None
+                fit = pred.clone()
+                fit[right] = rr.clamp(0, 1)
+                vals.setdefault("psnr_right_fit", []).append(psnr(fit, gt, right))
             if save_dir is not None:
                 name = Path(self.scene.image_names[i]).stem
                 write_image_atomic(save_dir / f"{name}_pred.png", pred)
                 write_image_atomic(save_dir / f"{name}_gt.png", gt)
-        res = {
-            "psnr": sum(ps) / len(ps),
-            "ssim": sum(ss) / len(ss),
-            "num_eval_images": len(idx),
-            "steps": self.step,
-            "eval_samples_per_ray": samples / max(rays, 1),
-            "eval_rays_per_s": rays / max(time.perf_counter() - t0, 1e-9),
-        }
-        if pm:
-            res["psnr_masked"] = sum(pm) / len(pm)
-            res["ssim_masked"] = sum(sm) / len(sm)
+        res: dict = {k: sum(v) / len(v) for k, v in vals.items()}
+        res.update(
+            {
+                "num_eval_images": len(idx),
+                "steps": self.step,
+                "eval_samples_per_ray": samples / max(rays, 1),
+                "eval_rays_per_s": rays / max(time.perf_counter() - t0, 1e-9),
+            }
+        )
         return res
 
     # -- checkpoints -------------------------------------------------------------------------
