@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -40,6 +42,9 @@ class FeaturesConfig:
     """Detector score threshold for learned methods (None = the package default)."""
     num_threads: int = -1
     """CPU threads for pycolmap SIFT (-1 = all)."""
+    num_workers: int = -1
+    """Processes that run SIFT in parallel (pycolmap's SIFT holds the GIL, so threads cannot):
+    -1 = one per CPU core available to us, at most 8; 0 or 1 = in this process."""
 
 
 @dataclass
@@ -72,6 +77,19 @@ class Features:
             self.image_size,
             self.method,
         )
+
+
+def resolve_sift_workers(num_workers: int, num_images: int) -> int:
+    """SIFT worker processes for ``num_images`` images (see :attr:`FeaturesConfig.num_workers`).
+
+    Starting a worker costs ~0.2 s, so fewer than four images run in-process.
+    """
+    if num_workers < 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        num_workers = min(cores or 1, 8)
+    if num_images < 4:
+        return 1
+    return max(1, min(num_workers, num_images // 2))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -151,14 +169,10 @@ class FeatureExtractor:
 
     # ------------------------------------------------------------------ builders
     def _build_sift(self) -> None:
-        import pycolmap
+        from sceneforge.recon.sift_worker import create_sift
 
-        opts = pycolmap.FeatureExtractionOptions()
-        opts.sift.max_num_features = int(self.config.max_keypoints)
-        opts.max_image_size = int(self.config.max_image_size)
-        opts.num_threads = int(self.config.num_threads)
-        opts.use_gpu = False
-        self._model = pycolmap.FeatureExtractor.create(opts, device=pycolmap.Device.cpu)
+        c = self.config
+        self._model = create_sift(c.max_keypoints, c.max_image_size, c.num_threads)
 
     def _build_aliked(self) -> None:
         try:
@@ -197,36 +211,82 @@ class FeatureExtractor:
     def __call__(
         self, image: Float[Tensor, "H W 3"], mask: Bool[Tensor, "H W"] | None = None
     ) -> Features:
-        if image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"expected an H x W x 3 image, got shape {tuple(image.shape)}")
-        image = image.float()
-        if image.max() > 1.5:
-            image = image / 255.0
-        h, w = int(image.shape[0]), int(image.shape[1])
+        image = self._prepare(image)
         m = self.config.method
         if m == "sift":
-            xy, desc, scores = self._sift(image)
+            raw = self._sift(image)
         elif m == "aliked":
-            xy, desc, scores = self._aliked(image)
+            raw = self._aliked(image)
         else:
-            xy, desc, scores = self._xfeat(image)
+            raw = self._xfeat(image)
+        return self._finish(raw, (int(image.shape[0]), int(image.shape[1])), mask)
+
+    def _finish(
+        self, raw: tuple[Tensor, Tensor, Tensor], size: tuple[int, int], mask: Tensor | None
+    ) -> Features:
+        """Normalised descriptors, masked keypoints, strongest first."""
+        xy, desc, scores = raw
+        h, w = size
+        m = self.config.method
         feats = Features(xy.float(), F.normalize(desc.float(), dim=-1), scores.float(), (h, w), m)
         feats = feats.select(_mask_keep(feats.keypoints, mask, (h, w)))
         order = torch.argsort(feats.scores, descending=True)[: self.config.max_keypoints]
         return feats.select(order)
 
-    def _sift(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    @staticmethod
+    def _prepare(image: Tensor) -> Tensor:
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"expected an H x W x 3 image, got shape {tuple(image.shape)}")
+        image = image.float()
+        return image / 255.0 if image.max() > 1.5 else image
+
+    def extract_many(
+        self, num_images: int, image: Callable[[int], Tensor], mask: Callable[[int], Tensor | None]
+    ) -> list[Features]:
+        """Features of images ``0 .. num_images - 1`` (``image(i)``, ``mask(i)`` load them).
+
+        SIFT runs in :attr:`FeaturesConfig.num_workers` processes when that is more than one
+        (the same keypoints as in-process extraction); other methods run here, one by one.
+        """
+        workers = resolve_sift_workers(self.config.num_workers, num_images)
+        if self.config.method != "sift" or workers < 2:
+            return [self(image(i), mask(i)) for i in range(num_images)]
+        from sceneforge.recon.sift_worker import SiftPool
+
+        sizes: list[tuple[int, int]] = []
+        ratios: list[Tensor] = []
+
+        def grays():
+            for i in range(num_images):
+                img = self._prepare(image(i))
+                gray, ratio = self._sift_gray(img)
+                sizes.append((int(img.shape[0]), int(img.shape[1])))
+                ratios.append(ratio)
+                yield gray
+
+        c = self.config
+        with SiftPool(workers, c.max_keypoints, c.max_image_size) as pool:
+            out = pool.map(grays())
+        return [
+            self._finish(
+                (torch.from_numpy(xy) * r, torch.from_numpy(d), torch.from_numpy(s)), hw, mask(i)
+            )
+            for i, ((xy, d, s), r, hw) in enumerate(zip(out, ratios, sizes, strict=True))
+        ]
+
+    def _sift_gray(self, image: Tensor) -> tuple[np.ndarray, Tensor]:
+        """The grayscale (downscaled) image SIFT runs on, and the ratio back to ``image``."""
         small, ratio = _downscale(image, self.config.max_image_size)
-        gray = (0.299 * small[..., 0] + 0.587 * small[..., 1] + 0.114 * small[..., 2]).numpy()
-        kps, desc = self._model.extract_from_float32_array(np.ascontiguousarray(gray, np.float32))
-        n = len(kps)
-        if n == 0:
-            return torch.zeros(0, 2), torch.zeros(0, 128), torch.zeros(0)
-        xy = torch.tensor([[k.x, k.y] for k in kps], dtype=torch.float32)  # COLMAP: centre 0.5
-        xy = xy * ratio  # corner-based coordinates scale exactly
-        scale = torch.tensor([k.compute_scale() for k in kps], dtype=torch.float32)
-        d = torch.from_numpy(np.asarray(desc.data, dtype=np.float32))
-        return xy, d, scale
+        gray = 0.299 * small[..., 0] + 0.587 * small[..., 1] + 0.114 * small[..., 2]
+        return np.ascontiguousarray(gray.numpy(), np.float32), ratio
+
+    def _sift(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        from sceneforge.recon.sift_worker import sift_arrays
+
+        gray, ratio = self._sift_gray(image)
+        xy, d, scale = sift_arrays(self._model, gray)
+        # corner-based coordinates scale exactly
+        return torch.from_numpy(xy) * ratio, torch.from_numpy(d), torch.from_numpy(scale)
 
     @torch.no_grad()
     def _aliked(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -178,12 +178,8 @@ def build_tracks(
     t0 = time.perf_counter()
     matcher = Matcher(config.matching, features=config.features.method)
     extractor = FeatureExtractor(config.features)
-    feats: list[Features] = []
-    sizes = torch.zeros(frames.n, 2, dtype=torch.long)
-    for i in range(frames.n):
-        img = frames.image(i)
-        sizes[i] = torch.tensor(img.shape[:2])
-        feats.append(extractor(img, frames.mask(i)))
+    feats: list[Features] = extractor.extract_many(frames.n, frames.image, frames.mask)
+    sizes = torch.tensor([f.image_size for f in feats], dtype=torch.long).reshape(-1, 2)
     timings["features_s"] = time.perf_counter() - t0
     log(
         f"features: {sum(len(f) for f in feats)} keypoints in {frames.n} images "

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from sceneforge.core.timing import cpu_seconds
 from sceneforge.fields.api import RenderConfig, TrainConfig
 from sceneforge.fields.encodings import HashGridConfig, TriPlaneConfig
 from sceneforge.fields.field import FieldConfig
@@ -215,9 +216,9 @@ def demo(
 
     cfg = cfg or DemoConfig()
     out = Path(out_dir)
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     truth = render_demo_images(out / "input", cfg)
-    t_render, c_render = time.perf_counter() - t0, time.process_time() - c0
+    t_render, c_render = time.perf_counter() - t0, cpu_seconds() - c0
     run_cfg = cfg.run
     trainer = replace(run_cfg.train.trainer, downscale=cfg.downscale, max_steps=cfg.train_steps)
     train = replace(run_cfg.train, max_steps=cfg.train_steps, max_seconds=None, trainer=trainer)
@@ -250,7 +251,7 @@ def demo(
         "stage_s": {k: v["seconds"] for k, v in stages.items()},
         "stage_cpu_s": {k: v.get("cpu_seconds", float("nan")) for k, v in stages.items()},
         "total_s": time.perf_counter() - t0,
-        "total_cpu_s": time.process_time() - c0,
+        "total_cpu_s": cpu_seconds() - c0,
         "report": str(out / "run" / "report.html"),
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=2))

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sceneforge.core.timing import cpu_seconds
 from sceneforge.fields.api import RenderConfig, TrainConfig
 from sceneforge.fields.trainer import TrainerConfig
 from sceneforge.inpaint.complete import CompleteConfig
@@ -121,9 +122,9 @@ def run(
             log(f"[{name}] already finished ({stages.done[name]['seconds']:.1f} s); skipped")
             return
         log(f"[{name}] ...")
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         result = fn() or {}
-        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        dt, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         stages.mark(name, dt, {**result, "cpu_seconds": cpu})
         log(f"[{name}] done in {dt:.1f} s ({cpu:.1f} CPU s)")
 

@@ -305,3 +305,32 @@ def test_component_labels_match_union_find():
         assert len(set(lab.tolist())) == len(comps)
         for c in comps:
             assert set(lab[c].tolist()) == {min(c)}
+
+
+def test_sift_worker_processes_give_the_in_process_features():
+    from sceneforge.core.synthetic import turntable_scene
+    from sceneforge.recon.features import FeatureExtractor, resolve_sift_workers
+
+    scene = turntable_scene(num_views=5, size=96)
+    images = [scene.load_image(i) for i in range(5)]
+    masks = [None, None, torch.ones(96, 96, dtype=torch.bool), None, None]
+    masks[2][:, :48] = False
+    assert resolve_sift_workers(2, 5) == 2 and resolve_sift_workers(8, 3) == 1
+    ref = FeatureExtractor(FeaturesConfig(method="sift", num_workers=0))
+    pool = FeatureExtractor(FeaturesConfig(method="sift", num_workers=2))
+    a = ref.extract_many(5, images.__getitem__, masks.__getitem__)
+    b = pool.extract_many(5, images.__getitem__, masks.__getitem__)
+    assert sum(len(f) for f in a) > 100
+    for x, y in zip(a, b, strict=True):
+        assert x.image_size == y.image_size == (96, 96)
+        assert torch.equal(x.keypoints, y.keypoints) and torch.equal(x.descriptors, y.descriptors)
+        assert torch.equal(x.scores, y.scores)
+    assert bool((b[2].keypoints[:, 0] >= 48).all())  # the mask is applied
+
+
+def test_sift_worker_failure_is_a_clear_error():
+    from sceneforge.recon.sift_worker import SiftPool
+
+    with SiftPool(1, 512, 800) as pool:
+        with pytest.raises(RuntimeError, match="SIFT worker process exited"):
+            pool.map([np.zeros((4, 4, 3, 2), np.float32)])
