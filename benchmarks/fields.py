@@ -94,108 +94,30 @@ def blowtorch_setup(downscale: int) -> tuple:
     return scene, cfg
 
 
-def mask_hull_aabb(scene, resolution: int = 64, min_fg: float = 0.95, pad: float = 0.1):
-    """Axis-aligned box of the foreground's visual hull, from the masks and poses.
-
-    Points of a ``resolution^3`` lattice around the cameras' focus are kept when at least
-    ``min_fg`` of the (>= 10) photos that see them show foreground there; the box of the kept
-    points is padded by ``pad`` of its size on each side.
-    """
-    from sceneforge.fields.trainer import auto_scene_box
-
-    cams = scene.cameras
-    rough = auto_scene_box(scene, "unbounded", 0.35).aabb.to(cams.dtype)
-    u = torch.linspace(0, 1, resolution, dtype=cams.dtype)
-    lattice = torch.stack(torch.meshgrid(u, u, u, indexing="ij"), -1).reshape(-1, 3)
-    pts = rough[0] + lattice * (rough[1] - rough[0])
-    seen = torch.zeros(len(pts))
-    fg = torch.zeros(len(pts))
-    step = 4  # masks subsampled 4x: plenty for a box
-    for i in range(len(scene)):
-        m = scene.load_mask(i)
-        if m is None:
-            raise ValueError(f"{scene.image_names[i]}: the object protocol needs a mask per image")
-        m = m[::step, ::step]
-        uv, z = cams[[i]].project(pts)
-        col, row = (uv[0, :, 0] / step).long(), (uv[0, :, 1] / step).long()
-        ok = (z[0] > 0) & (col >= 0) & (col < m.shape[1]) & (row >= 0) & (row < m.shape[0])
-        seen += ok.float()
-        hit = torch.zeros(len(pts), dtype=torch.bool)
-        hit[ok] = m[row[ok], col[ok]]
-        fg += hit.float()
-    keep = (seen >= 10) & (fg >= min_fg * seen)
-    if not bool(keep.any()):
-        raise ValueError("the masks' visual hull is empty: masks and poses disagree")
-    lo, hi = pts[keep].amin(0), pts[keep].amax(0)
-    cell = (rough[1] - rough[0]) / (resolution - 1)
-    margin = (hi - lo) * pad + cell
-    return torch.stack([lo - margin, hi + margin]).float()
-
-
-def object_scene(scene, background: float = 0.0):
-    """In-memory copy of ``scene`` with every pixel outside its mask set to ``background``;
-    the masks are kept for foreground metrics, and ``metadata['aabb']`` is the masks' hull."""
-    import dataclasses
-
-    images = []
-    for i in range(len(scene)):
-        img, m = scene.load_image(i), scene.load_mask(i)[..., None]
-        img = torch.where(m, img, torch.full_like(img, background))
-        images.append((img * 255.0).round().to(torch.uint8))
-    aabb = mask_hull_aabb(scene)
-    meta = {**(scene.metadata or {}), "aabb": aabb.tolist()}
-    return dataclasses.replace(scene, image_paths=None, images=images, metadata=meta)
-
-
-def mask_loss(weight: float):
-    """Loss hook: ``weight * mean((accumulation - alpha)^2)`` with ``alpha`` the training
-    pixel's mask coverage (area-averaged like the images). Without it a constant background
-    is as well explained by opaque fog of the background colour as by empty space, and that
-    fog occludes the object from held-out viewpoints."""
-    from sceneforge.fields.datasets import downscale_image
-
-    alpha: dict[int, torch.Tensor] = {}
-
-    def hook(tr, batch, out) -> torch.Tensor:
-        ds = tr.dataset
-        if ds.version not in alpha:
-            alpha.clear()
-            alpha[ds.version] = torch.cat(
-                [
-                    downscale_image(ds.scene.load_mask(i)[..., None].float(), ds.downscale)
-                    .reshape(-1)
-                    .to(ds.rgb)
-                    for i in ds.indices
-                ]
-            )
-        a = alpha[ds.version][batch.pixel_idx].to(out["accumulation"])
-        return weight * (out["accumulation"] - a).pow(2).mean()
-
-    return hook
-
-
 def blowtorch_object_setup(downscale: int, mask_weight: float = 0.05) -> tuple:
     """The masked-object protocol (as NeRD / Neural-PIL / SAMURAI evaluate such captures):
-    background pixels composited to black, a bounded box around the masks' visual hull, a
-    mask loss on the accumulated opacity, whole (composited) images for training and
-    foreground pixels for ``PSNR objects/fg``. Returns ``(scene, cfg, prepare)``."""
+    ``TrainerConfig.object_masks`` composites the background pixels to black, bounds the scene
+    by the masks' visual hull, adds a mask loss on the accumulated opacity and starts the
+    density grid at 0.01; whole (composited) images for training and foreground pixels for
+    ``PSNR objects/fg``. Returns ``(scene, cfg)``."""
     scene, cfg = blowtorch_setup(downscale)
-    scene = object_scene(scene, background=0.0)
-    cfg.scene_box = "bounded"
+    cfg.object_masks = True
+    cfg.mask_loss_weight = mask_weight
+    cfg.scene_box = "auto"  # object_masks: the masks' visual hull
     cfg.inner_scale = 1.0
     cfg.render.background = "black"
-    # The bounded default (0.05 per voxel) fills the box with opaque grey fog; most of the box
-    # is black background here, so the colour head is driven to black everywhere, its sigmoid
-    # saturates and it never recovers (all-black renders, 11.6 dB foreground at 150-1000
-    # steps, with or without the mask loss). 0.01 keeps rays transparent enough.
-    cfg.field.density_grid_init = 0.01
+    # cfg.field.density_grid_init stays 0 (auto): object_masks picks 0.01. The bounded default
+    # (0.05 per voxel) fills the box with opaque grey fog; most of the box is black background
+    # here, so the colour head is driven to black everywhere, its sigmoid saturates and it
+    # never recovers (all-black renders, 11.6 dB foreground at 150-1000 steps, with or
+    # without the mask loss). 0.01 keeps rays transparent enough.
     # the object's grid needs less smoothing (foreground 20.18 dB at 1000 steps with 1e-3,
     # 20.05 with 1e-2, 19.88 without)
     cfg.density_tv_weight = 1e-3
     # ~14 steps per CPU second (16 samples/ray): a longer decay horizon uses the 10-min budget
     # (foreground 20.18 / 20.33 / 20.45 dB at steps 1000 / 1500 / 2500 with max_steps 5000)
     cfg.max_steps = 10000
-    return scene, cfg, lambda tr: tr.add_loss(mask_loss(mask_weight))
+    return scene, cfg
 
 
 def run(name: str, scene, cfg: TrainerConfig, budgets: list[float], prepare=None) -> list[dict]:

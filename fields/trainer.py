@@ -32,6 +32,7 @@ from sceneforge.core.cameras import Cameras
 from sceneforge.core.scene import SceneData
 from sceneforge.fields.datasets import RayBatch, RayDataset, downscale_image, downscale_mask
 from sceneforge.fields.field import FieldConfig, RadianceField, SceneBox
+from sceneforge.fields.masks import mask_loss, object_scene, require_masks, scene_hull_box
 from sceneforge.fields.rendering import RenderConfig, background_color, render_rays
 from sceneforge.fields.sampling import OccupancyGrid, SamplerConfig
 
@@ -92,9 +93,21 @@ class TrainerConfig:
     downscale: int = 1
     """Integer image downscale factor for training and evaluation."""
     use_masks: bool = True
-    """Train only on usable pixels (mask True) when the scene has masks."""
-    scene_box: Literal["auto", "bounded", "unbounded"] = "auto"
-    """``auto``: bounded when the scene metadata has an ``aabb``, else unbounded (contracted)."""
+    """Train only on usable pixels (mask True) when the scene has masks (ignored with
+    ``object_masks``, whose masks are foreground masks)."""
+    object_masks: bool = False
+    """Object capture whose masks mark the foreground (every image needs one): photos are
+    composited onto the render background outside the masks (``learned`` / ``none`` become
+    black), all pixels are trained on, a mask loss (``mask_loss_weight``) pulls each ray's
+    opacity to its pixel's mask coverage, ``scene_box`` ``auto`` becomes ``masks`` and an
+    automatic ``field.density_grid_init`` becomes 0.01 (0.05 fills the mostly-background box
+    with fog that drives the colours to the background and never recovers)."""
+    mask_loss_weight: float = 0.05
+    """Weight of ``mean((accumulation - mask coverage)^2)`` with ``object_masks``."""
+    scene_box: Literal["auto", "bounded", "unbounded", "masks"] = "auto"
+    """``auto``: bounded when the scene metadata has an ``aabb``, else unbounded (contracted);
+    ``masks``: bounded by the visual hull of the foreground masks (default with
+    ``object_masks``)."""
     inner_scale: float = 1.0
     """Unbounded scenes: half-size of the uncontracted box relative to the camera radius."""
     chunk_rays: int = 8192
@@ -212,11 +225,23 @@ class Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
         self.train_indices, self.eval_indices = split_indices(len(scene), cfg.holdout_every)
-        self.dataset = RayDataset(scene, self.train_indices, cfg.downscale, cfg.use_masks)
-        self.box = auto_scene_box(scene, cfg.scene_box, cfg.inner_scale)
+        fcfg = cfg.field
+        if cfg.object_masks:
+            cfg = self.cfg = self._object_config(cfg)
+            fcfg = cfg.field
+            bg = background_color(cfg.render.background, None)
+            self.scene = scene = object_scene(scene, bg)
+        self._coverage: tuple[int, Tensor] | None = None
+        use_masks = cfg.use_masks and not cfg.object_masks
+        self.dataset = RayDataset(scene, self.train_indices, cfg.downscale, use_masks)
+        if cfg.scene_box == "masks":
+            rough = auto_scene_box(scene, "unbounded", 0.35).aabb
+            aabb = scene_hull_box(scene, rough)
+            self.box = SceneBox(aabb, contract=False)
+        else:
+            self.box = auto_scene_box(scene, cfg.scene_box, cfg.inner_scale)
         self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        fcfg = cfg.field
         if fcfg.density_grid_resolution <= 0:
             side = max(max(hw) for hw in self.dataset.shapes)
             n = int(min(256, max(64, round(side / 16) * 16)))
@@ -246,6 +271,32 @@ class Trainer:
         """``(path, step)`` of the last checkpoint this trainer wrote or loaded."""
 
     # -- setup helpers -----------------------------------------------------------------------
+
+    @staticmethod
+    def _object_config(cfg: TrainerConfig) -> TrainerConfig:
+        """The effective settings of ``object_masks`` (see :class:`TrainerConfig`)."""
+        render, fcfg = cfg.render, cfg.field
+        if render.background not in ("black", "white"):
+            render = dataclasses.replace(render, background="black")
+        if fcfg.density_grid_init <= 0:
+            fcfg = dataclasses.replace(fcfg, density_grid_init=0.01)
+        box = "masks" if cfg.scene_box == "auto" else cfg.scene_box
+        return dataclasses.replace(cfg, render=render, field=fcfg, scene_box=box)
+
+    def mask_coverage(self) -> Float[Tensor, " P"]:
+        """Foreground fraction of every dataset pixel (area-averaged like the images), from
+        the masks of the dataset's scene; recomputed when the dataset version changes."""
+        ds = self.dataset
+        if self._coverage is None or self._coverage[0] != ds.version:
+            require_masks(ds.scene, "the mask loss")
+            cov = [
+                downscale_image(ds.scene.load_mask(i)[..., None].float(), ds.downscale)
+                .reshape(-1)
+                .to(ds.rgb)
+                for i in ds.indices
+            ]
+            self._coverage = (ds.version, torch.cat(cov))
+        return self._coverage[1]
 
     def _reference_step(self) -> float:
         """Typical world-space step between samples, for the occupancy threshold."""
@@ -303,6 +354,9 @@ class Trainer:
             loss = loss + cfg.density_tv_weight * density_tv(self.field.density_grid)
         if self.field.color_affine is not None and cfg.color_affine_weight > 0:
             loss = loss + cfg.color_affine_weight * self.field.color_affine.pow(2).sum(-1).mean()
+        if cfg.object_masks and cfg.mask_loss_weight > 0:
+            cov = self.mask_coverage()[batch.pixel_idx].to(out["accumulation"])
+            loss = loss + cfg.mask_loss_weight * mask_loss(out["accumulation"], cov)
         for fn in self.loss_hooks:
             loss = loss + fn(self, batch, out)
         if not bool(torch.isfinite(loss.detach())):
@@ -310,8 +364,11 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * self.lr_factor(self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if loss.requires_grad:
+            loss.backward()
+            self.optimizer.step()
+        # else: no ray of the batch met an occupied cell and the background is fixed — nothing
+        # to learn from this batch; the step still counts (the next grid update re-opens cells)
         self.step += 1
         stats = {
             "loss": float(loss.detach()),

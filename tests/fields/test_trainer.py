@@ -162,3 +162,18 @@ def test_hash_grid_mlp_density_field_trains(scene):
     first = tr.train_step()["loss"]
     last = tr.train(max_steps=30)["loss"]
     assert last < first
+
+
+def test_a_batch_that_meets_no_occupied_cell_is_skipped_not_a_crash(scene):
+    from sceneforge.fields import rendering
+
+    tr = Trainer(scene, tiny_config(render=rendering.RenderConfig(background="black")))
+    tr.train(max_steps=2)
+    before = params_of(tr)
+    tr.grid.occupied.zero_()  # every sample pruned until the next grid update (step 8)
+    stats = tr.train_step()
+    assert tr.step == 3 and stats["samples_per_ray"] == 0
+    after = params_of(tr)
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("grid."))
+    tr.train(max_steps=12)  # the update at step 8 re-opens cells and training goes on
+    assert tr.grid.occupancy_fraction > 0
