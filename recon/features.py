@@ -79,14 +79,19 @@ class Features:
         )
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, n or 1)
+
+
 def resolve_sift_workers(num_workers: int, num_images: int) -> int:
     """SIFT worker processes for ``num_images`` images (see :attr:`FeaturesConfig.num_workers`).
 
     Starting a worker costs ~0.2 s, so fewer than four images run in-process.
     """
     if num_workers < 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        num_workers = min(cores or 1, 8)
+        num_workers = min(available_cores(), 8)
     if num_images < 4:
         return 1
     return max(1, min(num_workers, num_images // 2))

@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sceneforge.recon.features import Features, resolve_device
+from sceneforge.recon.features import Features, available_cores, resolve_device
 
 MatcherMethod = Literal["auto", "nn", "lightglue"]
 
@@ -50,6 +50,9 @@ class MatchingConfig:
     """Pairs with fewer (verified) matches return no matches at all."""
     device: str = "auto"
     """Torch device for the matcher."""
+    num_threads: int = -1
+    """Pairs matched concurrently on CPU (Python threads; torch and OpenCV release the GIL):
+    -1 = one per CPU core available to us, at most 8; 1 = one pair at a time."""
 
 
 @dataclass
@@ -305,3 +308,22 @@ class Matcher:
         if len(m) < c.min_matches:
             return Matches.empty()
         return m
+
+    def match_pairs(
+        self, feats: list[Features], pairs: list[tuple[int, int]]
+    ) -> dict[tuple[int, int], Matches]:
+        """Match every pair ``(i, j)`` of ``feats``; NN pairs on CPU run concurrently
+        (:attr:`MatchingConfig.num_threads`) with the same result as one at a time."""
+        n = self.config.num_threads
+        if n < 0:
+            n = min(available_cores(), 8)
+        if self._lightglue is not None or self.device.type != "cpu" or n < 2 or len(pairs) < 4:
+            return {p: self(feats[p[0]], feats[p[1]]) for p in pairs}
+        from concurrent.futures import ThreadPoolExecutor
+
+        # the first pair runs alone: it measures bfloat16 speed once, before threads compete
+        out = {pairs[0]: self(feats[pairs[0][0]], feats[pairs[0][1]])}
+        with ThreadPoolExecutor(n) as pool:
+            rest = pool.map(lambda p: self(feats[p[0]], feats[p[1]]), pairs[1:])
+            out.update(zip(pairs[1:], rest))
+        return out

@@ -190,10 +190,7 @@ def build_tracks(
     nq = frames.n if config.num_query_frames <= 0 else config.num_query_frames
     queries = select_query_frames(frames.n, nq)
     pairs = query_pairs(frames.n, queries, config.max_frame_distance, config.neighbor_frames)
-    pair_matches = {}
-    for i, j in pairs:
-        m = matcher(feats[i], feats[j])
-        pair_matches[(i, j)] = (m.idx, m.scores)
+    pair_matches = {p: (m.idx, m.scores) for p, m in matcher.match_pairs(feats, pairs).items()}
     timings["matching_s"] = time.perf_counter() - t0
     log(
         f"matching: {len(pairs)} pairs, {sum(v[0].shape[0] for v in pair_matches.values())} "

@@ -334,3 +334,20 @@ def test_sift_worker_failure_is_a_clear_error():
     with SiftPool(1, 512, 800) as pool:
         with pytest.raises(RuntimeError, match="SIFT worker process exited"):
             pool.map([np.zeros((4, 4, 3, 2), np.float32)])
+
+
+def test_concurrent_pair_matching_equals_one_pair_at_a_time():
+    from sceneforge.core.synthetic import turntable_scene
+    from sceneforge.recon.features import FeatureExtractor
+    from sceneforge.recon.matching import Matcher, MatchingConfig
+
+    scene = turntable_scene(num_views=36, size=128)  # 10 degrees apart
+    ex = FeatureExtractor(FeaturesConfig(method="sift", num_workers=0))
+    feats = [ex(scene.load_image(i)) for i in range(6)]
+    pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
+    one = Matcher(MatchingConfig(num_threads=1)).match_pairs(feats, pairs)
+    two = Matcher(MatchingConfig(num_threads=3)).match_pairs(feats, pairs)
+    assert list(one) == list(two) == pairs
+    assert sum(len(m) for m in one.values()) > 50
+    for p in pairs:
+        assert torch.equal(one[p].idx, two[p].idx) and torch.equal(one[p].scores, two[p].scores)
