@@ -106,20 +106,12 @@ def gaussian_blur(img: Float[Tensor, "H W"], sigma: float) -> Float[Tensor, "H W
 def sample(img: Float[Tensor, "H W"], xy: Float[Tensor, "B K 2"]) -> Float[Tensor, "B K"]:
     """Bilinear samples of ``img`` at COLMAP-convention pixel positions (border-clamped)."""
     h, w = img.shape
-    grid = torch.stack([xy[..., 0] / w * 2 - 1, xy[..., 1] / h * 2 - 1], dim=-1)
-    out = F.grid_sample(
-        img[None, None],
-        grid[None].to(img.dtype),
-        mode="bilinear",
-        align_corners=False,
-        padding_mode="border",
-    )
-    return out[0, 0]
+    return _grid_sample(img, torch.stack([xy[..., 0] / w * 2 - 1, xy[..., 1] / h * 2 - 1], dim=-1))
 
 
 def _grid_sample(img: Float[Tensor, "H W"], grid: Float[Tensor, "B K 2"]) -> Float[Tensor, "B K"]:
-    """Bilinear samples of ``img`` at normalised grid positions (as :func:`sample` after its
-    conversion from pixels; border-clamped)."""
+    """Bilinear samples of ``img`` at normalised grid positions (``[-1, 1]`` across the image,
+    pixel corners; border-clamped)."""
     out = F.grid_sample(
         img[None, None],
         grid[None].to(img.dtype),
