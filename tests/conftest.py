@@ -85,3 +85,36 @@ def ns_run(ns_env):
         return p
 
     return run
+
+
+@pytest.fixture(scope="module")
+def ns_train(ns_run):
+    """``ns_train(method, data, out, iterations, timestamp, *extra, cwd=...)``: a tiny CPU
+    ``ns-train`` run (tensorboard logging, 32^3 density grid, 256 rays per batch); ``extra``
+    arguments come last, so they may override these."""
+
+    def train(method: str, data: Path, out: Path, iterations: int, timestamp: str, *extra, cwd):
+        cmd = [
+            "ns-train",
+            method,
+            "--data",
+            str(data),
+            "--output-dir",
+            str(out),
+            "--max-num-iterations",
+            str(iterations),
+            "--machine.device-type",
+            "cpu",
+            "--vis",
+            "tensorboard",
+            "--timestamp",
+            timestamp,
+            "--pipeline.model.field.density-grid-resolution",
+            "32",
+            "--pipeline.datamanager.train-num-rays-per-batch",
+            "256",
+            *extra,
+        ]
+        return ns_run(cmd, cwd)
+
+    return train

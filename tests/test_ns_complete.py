@@ -107,41 +107,22 @@ def test_datamanager_samples_only_unmasked_pixels_and_needs_a_mask(
         CompletionDataManagerConfig(dataparser=parser).setup(device="cpu")
 
 
-def test_ns_train_complete_two_updates_cpu(removal, ns_run, tmp_path):
+def test_ns_train_complete_two_updates_cpu(removal, ns_train, tmp_path):
     from sceneforge.core.image_io import read_image
 
     scene_dir, box = removal
     before = _digest(scene_dir)
     out = tmp_path / "outputs"
-    cmd = [
-        "ns-train",
-        "sceneforge-complete",
-        "--data",
-        str(scene_dir),
-        "--output-dir",
-        str(out),
-        "--max-num-iterations",
-        "7",
-        "--machine.device-type",
-        "cpu",
-        "--vis",
-        "tensorboard",
-        "--timestamp",
-        "t0",
-        "--pipeline.model.field.density-grid-resolution",
-        "32",
-        "--pipeline.datamanager.train-num-rays-per-batch",
-        "256",
+    schedule = [
         "--pipeline.datamanager.mask-box",
         *[str(v) for v in box],
         "--pipeline.datamanager.warmup-steps",
         "3",
         "--pipeline.datamanager.update-every",
         "2",
-        "--pipeline.datamanager.num-rounds",
-        "2",
     ]
-    ns_run(cmd, tmp_path)
+    rounds = "--pipeline.datamanager.num-rounds"
+    ns_train("sceneforge-complete", scene_dir, out, 7, "t0", *schedule, rounds, "2", cwd=tmp_path)
     run_dir = out / "scene" / "sceneforge-complete" / "t0"
     assert sorted((run_dir / "nerfstudio_models").glob("step-*.ckpt"))
     versions = sorted(p.name for p in (run_dir / "datasets").iterdir())
@@ -164,21 +145,9 @@ def test_ns_train_complete_two_updates_cpu(removal, ns_run, tmp_path):
     assert changed > 0.3 * sum(int(f.sum()) for f in fills)  # the box is painted over
     assert _digest(scene_dir) == before  # the scene's files are never touched
     # resume from the last checkpoint (step 6) with a third round: the rounds continue
-    ns_run(
-        [
-            *cmd[: cmd.index("--max-num-iterations")],
-            "--max-num-iterations",
-            "3",
-            *cmd[cmd.index("--max-num-iterations") + 2 : cmd.index("--timestamp")],
-            "--timestamp",
-            "t1",
-            *cmd[cmd.index("--timestamp") + 2 :],
-            "--pipeline.datamanager.num-rounds",
-            "3",
-            "--load-dir",
-            str(run_dir / "nerfstudio_models"),
-        ],
-        tmp_path,
+    load = ["--load-dir", str(run_dir / "nerfstudio_models")]
+    ns_train(
+        "sceneforge-complete", scene_dir, out, 3, "t1", *schedule, rounds, "3", *load, cwd=tmp_path
     )
     run2 = out / "scene" / "sceneforge-complete" / "t1"
     assert sorted(p.name for p in (run2 / "datasets").iterdir()) == ["v003"]

@@ -67,31 +67,9 @@ def test_dataparser_rays_match_ours(scene_dir, monkeypatch, ns_env):
     torch.testing.assert_close(out.scene_box.aabb.abs().max(), torch.tensor(1.0))
 
 
-def test_ns_train_two_steps_cpu_then_ns_eval(scene_dir, ns_run, tmp_path):
+def test_ns_train_two_steps_cpu_then_ns_eval(scene_dir, ns_run, ns_train, tmp_path):
     out = tmp_path / "outputs"
-    ns_run(
-        [
-            "ns-train",
-            "sceneforge",
-            "--data",
-            str(scene_dir),
-            "--output-dir",
-            str(out),
-            "--max-num-iterations",
-            "2",
-            "--machine.device-type",
-            "cpu",
-            "--vis",
-            "tensorboard",
-            "--timestamp",
-            "t0",
-            "--pipeline.model.field.density-grid-resolution",
-            "32",
-            "--pipeline.datamanager.train-num-rays-per-batch",
-            "256",
-        ],
-        tmp_path,
-    )
+    ns_train("sceneforge", scene_dir, out, 2, "t0", cwd=tmp_path)
     run_dir = out / "scene" / "sceneforge" / "t0"
     ckpts = sorted((run_dir / "nerfstudio_models").glob("step-*.ckpt"))
     assert ckpts, list(run_dir.iterdir())
