@@ -9,7 +9,9 @@ Per scene, both methods run in this process on the same image folder:
   blowtorch, both against its reference poses (``poses_bounds.npy``, most likely COLMAP's).
 
 Usage: ``python benchmarks/sfm.py [--scenes orbit forward walk fern blowtorch sacre_coeur]
-[--max-images N] [--views N] [--json PATH] [--results benchmarks/RESULTS.md]``.
+[--max-images N] [--views N] [--ours sceneforge sceneforge-colmap-sift] [--json PATH]
+[--results benchmarks/RESULTS.md]``: ``--ours`` picks our setups (the default OpenCV SIFT, and
+COLMAP's SIFT extractor inside our pipeline).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from sceneforge.core.timing import cpu_seconds
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "scenes"
 SYNTHETIC = ("orbit", "forward", "walk")
+# our setups by method name -> ReconstructConfig.sift_backend
+OURS = {"sceneforge": "opencv", "sceneforge-colmap-sift": "pycolmap"}
 
 
 def auc_with_missing(
@@ -102,7 +106,7 @@ def real_images(name: str, max_images: int, folder: Path) -> tuple[Path, dict[st
 # ----------------------------------------------------------------------------- methods
 
 
-def run_ours(images: Path, out: Path, max_image_size: int) -> dict:
+def run_ours(images: Path, out: Path, max_image_size: int, sift_backend: str) -> dict:
     from sceneforge.core.io_colmap import read_colmap
     from sceneforge.recon.sfm import ReconstructConfig, SfMError, reconstruct
 
@@ -111,7 +115,12 @@ def run_ours(images: Path, out: Path, max_image_size: int) -> dict:
         summary = reconstruct(
             images,
             out,
-            ReconstructConfig(features="sift", max_image_size=max_image_size, progress=False),
+            ReconstructConfig(
+                features="sift",
+                max_image_size=max_image_size,
+                progress=False,
+                sift_backend=sift_backend,
+            ),
         )
     except SfMError as e:
         return {
@@ -214,6 +223,13 @@ def main() -> None:
         "--max-image-size", type=int, default=1024, help="feature extraction size, both methods"
     )
     ap.add_argument(
+        "--ours",
+        nargs="+",
+        choices=sorted(OURS),
+        default=["sceneforge"],
+        help="our setups to run: the default (OpenCV SIFT) and/or COLMAP's SIFT extractor",
+    )
+    ap.add_argument(
         "--json", type=Path, default=None, help="write one JSON object per (scene, method)"
     )
     ap.add_argument(
@@ -238,10 +254,11 @@ def main() -> None:
                 names = sorted(p.name for p in folder.iterdir())
                 ref_kind = "reference poses" if ref else None
             n = len(names)
-            res = {
-                "colmap": run_colmap(folder, tmp / scene / "colmap", args.max_image_size),
-                "sceneforge": run_ours(folder, tmp / scene / "ours", args.max_image_size),
-            }
+            res = {"colmap": run_colmap(folder, tmp / scene / "colmap", args.max_image_size)}
+            for method in args.ours:
+                res[method] = run_ours(
+                    folder, tmp / scene / method, args.max_image_size, OURS[method]
+                )
             for method, r in res.items():
                 row = {
                     "scene": scene,
@@ -258,7 +275,7 @@ def main() -> None:
                     row["reference"] = ref_kind
                 else:
                     row.update({f"auc{t}": None for t in (3, 5, 10, 30)})
-                if method == "sceneforge":
+                if method in OURS:
                     row["registered_by"] = r.get("registered_by")
                     row["timings"] = r.get("timings")
                     if "error" in r:
@@ -290,13 +307,15 @@ def format_table(rows: list[dict], args) -> str:
         "## SfM",
         "",
         f"`python benchmarks/sfm.py --scenes {' '.join(args.scenes)} --views {args.views} "
-        f"--max-images {args.max_images} --max-image-size {args.max_image_size}` on the shared "
-        "2-core CPU machine (other jobs running; wall times are indicative). Both methods: SIFT, "
-        "one shared camera when all images have one size, else one per image (COLMAP: "
-        "CameraMode.SINGLE / AUTO), same feature image size. COLMAP = pycolmap 4.2.1 extract + exhaustive match + "
-        "incremental mapping. AUC against ground truth (synthetic) or the reference poses "
-        "(blowtorch); pairs with an unregistered image count as failures. `vs COLMAP AUC@5`: our "
-        "poses against COLMAP's on the real sets. Time ratio = ours / COLMAP.",
+        f"--max-images {args.max_images} --max-image-size {args.max_image_size} "
+        f"--ours {' '.join(args.ours)}`. All methods: SIFT at the same feature image size, one "
+        "shared camera when all images have one size, else one per image (COLMAP: "
+        "CameraMode.SINGLE / AUTO). COLMAP = pycolmap extract (2 threads) + exhaustive match + "
+        "incremental mapping. sceneforge = the default `sceneforge reconstruct` setup (OpenCV "
+        "SIFT); sceneforge-colmap-sift = the same with COLMAP's SIFT extractor "
+        "(`--sift-backend pycolmap`). AUC against ground truth (synthetic) or the reference "
+        "poses (blowtorch); pairs with an unregistered image count as failures. `vs COLMAP "
+        "AUC@5`: our poses against COLMAP's on the real sets. Ratios = ours / COLMAP.",
         "",
         "| scene | method | registered | AUC@3 | AUC@5 | AUC@10 | AUC@30 | vs COLMAP AUC@5 | reproj px | points | wall s | CPU s | wall ratio | CPU ratio | global / PnP |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -304,7 +323,7 @@ def format_table(rows: list[dict], args) -> str:
     colmap_cpu = {r["scene"]: r["cpu_s"] for r in rows if r["method"] == "colmap"}
     colmap_wall = {r["scene"]: r["wall_s"] for r in rows if r["method"] == "colmap"}
     for r in rows:
-        ours = r["method"] == "sceneforge"
+        ours = r["method"] in OURS
         ratio = r["cpu_s"] / colmap_cpu[r["scene"]] if ours else None
         wall_ratio = r["wall_s"] / colmap_wall[r["scene"]] if ours else None
         by = r.get("registered_by") or {}
@@ -314,7 +333,7 @@ def format_table(rows: list[dict], args) -> str:
             f"{_f(r.get('vs_colmap_auc5'))} | {_f(r['mean_reproj_px'], '{:.2f}')} | {r['points']} | "
             f"{r['wall_s']:.1f} | {r['cpu_s']:.1f} | {_f(wall_ratio, '{:.2f}')} | "
             f"{_f(ratio, '{:.2f}')} | "
-            f"{(str(by.get('global', 0)) + ' / ' + str(by.get('pnp', 0))) if r['method'] == 'sceneforge' else ''} |"
+            f"{(str(by.get('global', 0)) + ' / ' + str(by.get('pnp', 0))) if ours else ''} |"
         )
     return "\n".join(lines)
 

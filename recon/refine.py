@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from sceneforge.recon.features import available_cores
 from sceneforge.recon.tracks import Tracks
 
 #: ``i -> H x W x 3`` float image in [0, 1] (or ``H x W`` gray).
@@ -63,6 +65,9 @@ class RefineConfig:
     """Observations moving farther than this (pixels) from their prediction become invisible."""
     chunk_size: int = 4096
     """Observations refined at once (bounds memory)."""
+    num_threads: int = -1
+    """Frames refined at once on CPU (Python threads; torch releases the GIL; the same result
+    as one frame at a time): -1 = one per CPU core available to us, at most 8."""
 
 
 def default_search_levels(feature_method: str | None = None) -> tuple[int, ...]:
@@ -314,11 +319,13 @@ class PatchRefiner:
                 pos = anchor_xy[idx] / s
                 templ_s[s][idx] = sample(pyr[s], pos[:, None] + off_s[None]).view(-1, ps, ps)
             templ_q[idx] = sample(pyr[1], anchor_xy[idx][:, None] + off_q[None]).view(-1, q, q)
-        # 2) every other observation, frame by frame, in chunks.
-        for j in range(n):
+
+        # 2) every other observation, frame by frame, in chunks. Frames write disjoint
+        # columns, so they can run concurrently.
+        def refine_frame(j: int) -> None:
             idx = (visible[:, j] & (ref != j)).nonzero()[:, 0]
             if idx.numel() == 0:
-                continue
+                return
             pyr = self._pyramid(images(j))
             mask = masks(j) if masks is not None else None
             h, w = pyr[1].shape
@@ -342,6 +349,14 @@ class PatchRefiner:
                 xy[ti, j] = torch.where(ok[:, None], pos, pred)
                 visible[ti, j] = ok
                 conf[ti, j] = torch.where(ok, conf[ti, j] * ncc.clamp(0, 1), torch.zeros_like(ncc))
+
+        workers = c.num_threads if c.num_threads > 0 else min(available_cores(), 8)
+        if workers < 2 or n < 4 or xy.device.type != "cpu":
+            for j in range(n):
+                refine_frame(j)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(refine_frame, range(n)))  # list(): re-raises a frame's error
         return replace(tracks, xy=xy, visible=visible, confidence=conf)
 
 

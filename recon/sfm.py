@@ -129,6 +129,10 @@ class RefinementConfig:
     """Also refine cx, cy (poorly constrained; COLMAP keeps them fixed by default)."""
     max_points_ba: int = 20000
     """Bundle-adjust at most this many points (the longest tracks)."""
+    min_image_points: int = 30
+    """Images that end with fewer points are left unregistered (listed in the summary), as the
+    PnP fallback would not register them either (:attr:`PnPConfig.min_inliers`): on blowtorch
+    such images were 25 degrees off the reference poses."""
     converged_max_filtered: float = 0.05
     """From the second round on, stop early when a round registers no new image, filters at
     most this fraction of the observations and lowers the mean reprojection error by less than
@@ -162,10 +166,12 @@ class SfMConfig:
     """Triangulation / BA / filtering loop."""
     min_track_length: int = 2
     """Tracks seen in fewer images are ignored."""
-    num_threads: int | None = 1
-    """torch intra-op threads for the whole reconstruction (None: leave torch's setting). The
-    pipeline runs many mid-sized element-wise ops; on a busy 2-core machine one thread
-    measured several times faster than two."""
+    num_threads: int | None = 0
+    """torch intra-op threads of the SfM stages: 0 = one per core that is idle when they
+    start (at most 4; 2 on an idle 2-core machine: fern 1.8 -> 1.3 s), None = torch's
+    setting. Never more than the idle cores: on a busy 2-core machine two threads measured
+    several times slower than one. Tracking runs images and pairs in parallel itself, on
+    one torch thread unless this is a positive number."""
 
 
 @dataclass
@@ -375,12 +381,27 @@ def reconstruct_from_tracks(
     """Cameras and points from :class:`Tracks` (see the module docstring for the stages)."""
     cfg = config or SfMConfig()
     old = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    threads = sfm_threads(cfg.num_threads)
+    if threads:
+        torch.set_num_threads(threads)
     try:
         return _reconstruct_from_tracks(tracks, cfg, log)
     finally:
         torch.set_num_threads(old)
+
+
+def sfm_threads(num_threads: int | None) -> int | None:
+    """torch threads for the SfM stages (see :attr:`SfMConfig.num_threads`)."""
+    if num_threads is None or num_threads > 0:
+        return num_threads
+    from sceneforge.core.timing import idle_cores
+    from sceneforge.recon.features import available_cores
+
+    cores = min(available_cores(), 4)
+    idle = idle_cores() if cores > 1 else None
+    if idle is None:
+        return 1
+    return max(1, min(cores, int(idle + 0.25)))
 
 
 def _reconstruct_from_tracks(
@@ -620,6 +641,18 @@ def _reconstruct_from_tracks(
 
     # Final filter: reprojection error and triangulation angle.
     keep_pts = _final_filter(xy, use, track_ids, points, cam_from_world, intr, model, rcfg)
+    weak = registered & (use[keep_pts].sum(0) < rcfg.min_image_points)
+    if bool(weak.any()) and int((registered & ~weak).sum()) >= 2:
+        names = ", ".join(str(i) for i in weak.nonzero()[:, 0].tolist())
+        log(
+            f"[yellow]{int(weak.sum())} image(s) ({names}) kept fewer than "
+            f"{rcfg.min_image_points} points: left unregistered"
+        )
+        stats["unregistered_weak"] = weak.nonzero()[:, 0].tolist()
+        registered = registered & ~weak
+        registered_by = [b if bool(r) else None for b, r in zip(registered_by, registered)]
+        use[:, weak] = False
+        keep_pts = _final_filter(xy, use, track_ids, points, cam_from_world, intr, model, rcfg)
     points, track_ids = points[keep_pts], track_ids[keep_pts]
     use = use[keep_pts]
     pi, ii = use.nonzero(as_tuple=True)
@@ -781,7 +814,10 @@ class ReconstructConfig:
     max_image_size: int = 1600
     """Images are downscaled to this longest side for feature extraction."""
     feature_workers: int = -1
-    """Processes extracting SIFT in parallel (-1 = one per core, at most 8; 0 = in-process)."""
+    """Images whose SIFT is extracted at once (OpenCV: threads, pycolmap: processes; -1 = one
+    per core, at most 8; 0 = one at a time)."""
+    sift_backend: Literal["opencv", "pycolmap"] = "opencv"
+    """SIFT implementation: OpenCV (~4x less CPU) or pycolmap (COLMAP's own extractor)."""
     num_query_frames: int = 8
     """Query frames of the tracker (0 = every frame)."""
     masks_dir: Path | None = None
@@ -1037,13 +1073,14 @@ def reconstruct(
                 method=cfg.features,
                 max_image_size=cfg.max_image_size,
                 num_workers=cfg.feature_workers,
+                sift_backend=cfg.sift_backend,
             ),
             matching=MatchingConfig(method="auto"),
             num_query_frames=cfg.num_query_frames,
         )
         old_threads = torch.get_num_threads()
-        if cfg.sfm.num_threads:  # the same thread setting as the SfM stages
-            torch.set_num_threads(cfg.sfm.num_threads)
+        if cfg.sfm.num_threads is not None:  # images and pairs run in parallel themselves
+            torch.set_num_threads(max(1, cfg.sfm.num_threads))
         try:
             tracks = build_tracks(
                 images, tcfg, masks=masks if any(m is not None for m in masks) else None, log=log

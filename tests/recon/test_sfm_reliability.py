@@ -99,6 +99,40 @@ def test_two_disconnected_groups_reports_both_and_keeps_the_larger(one_thread):
     assert summary["unregistered_images"] == names[5:]
 
 
+def test_an_image_with_too_few_points_is_left_unregistered(one_thread):
+    """Image 5 sees 24 of the points: the global step registers it (thresholds lowered so it
+    gets a verified pair), but it ends with fewer than ``min_image_points`` points, so it is
+    listed as unregistered instead of shipped with a weakly supported pose."""
+    from dataclasses import replace
+
+    from sceneforge.recon.sfm import PairsConfig
+    from sceneforge.recon.two_view import TwoViewConfig
+
+    cams, pts = orbit_scene(6, seed=0)
+    i, p, xy = observe(cams, pts, 0.3)
+    seen5 = p[i == 5]
+    keep = (i != 5) | torch.isin(p, seen5[:24])
+    tracks = tracks_from_observations(
+        i[keep], p[keep], xy[keep], torch.stack([cams.height, cams.width], 1)
+    )
+    loose = replace(
+        FAST,
+        pairs=PairsConfig(min_shared_tracks=15),
+        two_view=TwoViewConfig(min_inliers=15),
+    )
+    logs: list[str] = []
+    rec = reconstruct_from_tracks(tracks, loose, logs.append)
+    assert rec.registered.tolist() == [True] * 5 + [False]
+    assert rec.stats["unregistered_weak"] == [5]
+    assert any("fewer than 30 points" in m for m in logs), logs
+    assert int((rec.obs_image == 5).sum()) == 0
+    assert make_summary(rec, [f"im{k}" for k in range(6)], {})["unregistered_images"] == ["im5"]
+    # without the rule the same image is registered (so the rule, not the pairs, removed it)
+    keep_all = replace(loose, refinement=replace(FAST.refinement, min_image_points=0))
+    rec0 = reconstruct_from_tracks(tracks, keep_all)
+    assert rec0.registered.all() and 0 < int((rec0.obs_image == 5).sum()) < 30
+
+
 def test_pure_rotation_is_detected_before_any_point(one_thread):
     n = 6
     aa = torch.zeros(n, 3, dtype=torch.float64)

@@ -307,7 +307,11 @@ def test_component_labels_match_union_find():
             assert set(lab[c].tolist()) == {min(c)}
 
 
-def test_sift_worker_processes_give_the_in_process_features():
+@pytest.mark.parametrize("backend", ["opencv", "pycolmap"])
+def test_parallel_sift_gives_the_one_at_a_time_features(backend):
+    """OpenCV: threads, pycolmap: worker processes; the same features as one by one."""
+    import cv2
+
     from sceneforge.core.synthetic import turntable_scene
     from sceneforge.recon.features import FeatureExtractor, resolve_sift_workers
 
@@ -316,16 +320,68 @@ def test_sift_worker_processes_give_the_in_process_features():
     masks = [None, None, torch.ones(96, 96, dtype=torch.bool), None, None]
     masks[2][:, :48] = False
     assert resolve_sift_workers(2, 5) == 2 and resolve_sift_workers(8, 3) == 1
-    ref = FeatureExtractor(FeaturesConfig(method="sift", num_workers=0))
-    pool = FeatureExtractor(FeaturesConfig(method="sift", num_workers=2))
+    ref = FeatureExtractor(FeaturesConfig(method="sift", num_workers=0, sift_backend=backend))
+    pool = FeatureExtractor(FeaturesConfig(method="sift", num_workers=2, sift_backend=backend))
+    threads = cv2.getNumThreads()
     a = ref.extract_many(5, images.__getitem__, masks.__getitem__)
     b = pool.extract_many(5, images.__getitem__, masks.__getitem__)
+    assert cv2.getNumThreads() == threads  # restored after the threaded extraction
     assert sum(len(f) for f in a) > 100
     for x, y in zip(a, b, strict=True):
         assert x.image_size == y.image_size == (96, 96)
         assert torch.equal(x.keypoints, y.keypoints) and torch.equal(x.descriptors, y.descriptors)
         assert torch.equal(x.scores, y.scores)
     assert bool((b[2].keypoints[:, 0] >= 48).all())  # the mask is applied
+
+
+def _blob_image(x0: float, y0: float, h: int = 120, w: int = 160) -> torch.Tensor:
+    """Grey image with one Gaussian blob centred at pixel-index position (x0, y0)."""
+    yy, xx = torch.meshgrid(torch.arange(h).double(), torch.arange(w).double(), indexing="ij")
+    img = 0.2 + 0.7 * torch.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * 4.0**2))
+    return img[..., None].expand(h, w, 3).float().contiguous()
+
+
+@pytest.mark.parametrize("backend", ["opencv", "pycolmap"])
+def test_sift_keypoints_use_colmaps_pixel_convention(backend):
+    """A blob centred on pixel index (x0, y0) is at (x0 + 0.5, y0 + 0.5) in COLMAP's
+    convention (first pixel centre at 0.5), with either backend; descriptors are RootSIFT
+    (non-negative, unit length)."""
+    from sceneforge.recon.features import FeatureExtractor
+
+    ex = FeatureExtractor(FeaturesConfig(method="sift", num_workers=0, sift_backend=backend))
+    for x0, y0 in ((70.0, 60.0), (70.3, 59.6), (81.5, 47.25)):
+        f = ex(_blob_image(x0, y0))
+        assert len(f) >= 1
+        d = (f.keypoints - torch.tensor([x0 + 0.5, y0 + 0.5])).norm(dim=1)
+        assert float(d.min()) < 0.2, (backend, x0, y0, f.keypoints)  # 0.71 if off by 0.5
+        assert bool((f.descriptors >= 0).all())
+        assert torch.allclose(f.descriptors.norm(dim=1), torch.ones(len(f)), atol=1e-5)
+
+
+def test_opencv_and_pycolmap_sift_match_each_other():
+    """Both backends give RootSIFT descriptors of the same kind: a keypoint's OpenCV descriptor
+    has the pycolmap descriptor at the same place as its nearest neighbour."""
+    from sceneforge.core.synthetic import turntable_scene
+    from sceneforge.recon.features import FeatureExtractor
+
+    img = turntable_scene(num_views=4, size=192).load_image(0)
+    a = FeatureExtractor(FeaturesConfig(method="sift", sift_backend="opencv"))(img)
+    b = FeatureExtractor(FeaturesConfig(method="sift", sift_backend="pycolmap"))(img)
+    dist = torch.cdist(a.keypoints, b.keypoints)
+    near, j = dist.min(1)
+    same = near < 0.3  # the same detection found by both
+    assert int(same.sum()) > 20
+    sim = a.descriptors[same] @ b.descriptors.T
+    best = sim.argmax(1)
+    agree = (best == j[same]).float().mean()
+    assert float(agree) > 0.8
+
+
+def test_unknown_sift_backend_is_a_clear_error():
+    from sceneforge.recon.features import FeatureExtractor
+
+    with pytest.raises(ValueError, match="unknown SIFT backend"):
+        FeatureExtractor(FeaturesConfig(method="sift", sift_backend="vlfeat"))
 
 
 def test_sift_worker_failure_is_a_clear_error():

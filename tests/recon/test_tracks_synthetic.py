@@ -57,6 +57,18 @@ def test_refined_tracks_meet_subpixel_accuracy(unmasked_tracks):
     assert float(err.quantile(0.9)) < 0.7 * float(err0.quantile(0.9))
 
 
+@pytest.mark.parametrize("search_levels", [(), (4, 2, 1)])
+def test_frames_refined_concurrently_equal_one_at_a_time(scene, search_levels):
+    s = replace(scene, masks=None)
+    raw = build_tracks(s, _config(refine_enabled=False))
+    cfg = replace(resolve_config(_config()).refine, search_levels=search_levels)
+    one = PatchRefiner(replace(cfg, num_threads=1))(raw, s.load_image)
+    three = PatchRefiner(replace(cfg, num_threads=3))(raw, s.load_image)
+    assert torch.equal(one.visible, three.visible) and int(one.visible.sum()) > 500
+    assert torch.equal(one.xy, three.xy) and torch.equal(one.confidence, three.confidence)
+    assert not torch.equal(one.xy, raw.xy)  # it did refine
+
+
 def test_no_track_claims_two_points_in_one_frame(unmasked_tracks):
     _, raw, refined = unmasked_tracks
     for tr in (raw, refined):
