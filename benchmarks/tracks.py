@@ -6,8 +6,9 @@ reference poses (blowtorch), and time per stage; plus peak memory of a long, lar
     .venv/bin/python benchmarks/tracks.py --settings sift --scenes forward
     .venv/bin/python benchmarks/tracks.py --memory-views 200 --memory-size 1024
 
-Settings: SIFT + mutual NN (the CPU default), ALIKED + LightGlue, XFeat + mutual NN. Ratios are
-against SIFT + NN on the same scene. Errors are of the non-anchor observations (each track's
+Settings: SIFT + mutual NN (the CPU default; OpenCV's SIFT), ``sift-colmap`` (the same with
+COLMAP's SIFT extractor), ALIKED + LightGlue, XFeat + mutual NN. Ratios are against SIFT + NN
+on the same scene. Errors are of the non-anchor observations (each track's
 anchor/query position is exact by definition); "raw" is before sub-pixel refinement.
 """
 
@@ -45,7 +46,8 @@ DATA = Path(
 )
 
 SETTINGS = {
-    "sift": ("sift", "nn"),
+    "sift": ("sift", "nn"),  # OpenCV's SIFT (the default)
+    "sift-colmap": ("sift", "nn"),  # COLMAP's extractor (pycolmap)
     "aliked": ("aliked", "lightglue"),
     "xfeat": ("xfeat", "nn"),
 }
@@ -53,8 +55,11 @@ SETTINGS = {
 
 def make_config(setting: str, num_queries: int, max_kp: int) -> TracksConfig:
     feat, match = SETTINGS[setting]
+    backend = "pycolmap" if setting == "sift-colmap" else "opencv"
     return TracksConfig(
-        features=FeaturesConfig(method=feat, max_keypoints=max_kp, device="cpu"),
+        features=FeaturesConfig(
+            method=feat, max_keypoints=max_kp, device="cpu", sift_backend=backend
+        ),
         matching=MatchingConfig(method=match, device="cpu"),
         num_query_frames=num_queries,
     )
