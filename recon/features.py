@@ -320,8 +320,9 @@ class FeatureExtractor:
         mask: Callable[[int], Tensor | None],
     ) -> list[Features]:
         """OpenCV SIFT on ``workers`` images at once, one OpenCV thread each (OpenCV releases
-        the GIL; whole images in parallel scale better than OpenCV's own threads, 2x vs 1.75x
-        on two cores, and overlap the image loading)."""
+        the GIL; OpenCV's own threads sped one image up only 1.75x on two cores, and whole
+        images in parallel also overlap the image preparation). OpenCV's thread count is
+        process-wide: it is set to 1 for the duration and restored."""
         import cv2
 
         local = threading.local()
