@@ -97,13 +97,19 @@ def available_cores() -> int:
     return max(1, n or 1)
 
 
-def resolve_sift_workers(num_workers: int, num_images: int) -> int:
-    """SIFT worker processes for ``num_images`` images (see :attr:`FeaturesConfig.num_workers`).
+def parallel_workers(requested: int) -> int:
+    """Workers for a ``num_threads`` / ``num_workers`` setting: a negative value means one per
+    CPU core available to us, at most 8."""
+    return min(available_cores(), 8) if requested < 0 else requested
 
-    Starting a worker costs ~0.2 s, so fewer than four images run in-process.
+
+def resolve_sift_workers(num_workers: int, num_images: int) -> int:
+    """Images whose SIFT runs at once (see :attr:`FeaturesConfig.num_workers`).
+
+    A pycolmap worker process costs ~0.2 s to start, so fewer than four images run one at a
+    time.
     """
-    if num_workers < 0:
-        num_workers = min(available_cores(), 8)
+    num_workers = parallel_workers(num_workers)
     if num_images < 4:
         return 1
     return max(1, min(num_workers, num_images // 2))

@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sceneforge.recon.features import Features, available_cores, resolve_device
+from sceneforge.recon.features import Features, parallel_workers, resolve_device
 
 MatcherMethod = Literal["auto", "nn", "lightglue"]
 
@@ -314,9 +314,7 @@ class Matcher:
     ) -> dict[tuple[int, int], Matches]:
         """Match every pair ``(i, j)`` of ``feats``; NN pairs on CPU run concurrently
         (:attr:`MatchingConfig.num_threads`) with the same result as one at a time."""
-        n = self.config.num_threads
-        if n < 0:
-            n = min(available_cores(), 8)
+        n = parallel_workers(self.config.num_threads)
         if self._lightglue is not None or self.device.type != "cpu" or n < 2 or len(pairs) < 4:
             return {p: self(feats[p[0]], feats[p[1]]) for p in pairs}
         from concurrent.futures import ThreadPoolExecutor

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from sceneforge.recon.features import available_cores
+from sceneforge.recon.features import parallel_workers
 from sceneforge.recon.tracks import Tracks
 
 #: ``i -> H x W x 3`` float image in [0, 1] (or ``H x W`` gray).
@@ -350,7 +350,7 @@ class PatchRefiner:
                 visible[ti, j] = ok
                 conf[ti, j] = torch.where(ok, conf[ti, j] * ncc.clamp(0, 1), torch.zeros_like(ncc))
 
-        workers = c.num_threads if c.num_threads > 0 else min(available_cores(), 8)
+        workers = parallel_workers(c.num_threads or -1)  # 0 counts as "one per core" too
         if workers < 2 or n < 4 or xy.device.type != "cpu":
             for j in range(n):
                 refine_frame(j)
