@@ -1,4 +1,5 @@
-"""A tiny analytic scene (textured sphere, exact images and depth) for field tests."""
+"""Helpers for field tests: a tiny analytic scene (textured sphere, exact images and depth)
+and the quiet bounded-box trainer set-up the turntable tests share."""
 
 from __future__ import annotations
 
@@ -8,6 +9,22 @@ import torch
 
 from sceneforge.core.cameras import Cameras
 from sceneforge.core.scene import SceneData
+from sceneforge.fields.trainer import TrainerConfig
+
+
+def turntable_config(max_steps: int, **kw) -> TrainerConfig:
+    """Trainer for the synthetic turntable: 1024 rays per step, the box from the scene's
+    sparse points, the masks not used (the synthetic masks mark objects, not unusable
+    pixels), no progress bar or tensorboard."""
+    return TrainerConfig(
+        max_steps=max_steps,
+        batch_rays=1024,
+        scene_box="bounded",
+        use_masks=False,
+        progress=False,
+        tensorboard=False,
+        **kw,
+    )
 
 
 def look_at(eye: torch.Tensor, target: torch.Tensor, up=(0.0, 0.0, 1.0)) -> torch.Tensor:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fields_analytic import turntable_config
 
 from sceneforge.core.metrics import psnr
 from sceneforge.core.synthetic import turntable_scene
 from sceneforge.fields.evaluation import apply_color_affine, color_correct, fit_color_affine
-from sceneforge.fields.trainer import Trainer, TrainerConfig
+from sceneforge.fields.trainer import Trainer
 
 # a white-balance / exposure change: per-channel gains, a cross-talk term and an offset
 AFFINE = torch.tensor(
@@ -41,15 +42,7 @@ def test_color_affine_recovers_a_known_transform():
 def test_heldout_colour_gain_is_removed_by_color_corrected_metrics():
     torch.set_num_threads(1)
     scene = turntable_scene(num_views=24, size=48)
-    cfg = TrainerConfig(
-        max_steps=300,
-        batch_rays=1024,
-        scene_box="bounded",
-        use_masks=False,
-        progress=False,
-        tensorboard=False,
-    )
-    tr = Trainer(scene, cfg)
+    tr = Trainer(scene, turntable_config(300))
     tr.train()
     clean = tr.evaluate()
     assert clean["psnr_cc"] >= clean["psnr"] - 0.1  # the fit never makes a render worse
@@ -81,15 +74,7 @@ def test_per_image_colour_transforms_absorb_exposure_and_nerfw_fit_recovers_held
     for i in range(len(scene)):
         img = scene.images[i].double() * gains[i]
         scene.images[i] = img.round().clamp(0, 255).to(torch.uint8)
-    cfg = TrainerConfig(
-        max_steps=400,
-        batch_rays=1024,
-        scene_box="bounded",
-        use_masks=False,
-        progress=False,
-        tensorboard=False,
-        eval_appearance_fit_steps=40,
-    )
+    cfg = turntable_config(400, eval_appearance_fit_steps=40)
     cfg.field.color_affine = True
     tr = Trainer(scene, cfg)
     tr.train()

@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fields_analytic import turntable_config
 
 from sceneforge.core.synthetic import turntable_scene
-from sceneforge.fields.trainer import Trainer, TrainerConfig
+from sceneforge.fields.trainer import Trainer
 
 
 @pytest.mark.slow
 def test_turntable_heldout_psnr_does_not_drop_with_training():
     torch.set_num_threads(1)
     scene = turntable_scene(num_views=24, size=64)
-    cfg = TrainerConfig(
-        max_steps=3000,
-        batch_rays=1024,
-        scene_box="bounded",
-        use_masks=False,  # the synthetic masks mark objects, not unusable pixels
-        progress=False,
-        tensorboard=False,
-    )
+    cfg = turntable_config(3000)
     tr = Trainer(scene, cfg)
     tr.train(max_steps=150)
     early = tr.evaluate()

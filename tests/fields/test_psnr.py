@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from fields_analytic import turntable_config
 
 from sceneforge.core.synthetic import turntable_scene
-from sceneforge.fields.trainer import Trainer, TrainerConfig
+from sceneforge.fields.trainer import Trainer
 
 
 @pytest.mark.slow
 def test_turntable_heldout_psnr_above_25db():
     scene = turntable_scene(num_views=24, size=64)
-    cfg = TrainerConfig(
-        max_steps=300,
-        batch_rays=1024,
-        scene_box="bounded",  # box from the scene's sparse points
-        use_masks=False,  # the synthetic masks mark objects, not unusable pixels
-        progress=False,
-        tensorboard=False,
-    )
+    cfg = turntable_config(300)
     tr = Trainer(scene, cfg)
     assert len(tr.eval_indices) == 3 and 0 in tr.eval_indices
     tr.train()
