@@ -253,7 +253,7 @@ class FeatureExtractor:
         image = self._prepare(image)
         m = self.config.method
         if m == "sift":
-            raw = self._sift(image)
+            raw = self._sift_raw(self._model, image)
         elif m == "aliked":
             raw = self._aliked(image)
         else:
@@ -353,9 +353,6 @@ class FeatureExtractor:
         small, ratio = _downscale(image, self.config.max_image_size)
         gray = 0.299 * small[..., 0] + 0.587 * small[..., 1] + 0.114 * small[..., 2]
         return np.ascontiguousarray(gray.numpy(), np.float32), ratio
-
-    def _sift(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self._sift_raw(self._model, image)
 
     def _sift_raw(self, model, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         from sceneforge.recon.sift_worker import sift_arrays
