@@ -317,7 +317,7 @@ def format_table(rows: list[dict], args) -> str:
         "poses (blowtorch); pairs with an unregistered image count as failures. `vs COLMAP "
         "AUC@5`: our poses against COLMAP's on the real sets. Ratios = ours / COLMAP.",
         "",
-        "| scene | method | registered | AUC@3 | AUC@5 | AUC@10 | AUC@30 | vs COLMAP AUC@5 | reproj px | points | wall s | CPU s | wall ratio | CPU ratio | global / PnP |",
+        "| scene | method | registered | AUC@3 | AUC@5 | AUC@10 | AUC@30 | vs COLMAP AUC@5 | reproj px | points | wall s | CPU s | wall ratio | CPU ratio | global / incremental / PnP |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     colmap_cpu = {r["scene"]: r["cpu_s"] for r in rows if r["method"] == "colmap"}
@@ -333,7 +333,7 @@ def format_table(rows: list[dict], args) -> str:
             f"{_f(r.get('vs_colmap_auc5'))} | {_f(r['mean_reproj_px'], '{:.2f}')} | {r['points']} | "
             f"{r['wall_s']:.1f} | {r['cpu_s']:.1f} | {_f(wall_ratio, '{:.2f}')} | "
             f"{_f(ratio, '{:.2f}')} | "
-            f"{(str(by.get('global', 0)) + ' / ' + str(by.get('pnp', 0))) if ours else ''} |"
+            f"{' / '.join(str(by.get(k, 0)) for k in ('global', 'incremental', 'pnp')) if ours else ''} |"
         )
     return "\n".join(lines)
 

@@ -63,10 +63,10 @@ class TranslationAveragingConfig:
 
 @dataclass
 class PnPConfig:
-    """Absolute pose (fallback registration) settings."""
+    """Absolute pose (PnP registration) settings."""
 
     num_hypotheses: int = 512
-    """RANSAC hypotheses (6-point DLT), evaluated at once."""
+    """RANSAC samples of three points (up to four P3P poses each), evaluated at once."""
     threshold_px: float = 4.0
     """Inlier reprojection threshold in pixels."""
     min_inliers: int = 30
@@ -400,36 +400,142 @@ def pnp_dlt(
     return torch.cat([R, t[..., None]], dim=-1)
 
 
+def p3p(
+    X: Float[Tensor, "B 3 3"], bearings: Float[Tensor, "B 3 3"]
+) -> tuple[Float[Tensor, "B 4 3 3"], Float[Tensor, "B 4 3"], Bool[Tensor, "B 4"]]:
+    """Minimal absolute pose from three world points and their bearings (Grunert's quartic).
+
+    Unlike the linear 6-point solution this holds for coplanar points (a floor, a wall).
+    Returns up to four ``cam_from_world`` solutions per sample (``R``, ``t``) and which are
+    real with all three points in front."""
+    X = X.double()
+    f = torch.nn.functional.normalize(bearings.double(), dim=-1)
+    a2 = (X[:, 1] - X[:, 2]).square().sum(-1)
+    b2 = (X[:, 0] - X[:, 2]).square().sum(-1).clamp(min=1e-300)
+    c2 = (X[:, 0] - X[:, 1]).square().sum(-1)
+    ca, cb, cg = (
+        (f[:, 1] * f[:, 2]).sum(-1),
+        (f[:, 0] * f[:, 2]).sum(-1),
+        (f[:, 0] * f[:, 1]).sum(-1),
+    )
+    amc, apc = (a2 - c2) / b2, (a2 + c2) / b2
+    # Quartic in v = s3 / s1 (depth ratios); Haralick et al. 1994, Grunert's solution.
+    A4 = (amc - 1).square() - 4 * c2 / b2 * ca.square()
+    A3 = 4 * (amc * (1 - amc) * cb - (1 - apc) * ca * cg + 2 * c2 / b2 * ca.square() * cb)
+    A2 = 2 * (
+        amc.square() - 1 + 2 * amc.square() * cb.square() + 2 * (b2 - c2) / b2 * ca.square()
+        - 4 * apc * ca * cb * cg + 2 * (b2 - a2) / b2 * cg.square()
+    )  # fmt: skip
+    A1 = 4 * (-amc * (1 + amc) * cb + 2 * a2 / b2 * cg.square() * cb - (1 - apc) * ca * cg)
+    A0 = (1 + amc).square() - 4 * a2 / b2 * cg.square()
+    lead = torch.where(A4.abs() < 1e-12, torch.full_like(A4, 1e-12), A4)
+    comp = torch.zeros(X.shape[0], 4, 4, dtype=X.dtype)
+    comp[:, 0] = -torch.stack([A3, A2, A1, A0], -1) / lead[:, None]
+    comp[:, 1, 0] = comp[:, 2, 1] = comp[:, 3, 2] = 1.0
+    roots = torch.linalg.eigvals(comp)
+    v = roots.real
+    den = 2 * (cg[:, None] - v * ca[:, None])
+    den = torch.where(den.abs() < 1e-12, torch.full_like(den, 1e-12), den)
+    u = (amc[:, None] - 1) * v.square() - 2 * amc[:, None] * cb[:, None] * v + 1 + amc[:, None]
+    u = u / den
+    s1sq = b2[:, None] / (1 + v.square() - 2 * v * cb[:, None])
+    ok = (roots.imag.abs() < 1e-6 * (1 + v.abs())) & (s1sq > 0) & (v > 0) & (u > 0)
+    s1 = s1sq.clamp(min=0).sqrt()
+    depth = torch.stack([s1, u * s1, v * s1], -1)  # (B, 4, 3)
+    P = depth[..., None] * f[:, None]  # camera-frame points (B, 4, 3, 3)
+    ok = ok & torch.isfinite(P).flatten(-2).all(-1)
+    P = torch.where(ok[..., None, None], P, X[:, None])  # keep the SVD below finite
+    # Rigid alignment of the world points onto the camera-frame points (Kabsch).
+    Xe = X[:, None].expand_as(P)
+    mx, mp = Xe.mean(-2, keepdim=True), P.mean(-2, keepdim=True)
+    U, _, Vh = torch.linalg.svd((Xe - mx).transpose(-1, -2) @ (P - mp))
+    d = torch.linalg.det(Vh.transpose(-1, -2) @ U.transpose(-1, -2))
+    D = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
+    R = Vh.transpose(-1, -2) @ D @ U.transpose(-1, -2)
+    t = mp[..., 0, :] - (R @ mx.transpose(-1, -2))[..., 0]
+    # Keep solutions that reproduce the bearings (drops spurious roots of degenerate triples:
+    # repeated or collinear points).
+    Pc = Xe @ R.transpose(-1, -2) + t[..., None, :]
+    resid = (torch.nn.functional.normalize(Pc, dim=-1) - f[:, None]).norm(dim=-1).amax(-1)
+    area = torch.linalg.cross(X[:, 1] - X[:, 0], X[:, 2] - X[:, 0]).norm(dim=-1)
+    scale = (a2 + b2 + c2).clamp(min=1e-300)
+    ok = ok & (resid < 1e-6) & (area > 1e-9 * scale)[:, None] & (Pc[..., 2] > 0).all(-1)
+    return R, t, ok
+
+
+def refine_pose(
+    T: Float[Tensor, "3 4"],
+    X: Float[Tensor, "M 3"],
+    x: Float[Tensor, "M 2"],
+    iterations: int = 10,
+) -> Float[Tensor, "3 4"]:
+    """Gauss-Newton on the calibrated reprojection error of one pose (inliers only)."""
+    from sceneforge.core.rotations import angle_axis_to_matrix
+
+    R, t = T[:, :3].double(), T[:, 3].double()
+    X, x = X.double(), x.double()
+    for _ in range(iterations):
+        RX = X @ R.T
+        pc = RX + t
+        z = pc[:, 2:].clamp(min=1e-12)
+        r = (pc[:, :2] / z - x).reshape(-1)
+        dproj = torch.zeros(X.shape[0], 2, 3, dtype=X.dtype)
+        dproj[:, 0, 0] = dproj[:, 1, 1] = 1 / z[:, 0]
+        dproj[:, :, 2] = -pc[:, :2] / z.square()
+        skew = torch.zeros(X.shape[0], 3, 3, dtype=X.dtype)  # d(pc)/d(omega) = -[RX]x
+        skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = RX[:, 2], -RX[:, 1], RX[:, 0]
+        skew = skew - skew.transpose(-1, -2)
+        J = torch.cat([dproj @ skew, dproj], -1).reshape(-1, 6)
+        H = J.T @ J + 1e-9 * torch.eye(6, dtype=X.dtype)
+        step = -torch.linalg.solve(H, J.T @ r)
+        if not bool(torch.isfinite(step).all()):
+            break
+        R = angle_axis_to_matrix(step[:3]) @ R
+        t = t + step[3:]
+        if float(step.norm()) < 1e-12:
+            break
+    return torch.cat([R, t[:, None]], -1)
+
+
 def pnp_ransac(
     X: Float[Tensor, "M 3"],
     x: Float[Tensor, "M 2"],
     focal: float,
     config: PnPConfig | None = None,
 ) -> tuple[Float[Tensor, "3 4"], Bool[Tensor, " M"]]:
-    """RANSAC over 6-point DLT hypotheses (all at once); returns the pose refit on the inliers."""
+    """RANSAC over P3P hypotheses (all at once), then Gauss-Newton on the inliers; returns
+    the pose and its inliers. ``x`` are calibrated coordinates."""
     cfg = config or PnPConfig()
     X, x = X.double(), x.double()
     m = X.shape[0]
+    eye = torch.cat([torch.eye(3, dtype=X.dtype), torch.zeros(3, 1, dtype=X.dtype)], -1)
+    if m < 3:
+        return eye, torch.zeros(m, dtype=torch.bool)
     gen = torch.Generator().manual_seed(cfg.seed)
-    idx = torch.rand(cfg.num_hypotheses, m, generator=gen).argsort(-1)[:, :6]
-    hyp = pnp_dlt(X[idx], x[idx])  # (H, 3, 4)
+    idx = torch.rand(cfg.num_hypotheses, m, generator=gen).argsort(-1)[:, :3]
+    bear = torch.cat([x, torch.ones_like(x[:, :1])], -1)
+    R, t, ok = p3p(X[idx], bear[idx])
+    hyp = torch.cat([R, t[..., None]], -1).reshape(-1, 3, 4)
     thr = cfg.threshold_px / focal
 
     def inliers(T: Tensor) -> tuple[Tensor, Tensor]:
         pc = X @ T[..., :3].transpose(-1, -2) + T[..., None, :, 3]
         err = (pc[..., :2] / pc[..., 2:].clamp(min=1e-12) - x).norm(dim=-1)
-        ok = (pc[..., 2] > 0) & (err < thr)
-        return ok, torch.where(ok, err, torch.full_like(err, thr)).sum(-1)
+        good = (pc[..., 2] > 0) & (err < thr)
+        return good, torch.where(good, err, torch.full_like(err, thr)).sum(-1)
 
-    ok, score = inliers(hyp)
+    good, score = inliers(hyp)
+    score = torch.where(ok.reshape(-1), score, torch.full_like(score, math.inf))
     best = torch.nan_to_num(score, nan=math.inf).argmin()
-    T, inl = hyp[best], ok[best]
+    if not bool(torch.isfinite(score[best])):
+        return eye, torch.zeros(m, dtype=torch.bool)
+    T, inl = hyp[best], good[best]
     for _ in range(3):
-        if int(inl.sum()) < 6:
+        if int(inl.sum()) < 4:
             break
-        T2 = pnp_dlt(X[inl], x[inl])
+        T2 = refine_pose(T, X[inl], x[inl])
         inl2, _ = inliers(T2)
-        if int(inl2.sum()) < int(inl.sum()):
+        if int(inl2.sum()) < int(inl.sum()) or not bool(torch.isfinite(T2).all()):
             break
         T, inl = T2, inl2
     return T, inl

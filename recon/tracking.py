@@ -148,12 +148,25 @@ def query_pairs(
     return pairs
 
 
+def extract_features(
+    scene_or_images: SceneData | Sequence[Tensor | str | os.PathLike],
+    config: TracksConfig | None = None,
+    masks: Sequence[Tensor | str | os.PathLike | None] | None = None,
+) -> list[Features]:
+    """The query-point features :func:`build_tracks` would extract, to pass to several calls
+    (e.g. tracking again with other query frames without extracting again)."""
+    config = resolve_config(config or TracksConfig())
+    frames = _Frames(scene_or_images, masks)
+    return FeatureExtractor(config.features).extract_many(frames.n, frames.image, frames.mask)
+
+
 def build_tracks(
     scene_or_images: SceneData | Sequence[Tensor | str | os.PathLike],
     config: TracksConfig | None = None,
     masks: Sequence[Tensor | str | os.PathLike | None] | None = None,
     refiner: TrackRefiner | None = None,
     log: Callable[[str], None] | None = None,
+    features: Sequence[Features] | None = None,
 ) -> Tracks:
     """Tracks over all frames of a scene or image list.
 
@@ -164,6 +177,8 @@ def build_tracks(
         masks: optional per-image masks (True = usable) when images are given as a list.
         refiner: replaces the default :class:`PatchRefiner` (e.g. a learned fine tracker).
         log: progress callback (defaults to ``print`` when ``config.verbose``).
+        features: every frame's features from :func:`extract_features` with the same
+            config (skips extraction).
 
     Returns:
         :class:`Tracks`; ``tracks.info`` holds the methods used and per-stage timings.
@@ -177,8 +192,13 @@ def build_tracks(
 
     t0 = time.perf_counter()
     matcher = Matcher(config.matching, features=config.features.method)
-    extractor = FeatureExtractor(config.features)
-    feats: list[Features] = extractor.extract_many(frames.n, frames.image, frames.mask)
+    if features is None:
+        extractor = FeatureExtractor(config.features)
+        feats: list[Features] = extractor.extract_many(frames.n, frames.image, frames.mask)
+    elif len(features) != frames.n:
+        raise ValueError(f"{len(features)} feature sets for {frames.n} images: counts must match")
+    else:
+        feats = list(features)
     sizes = torch.tensor([f.image_size for f in feats], dtype=torch.long).reshape(-1, 2)
     timings["features_s"] = time.perf_counter() - t0
     log(
