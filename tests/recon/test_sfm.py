@@ -105,18 +105,25 @@ def test_reconstruct_bad_folders(tmp_path):
         reconstruct(tmp_path / "one", tmp_path / "out", ReconstructConfig(progress=False))
 
 
-def test_fern_smoke_with_bad_images(shared_data, tmp_path):
-    """8 fern images + a noise image (no overlap) + a corrupt file: a partial model listing them."""
+def fern_images(shared_data: Path, folder: Path, count: int, shrink: int) -> Path:
+    """The first ``count`` fern photos, ``shrink`` times smaller, as PNGs in ``folder``."""
     src = shared_data / "scenes" / "fern" / "images"
     if not src.is_dir():
         pytest.skip("fern not available")
     from PIL import Image
 
-    imgs = tmp_path / "images"
-    imgs.mkdir()
-    for p in sorted(src.iterdir())[:8]:
+    folder.mkdir()
+    for p in sorted(src.iterdir())[:count]:
         im = Image.open(p).convert("RGB")
-        im.resize((im.width // 2, im.height // 2)).save(imgs / (p.stem + ".png"))
+        im.resize((im.width // shrink, im.height // shrink)).save(folder / (p.stem + ".png"))
+    return folder
+
+
+def test_fern_smoke_with_bad_images(shared_data, tmp_path):
+    """8 fern images + a noise image (no overlap) + a corrupt file: a partial model listing them."""
+    from PIL import Image
+
+    imgs = fern_images(shared_data, tmp_path / "images", 8, 2)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (264, 353, 3), dtype=np.uint8)).save(imgs / "zz_noise.png")
     (imgs / "zz_corrupt.png").write_bytes(b"\x89PNG garbage")

@@ -90,6 +90,25 @@ def test_translation_averaging_pairs_only():
     assert pts is None
 
 
+def observe(
+    X: torch.Tensor,
+    R: torch.Tensor,
+    t: torch.Tensor,
+    g: torch.Generator,
+    noise_px: float,
+    focal: float,
+    outlier_frac: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Calibrated coordinates of ``X`` seen from ``(R, t)`` with pixel noise and a random
+    fraction replaced by uniform outliers; returns them and the outlier mask."""
+    Xc = X @ R.T + t
+    x = Xc[:, :2] / Xc[:, 2:]
+    x = x + torch.randn(x.shape, generator=g, dtype=torch.float64) * noise_px / focal
+    out = torch.rand(X.shape[0], generator=g) < outlier_frac
+    x[out] = torch.rand(int(out.sum()), 2, generator=g, dtype=torch.float64) - 0.5
+    return x, out
+
+
 def test_pnp():
     g = torch.Generator().manual_seed(3)
     R = angle_axis_to_matrix(torch.randn(3, generator=g, dtype=torch.float64) * 0.4)
@@ -97,13 +116,10 @@ def test_pnp():
     X = torch.randn(200, 3, generator=g, dtype=torch.float64) + torch.tensor(
         [0, 0, 5.0], dtype=torch.float64
     )
-    Xc = X @ R.T + t
-    x = Xc[:, :2] / Xc[:, 2:]
+    x, _ = observe(X, R, t, g, noise_px=0.0, focal=500.0, outlier_frac=0.0)
     T = pnp_dlt(X, x)
     assert torch.allclose(T, make_rigid(R, t), atol=1e-8)
-    x_noisy = x + torch.randn(x.shape, generator=g, dtype=torch.float64) * 0.5 / 500
-    out = torch.rand(200, generator=g) < 0.3
-    x_noisy[out] = torch.rand(int(out.sum()), 2, generator=g, dtype=torch.float64) - 0.5
+    x_noisy, out = observe(X, R, t, g, noise_px=0.5, focal=500.0, outlier_frac=0.3)
     T, inl = pnp_ransac(X, x_noisy, 500.0)
     assert float(rotation_angle_deg(T[:, :3].T @ R)) < 0.5
     assert float((T[:, 3] - t).norm()) < 0.05

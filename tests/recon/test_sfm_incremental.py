@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_sfm import FAST, _synthetic
+from test_sfm import FAST, _synthetic, fern_images
+from test_sfm_global import observe
 
 import sceneforge.recon.sfm as sfm
 from sceneforge.core.cameras import make_rigid
@@ -50,17 +51,14 @@ def test_pnp_ransac_on_a_plane_with_outliers():
     t = torch.tensor([0.2, -0.3, 4.0], dtype=torch.float64)
     X = torch.rand(300, 3, generator=g, dtype=torch.float64) * 4 - 2
     X[:, 2] = 0.0
-    Xc = X @ R.T + t
-    x = Xc[:, :2] / Xc[:, 2:]
-    x = x + torch.randn(x.shape, generator=g, dtype=torch.float64) * 0.3 / 800
-    out = torch.rand(300, generator=g) < 0.4
-    x[out] = torch.rand(int(out.sum()), 2, generator=g, dtype=torch.float64) - 0.5
+    x, out = observe(X, R, t, g, noise_px=0.3, focal=800.0, outlier_frac=0.4)
     T, inl = pnp_ransac(X, x, 800.0)
     assert float(rotation_angle_deg(T[:, :3].T @ R)) < 0.2
     assert float((T[:, 3] - t).norm()) < 0.02
     assert int((inl & out).sum()) <= 3 and float((inl & ~out).sum() / (~out).sum()) > 0.95
     # The linear solution on the clean coplanar points is far off.
-    T_lin = pnp_dlt(X[~out], x[~out])
+    x_clean, _ = observe(X, R, t, g, noise_px=0.0, focal=800.0, outlier_frac=0.0)
+    T_lin = pnp_dlt(X, x_clean)
     assert float(rotation_angle_deg(T_lin[:, :3].T @ R)) > 1.0
 
 
@@ -189,19 +187,10 @@ def test_blowtorch_wrong_global_poses_are_replaced(shared_data):
 def test_reconstruct_retracks_all_pairs_when_in_doubt(shared_data, tmp_path, monkeypatch):
     """Global poses in doubt: ``reconstruct`` tracks again with every image as a query frame
     (reusing the extracted features) and keeps the second reconstruction."""
-    src = shared_data / "scenes" / "fern" / "images"
-    if not src.is_dir():
-        pytest.skip("fern not available")
-    from PIL import Image
-
     import sceneforge.recon.tracking as tracking
     from sceneforge.recon.sfm import ReconstructConfig, reconstruct
 
-    imgs = tmp_path / "images"
-    imgs.mkdir()
-    for p in sorted(src.iterdir())[:6]:
-        im = Image.open(p).convert("RGB")
-        im.resize((im.width // 4, im.height // 4)).save(imgs / (p.stem + ".png"))
+    imgs = fern_images(shared_data, tmp_path / "images", 6, 4)
     calls: list[list[int]] = []
     real = sfm.reconstruct_from_tracks
 
