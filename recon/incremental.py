@@ -60,8 +60,8 @@ class IncrementalConfig:
     min_rotation_inliers: float = 0.8
     """``SfMConfig.init = "auto"``: the global poses are verified by an incremental model when
     fewer of the verified pairs' relative rotations than this fraction are consistent after
-    rotation averaging (0.25 on blowtorch, >= 0.9 on the benchmark scenes where the global
-    poses are right), or when the pairs fall into groups with unrelated scales."""
+    rotation averaging (0.21-0.79 on blowtorch sets, >= 0.9 on the benchmark scenes where
+    the global poses are right), or when the pairs fall into groups with unrelated scales."""
     min_agreement: float = 0.8
     """The global poses are kept when at least this fraction of the image pairs both models
     register agree within 5 degrees; otherwise the incremental model replaces them."""

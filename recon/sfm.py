@@ -916,9 +916,9 @@ class ReconstructConfig:
     """Query frames of the tracker (0 = every frame)."""
     retrack_on_doubt: bool = True
     """When the global poses cannot be trusted (see :attr:`IncrementalConfig.min_rotation_inliers`)
-    track again with every image as a query frame (all pairs matched, like COLMAP's exhaustive
-    matching) and reconstruct from those tracks: blowtorch's 67 images, 15 -> 19 registered
-    (COLMAP's 19) for 2.5x the tracking time."""
+    or the reconstruction fails, track again with every image as a query frame (all pairs
+    matched, like COLMAP's exhaustive matching) and reconstruct from those tracks: blowtorch's
+    67 images, 15 -> 19 registered (COLMAP's 19) for 2.5x the tracking time."""
     retrack_max_images: int = 200
     """No re-tracking above this many images (all pairs grow with the square of the count;
     raise ``num_query_frames`` instead)."""
@@ -1196,22 +1196,21 @@ def reconstruct(
             status.update(f"[bold]sfm: {msg}")
             log(msg)
 
-        rec = reconstruct_from_tracks(tracks, cfg.sfm, sfm_log)
-        doubts = rec.stats.get("global_doubts")
-        retrack = cfg.retrack_on_doubt and 0 < cfg.num_query_frames < len(images)
-        if doubts and retrack and len(images) > cfg.retrack_max_images:
-            log(
-                f"[yellow]global poses in doubt ({'; '.join(doubts)}); not matching all pairs of "
-                f"{len(images)} images (retrack_max_images): more query frames may help"
-            )
-        elif doubts and retrack:
-            log(
-                f"[yellow]global poses in doubt ({'; '.join(doubts)}): matching every image "
-                "pair and reconstructing again"
-            )
+        some_pairs = 0 < cfg.num_query_frames < len(images)  # not every pair matched yet
+        retrack = some_pairs and cfg.retrack_on_doubt and len(images) <= cfg.retrack_max_images
+        first: Reconstruction | None = None
+        try:
+            rec = reconstruct_from_tracks(tracks, cfg.sfm, sfm_log)
+            why = "; ".join(rec.stats.get("global_doubts", []))
+            first = rec
+        except SfMError as e:
+            if not retrack:
+                raise
+            why = str(e)
+        if why and retrack:
+            log(f"[yellow]{why}: matching every image pair and reconstructing again")
             status.update("[bold]tracking (all pairs)")
             t0 = time.perf_counter()
-            first = rec
             with _tracking_threads(cfg):
                 tcfg = replace(tcfg, num_query_frames=0)
                 tracks = build_tracks(images, tcfg, mask_list, log=log, features=feats)
@@ -1220,11 +1219,24 @@ def reconstruct(
             try:
                 rec = reconstruct_from_tracks(tracks, cfg.sfm, sfm_log)
             except SfMError as e:
+                if first is None:
+                    raise
                 log(f"[yellow]with all pairs: {e}; keeping the first reconstruction")
                 rec = first
             rec.stats["retracked"] = rec is not first
-            for k, v in first.timings.items():
-                timings[f"first_{k}"] = v
+            if first is not None:
+                rec.stats["first_pass"] = {
+                    "registered": int(first.registered.sum()),
+                    "init": first.stats.get("init"),
+                    "global_doubts": first.stats.get("global_doubts"),
+                }
+                for k, v in first.timings.items():
+                    timings[f"first_{k}"] = v
+        elif why and some_pairs and first is not None:
+            log(
+                f"[yellow]global poses in doubt ({why}); not matching all pairs (retrack_on_doubt "
+                f"off or more than retrack_max_images = {cfg.retrack_max_images} images)"
+            )
         for k, v in rec.timings.items():
             timings[k] = v
 

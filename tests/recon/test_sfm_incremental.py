@@ -204,8 +204,23 @@ def test_reconstruct_retracks_all_pairs_when_in_doubt(shared_data, tmp_path, mon
     assert calls == [[0, 5], list(range(6))]
     assert len(extracted) == 1
     assert summary["stats"]["retracked"] is True
+    assert summary["stats"]["first_pass"]["global_doubts"] == ["a doubt for the test"]
     assert summary["timings_s"]["retrack_s"] > 0 and "first_two_view_s" in summary["timings_s"]
     assert summary["num_registered"] == 6
+    # A first reconstruction that fails also gets a second chance with all pairs.
+    calls.clear()
+
+    def failing_first(tracks, cfg, log=None):
+        calls.append(list(tracks.info["query_frames"]))
+        if len(calls) == 1:
+            raise sfm.SfMError("no image pair shares 30 tracks (for the test)")
+        return real(tracks, cfg, log)
+
+    monkeypatch.setattr(sfm, "reconstruct_from_tracks", failing_first)
+    summary = reconstruct(imgs, tmp_path / "out3", cfg)
+    assert calls == [[0, 5], list(range(6))] and summary["num_registered"] == 6
+    assert summary["stats"]["retracked"] is True and "first_pass" not in summary["stats"]
+    monkeypatch.setattr(sfm, "reconstruct_from_tracks", doubting)
     # Off: one tracking, one reconstruction.
     calls.clear()
     cfg = ReconstructConfig(
