@@ -407,3 +407,22 @@ def test_concurrent_pair_matching_equals_one_pair_at_a_time():
     assert sum(len(m) for m in one.values()) > 50
     for p in pairs:
         assert torch.equal(one[p].idx, two[p].idx) and torch.equal(one[p].scores, two[p].scores)
+
+
+def test_build_tracks_reuses_given_features():
+    """Features passed in are used as they are (same tracks as extracting them) and must
+    match the image count."""
+    from sceneforge.recon.tracking import extract_features
+
+    g = torch.Generator().manual_seed(0)
+    base = F.interpolate(torch.rand(1, 3, 24, 32, generator=g), size=(96, 128), mode="bilinear")
+    img = base[0].permute(1, 2, 0)
+    images = [img, torch.roll(img, shifts=(2, 3), dims=(0, 1)), torch.roll(img, 5, dims=1)]
+    cfg = TracksConfig(features=FeaturesConfig(method="sift", max_image_size=256))
+    feats = extract_features(images, cfg)
+    assert len(feats) == 3
+    a, b = build_tracks(images, cfg), build_tracks(images, cfg, features=feats)
+    assert a.num_tracks > 20
+    assert torch.equal(a.visible, b.visible) and torch.equal(a.xy, b.xy)
+    with pytest.raises(ValueError, match="2 feature sets for 3 images"):
+        build_tracks(images, cfg, features=feats[:2])
