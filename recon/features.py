@@ -250,14 +250,16 @@ class FeatureExtractor:
     def __call__(
         self, image: Float[Tensor, "H W 3"], mask: Bool[Tensor, "H W"] | None = None
     ) -> Features:
+        if self.config.method == "sift":
+            return self._sift_features(self._model, image, mask)
         image = self._prepare(image)
-        m = self.config.method
-        if m == "sift":
-            raw = self._sift_raw(self._model, image)
-        elif m == "aliked":
-            raw = self._aliked(image)
-        else:
-            raw = self._xfeat(image)
+        raw = self._aliked(image) if self.config.method == "aliked" else self._xfeat(image)
+        return self._finish(raw, (int(image.shape[0]), int(image.shape[1])), mask)
+
+    def _sift_features(self, model, image: Tensor, mask: Tensor | None) -> Features:
+        """SIFT features of one image with ``model`` (threads each have an OpenCV detector)."""
+        image = self._prepare(image)
+        raw = self._sift_raw(model, image)
         return self._finish(raw, (int(image.shape[0]), int(image.shape[1])), mask)
 
     def _finish(
@@ -336,9 +338,7 @@ class FeatureExtractor:
         def one(i: int) -> Features:
             if not hasattr(local, "sift"):
                 local.sift = self._opencv_sift_detector()
-            img = self._prepare(image(i))
-            raw = self._sift_raw(local.sift, img)
-            return self._finish(raw, (int(img.shape[0]), int(img.shape[1])), mask(i))
+            return self._sift_features(local.sift, image(i), mask(i))
 
         old = cv2.getNumThreads()
         cv2.setNumThreads(1)

@@ -1224,7 +1224,7 @@ def reconstruct(
                 log(f"[yellow]with all pairs: {e}; keeping the first reconstruction")
                 rec = first
             rec.stats["retracked"] = rec is not first
-            if first is not None:
+            if first is not None and rec is not first:
                 rec.stats["first_pass"] = {
                     "registered": int(first.registered.sum()),
                     "init": first.stats.get("init"),

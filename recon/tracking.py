@@ -193,12 +193,10 @@ def build_tracks(
     t0 = time.perf_counter()
     matcher = Matcher(config.matching, features=config.features.method)
     if features is None:
-        extractor = FeatureExtractor(config.features)
-        feats: list[Features] = extractor.extract_many(frames.n, frames.image, frames.mask)
+        features = extract_features(scene_or_images, config, masks)
     elif len(features) != frames.n:
         raise ValueError(f"{len(features)} feature sets for {frames.n} images: counts must match")
-    else:
-        feats = list(features)
+    feats = list(features)
     sizes = torch.tensor([f.image_size for f in feats], dtype=torch.long).reshape(-1, 2)
     timings["features_s"] = time.perf_counter() - t0
     log(
