@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+
+from sceneforge.core.atomic import atomic_write_text
 
 
 def _heading_levels(lines: list[str]) -> list[int]:
@@ -57,11 +58,4 @@ def replace_section(
     section = [heading, "", *body.strip("\n").splitlines()]
     tail = lines[b:]
     text = "\n".join([*head, *([""] if head else []), *section, *([""] if tail else []), *tail])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text.rstrip("\n") + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(path, text.rstrip("\n") + "\n")

@@ -10,12 +10,12 @@ model ``"BAL"``, so the problem is kept in the file's own frame.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sceneforge.core.atomic import atomic_write_text
 from sceneforge.recon.bundle_adjustment import BAProblem
 
 
@@ -131,15 +131,7 @@ def write_bal(problem: BAProblem, path: str | os.PathLike) -> None:
     cams = torch.cat([problem.rotation, problem.translation, intr], 1).detach().cpu().double()
     lines += [f"{v:.17g}" for v in cams.reshape(-1).tolist()]
     lines += [f"{v:.17g}" for v in problem.points.detach().cpu().double().reshape(-1).tolist()]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def bal_cost(problem: BAProblem) -> float:

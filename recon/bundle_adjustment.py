@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sceneforge.core.atomic import atomic_open
 from sceneforge.core.cameras import MODEL_PARAMS, check_model, project, split_params
 from sceneforge.core.rotations import angle_axis_to_matrix, rotate_angle_axis, skew
 
@@ -1267,7 +1267,9 @@ def perturb_problem(problem: BAProblem, scale: float = 1e-2, seed: int = 1) -> B
         return t + s * torch.randn(t.shape, generator=g, dtype=dt).to(t.device)
 
     intr = problem.intrinsics.clone()
-    intr[:, 0] = intr[:, 0] * (1 + scale * torch.randn(intr.shape[0], generator=g, dtype=dt))
+    intr[:, 0] = intr[:, 0] * (
+        1 + scale * torch.randn(intr.shape[0], generator=g, dtype=dt).to(intr.device)
+    )
     return replace(
         problem,
         rotation=n(problem.rotation, scale),
@@ -1291,13 +1293,9 @@ def plot_cost(summary: BASummary, path: str | os.PathLike) -> Path:
     ax.set_ylabel("cost 0.5 * sum rho(r^2)")
     ax.set_title(f"{summary.termination}: {summary.final_cost:.6g}")
     ax.grid(True, which="both", alpha=0.3)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -23,7 +23,6 @@ Stages (each with its own typed config):
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from sceneforge.core import run_files
 from sceneforge.core.cameras import (
     MODEL_PARAMS,
     Cameras,
@@ -326,7 +326,7 @@ def pair_correspondences(
     """Padded ``(P, M, 2)`` batches of the shared tracks of every pair (at most ``cap``)."""
     gen = torch.Generator().manual_seed(seed)
     both = visible[:, pairs[:, 0]] & visible[:, pairs[:, 1]]  # (T, P)
-    key = torch.rand(both.shape, generator=gen) + (~both).float() * 2.0
+    key = torch.rand(both.shape, generator=gen).to(both.device) + (~both).float() * 2.0
     m = min(cap, int(both.sum(0).max()) if both.numel() else 0)
     order = key.argsort(0)[:m]  # (m, P) track indices, shared first in random order
     valid = torch.gather(both, 0, order).T  # (P, m)
@@ -1027,8 +1027,8 @@ def write_reconstruction(
     ``reconstruction.png`` of the registered images into ``out_dir`` (which must exist)."""
     import os
 
+    from sceneforge.core.atomic import atomic_dir, atomic_write_json
     from sceneforge.core.io_colmap import write_colmap
-    from sceneforge.core.io_common import atomic_write_bytes
     from sceneforge.core.io_nerfstudio import transforms_dict, write_ply_points
     from sceneforge.core.scene import Observations, SceneData
 
@@ -1047,26 +1047,16 @@ def write_reconstruction(
         ),
     )
     # Built in a temporary folder, then renamed: a crash never leaves a half-written model.
-    import shutil
-    import tempfile
-
-    (out_dir / "sparse").mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir / "sparse", prefix=".0.tmp-"))
-    try:
+    with atomic_dir(out_dir / run_files.SFM_MODEL_DIR) as tmp:
         write_colmap(scene, tmp)
-        if (out_dir / "sparse" / "0").exists():
-            shutil.rmtree(out_dir / "sparse" / "0")
-        os.replace(tmp, out_dir / "sparse" / "0")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     rel = [os.path.relpath(image_paths[i], out_dir) for i in reg.tolist()]
     # The sparse points travel with transforms.json (as nerfstudio's sparse_pc.ply): fields
     # trained on this folder fit their bounded box to them instead of to the cameras.
-    write_ply_points(out_dir / "sparse_pc.ply", scene.points, colors)
-    tj = transforms_dict(scene, rel, ply_file_path="sparse_pc.ply")
-    atomic_write_bytes(out_dir / "transforms.json", json.dumps(tj, indent=2).encode())
+    write_ply_points(out_dir / run_files.SPARSE_PC, scene.points, colors)
+    tj = transforms_dict(scene, rel, ply_file_path=run_files.SPARSE_PC)
+    atomic_write_json(out_dir / run_files.TRANSFORMS, tj)
     if write_png:
-        plot_reconstruction(rec, out_dir / "reconstruction.png", colors)
+        plot_reconstruction(rec, out_dir / run_files.RECONSTRUCTION_PNG, colors)
 
 
 def plot_reconstruction(
@@ -1080,7 +1070,7 @@ def plot_reconstruction(
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from sceneforge.core.io_common import atomic_write_bytes
+    from sceneforge.core.atomic import atomic_write_bytes
 
     reg = rec.registered
     wfc = rec.cameras.world_from_cam[reg].double()
@@ -1143,7 +1133,7 @@ def reconstruct(
     """
     from rich.console import Console
 
-    from sceneforge.core.io_common import atomic_write_bytes
+    from sceneforge.core.atomic import atomic_write_json
     from sceneforge.recon.features import FeaturesConfig
     from sceneforge.recon.matching import MatchingConfig
     from sceneforge.recon.tracking import TracksConfig, build_tracks, extract_features
@@ -1254,9 +1244,7 @@ def reconstruct(
     summary["skipped_non_image_files"] = skipped
     summary["config"] = asdict(cfg)
     summary["tracks"] = {"num_tracks": tracks.num_tracks, "mean_length": tracks.mean_length()}
-    atomic_write_bytes(
-        out_dir / "summary.json", json.dumps(summary, indent=2, default=str).encode()
-    )
+    atomic_write_json(out_dir / run_files.SFM_SUMMARY, summary, default=str)
     log(
         f"[green]registered {summary['num_registered']}/{summary['num_images']} images, "
         f"{summary['num_points']} points, {summary['mean_reproj_error_px']:.2f} px "

@@ -10,7 +10,6 @@ refused, strongest matches first.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
+from sceneforge.core.atomic import atomic_open
 
 
 class TracksError(ValueError):
@@ -113,16 +114,8 @@ class Tracks:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``.npz`` atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        os.close(fd)
-        try:
-            np.savez_compressed(tmp, **{k: getattr(self, k).numpy() for k in _FIELDS})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_open(path, "wb") as f:
+            np.savez_compressed(f, **{k: getattr(self, k).numpy() for k in _FIELDS})
 
     @staticmethod
     def load(path: str | os.PathLike) -> Tracks:

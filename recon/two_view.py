@@ -363,6 +363,7 @@ def _sample_indices(
     hypothesis that scores poorly.
     """
     u = torch.rand(counts.shape[0], num_hyp, k, generator=gen, dtype=torch.float64)
+    u = u.to(counts.device)  # a CPU generator may drive CUDA data
     idx = (u * counts[:, None, None].double()).floor().long()
     return torch.minimum(idx, (counts[:, None, None] - 1).clamp(min=0))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from jaxtyping import Bool, Float
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from sceneforge.core.atomic import atomic_open
 from sceneforge.core.scene import SceneDataError
 
 _log = logging.getLogger("sceneforge")
@@ -119,15 +119,11 @@ def write_image_atomic(path: str | os.PathLike, image: Float[Tensor, "H W C"] | 
         image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        Image.fromarray(image).save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:  # PIL's own error for a file name without a known image extension
+        raise ValueError(f"unknown file extension: {path.suffix.lower()}")
+    with atomic_open(path, "wb") as f:
+        Image.fromarray(image).save(f, format=fmt)
 
 
 def scan_folder(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:

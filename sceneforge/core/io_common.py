@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
-import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +20,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from sceneforge.core.atomic import atomic_dir
+from sceneforge.core.atomic import atomic_write_bytes as atomic_write_bytes  # re-exported
 from sceneforge.core.cameras import Cameras, convert_params, most_general_model
 from sceneforge.core.image_io import IMAGE_EXTENSIONS, ImageReadError, write_image_atomic
 from sceneforge.core.scene import SceneData, SceneDataError
@@ -180,7 +180,8 @@ def scene_sources(scene: SceneData) -> list[Path]:
 
 @contextmanager
 def atomic_output_dir(path: Path, scene: SceneData, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path`` that replaces ``path`` on success.
+    """Yield a temporary folder next to ``path`` that replaces ``path`` on success
+    (:func:`sceneforge.core.atomic.atomic_dir`).
 
     ``path`` may not exist yet or be empty; a non-empty one is replaced only with
     ``overwrite=True``, and never when the scene was read from inside it.
@@ -199,41 +200,8 @@ def atomic_output_dir(path: Path, scene: SceneData, overwrite: bool) -> Iterator
                     raise SceneDataError(
                         f"{path}: refusing to overwrite the folder the scene was read from ({src})"
                     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
+    with atomic_dir(path) as tmp:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, old)
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                os.replace(old, path)  # put the previous version back
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_images(scene: SceneData, images_dir: Path, names: list[str] | None = None) -> None:
