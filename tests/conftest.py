@@ -38,11 +38,11 @@ def one_thread():
 
 NS_ENTRY_POINTS = {
     "NERFSTUDIO_METHOD_CONFIGS": (
-        "sceneforge=sceneforge.ns_plugin:sceneforge_method,"
-        "sceneforge-complete=sceneforge.ns_complete:sceneforge_complete_method"
+        "sceneforge=sceneforge.nerfstudio.plugin:sceneforge_method,"
+        "sceneforge-complete=sceneforge.nerfstudio.complete:sceneforge_complete_method"
     ),
     "NERFSTUDIO_DATAPARSER_CONFIGS": (
-        "sceneforge-data=sceneforge.ns_dataparser:sceneforge_dataparser"
+        "sceneforge-data=sceneforge.nerfstudio.dataparser:sceneforge_dataparser"
     ),
 }
 
@@ -109,7 +109,7 @@ def ns_train(ns_run):
             "tensorboard",
             "--timestamp",
             timestamp,
-            "--pipeline.model.field.density-grid-resolution",
+            "--pipeline.model.nerf.field.density-grid-resolution",
             "32",
             "--pipeline.datamanager.train-num-rays-per-batch",
             "256",

@@ -51,8 +51,8 @@ def test_datamanager_samples_only_unmasked_pixels_and_needs_a_mask(
 ):
     for k in ("NERFSTUDIO_METHOD_CONFIGS", "NERFSTUDIO_DATAPARSER_CONFIGS"):
         monkeypatch.setenv(k, ns_env[k])
-    from sceneforge.ns_complete import CompletionDataManagerConfig
-    from sceneforge.ns_dataparser import SceneforgeDataParserConfig
+    from sceneforge.nerfstudio.complete import CompletionDataManagerConfig
+    from sceneforge.nerfstudio.dataparser import SceneforgeDataParserConfig
 
     scene_dir, box = removal
     train, fills = _fills(scene_dir, box)
@@ -67,7 +67,7 @@ def test_datamanager_samples_only_unmasked_pixels_and_needs_a_mask(
     in_fill = torch.stack(fills)[cam, y, x]
     assert batch["indices"].shape[0] == 4096 and not bool(in_fill.any())
     # one update (an untrained model): the holes are replaced and become trainable
-    from sceneforge.ns_plugin import SceneforgeModelConfig
+    from sceneforge.nerfstudio.plugin import SceneforgeModelConfig
 
     model = SceneforgeModelConfig().setup(
         scene_box=dm.train_dataset.scene_box,

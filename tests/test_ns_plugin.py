@@ -44,7 +44,7 @@ def test_dataparser_rays_match_ours(scene_dir, monkeypatch, ns_env):
     for k in ("NERFSTUDIO_METHOD_CONFIGS", "NERFSTUDIO_DATAPARSER_CONFIGS"):
         monkeypatch.setenv(k, ns_env[k])
     from sceneforge.core.io import load_scene
-    from sceneforge.ns_dataparser import SceneforgeDataParserConfig
+    from sceneforge.nerfstudio.dataparser import SceneforgeDataParserConfig
 
     parser = SceneforgeDataParserConfig(data=scene_dir).setup()
     out = parser.get_dataparser_outputs("train")
@@ -100,8 +100,8 @@ def test_learned_background_trains(tmp_path, monkeypatch, one_thread):
     from sceneforge.core.io import save_scene
     from sceneforge.core.metrics import psnr
     from sceneforge.core.synthetic import turntable_scene
-    from sceneforge.ns_dataparser import SceneforgeDataParserConfig
-    from sceneforge.ns_plugin import method_config
+    from sceneforge.nerfstudio.dataparser import SceneforgeDataParserConfig
+    from sceneforge.nerfstudio.plugin import method_config
 
     monkeypatch.setattr(lpip.LearnedPerceptualImagePatchSimilarity, "__init__", None)
     scene_dir = save_scene(turntable_scene(num_views=24, size=64), tmp_path / "scene")

@@ -224,6 +224,7 @@ def completed_run(tmp_path_factory):
     from sceneforge.core.synthetic import turntable_scene
     from sceneforge.fields.api import TrainConfig, train
     from sceneforge.fields.field import FieldConfig, TriPlaneConfig
+    from sceneforge.fields.nerf_model import NerfConfig
     from sceneforge.fields.sampling import SamplerConfig
     from sceneforge.fields.trainer import TrainerConfig
     from sceneforge.inpaint.complete import CompleteConfig, complete
@@ -240,14 +241,16 @@ def completed_run(tmp_path_factory):
         holdout_every=0,
         checkpoint_every=0,
         log_every=0,
-        sampler=SamplerConfig(num_samples=16, grid_resolution=16),
-        field=FieldConfig(
-            triplane=TriPlaneConfig(resolutions=(16, 32), features=4),
-            density_grid_resolution=32,
-            hidden_dim=16,
-            color_hidden_dim=16,
-            sh_degree=2,
-            appearance_dim=4,
+        nerf=NerfConfig(
+            sampler=SamplerConfig(num_samples=16, grid_resolution=16),
+            field=FieldConfig(
+                triplane=TriPlaneConfig(resolutions=(16, 32), features=4),
+                density_grid_resolution=32,
+                hidden_dim=16,
+                color_hidden_dim=16,
+                sh_degree=2,
+                appearance_dim=4,
+            ),
         ),
     )
     train(scene_dir, root / "run", TrainConfig(trainer=tcfg, save_eval_images=False))

@@ -3,20 +3,21 @@ inside ``ns-train``.
 
 Needs the ``[nerfstudio]`` extra. Registered through the ``nerfstudio.method_configs`` entry
 point ``sceneforge-complete``, or without installing
-``NERFSTUDIO_METHOD_CONFIGS=sceneforge-complete=sceneforge.ns_complete:sceneforge_complete_method``.
+``NERFSTUDIO_METHOD_CONFIGS=sceneforge-complete=sceneforge.nerfstudio.complete:
+sceneforge_complete_method``.
 
     ns-train sceneforge-complete --data SCENE_DIR \\
         --pipeline.datamanager.mask-box XMIN YMIN ZMIN XMAX YMAX ZMAX
 
-The model is :mod:`sceneforge.ns_plugin`'s; the datamanager (:class:`CompletionDataManager`)
-builds fill masks for the training images (a world box in the scene's own frame projected into
-every view, and/or a folder of per-image masks, white = fill), trains on the unmasked pixels
-only (the fill pixels are masked out of the pixel sampler), and after ``warmup_steps`` and then
-every ``update_every`` steps (``num_rounds`` times) renders the training views with the model,
-inpaints them jointly with our inpainter (multi-view by default; ``telea``; ``sd`` with a local
-model) and replaces the cached training images inside the fill masks (noise strength annealed
-across the rounds). Each update is written to ``<run dir>/datasets/vNNN/`` (atomic; the scene's
-files are never touched).
+The model is :mod:`sceneforge.nerfstudio.plugin`'s; the datamanager
+(:class:`CompletionDataManager`) builds fill masks for the training images (a world box in the
+scene's own frame projected into every view, and/or a folder of per-image masks, white = fill),
+trains on the unmasked pixels only (the fill pixels are masked out of the pixel sampler), and
+after ``warmup_steps`` and then every ``update_every`` steps (``num_rounds`` times) renders the
+training views with the model, inpaints them jointly with our inpainter (multi-view by default;
+``telea``; ``sd`` with a local model) and replaces the cached training images inside the fill
+masks (noise strength annealed across the rounds). Each update is written to
+``<run dir>/datasets/vNNN/`` (atomic; the scene's files are never touched).
 """
 
 from __future__ import annotations
@@ -44,22 +45,22 @@ try:
     from nerfstudio.utils.rich_utils import CONSOLE
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "sceneforge.ns_complete needs nerfstudio: install 'sceneforge[nerfstudio]' into its own "
-        "venv (nerfstudio pins numpy<2), e.g. python -m venv .venv-ns && "
+        "sceneforge.nerfstudio.complete needs nerfstudio: install 'sceneforge[nerfstudio]' into "
+        "its own venv (nerfstudio pins numpy<2), e.g. python -m venv .venv-ns && "
         ".venv-ns/bin/pip install -e '.[nerfstudio]'"
     ) from e
 
+from sceneforge.core import run_files
 from sceneforge.core.cameras import Cameras
-from sceneforge.core.diffusion import annealed_strength
 from sceneforge.core.image_io import read_image
 from sceneforge.fields.rendering import render_rays
 from sceneforge.fields.trainer import split_indices
 from sceneforge.inpaint.complete import CompleteConfig, make_inpainter
-from sceneforge.inpaint.dataset_update import inpaint_views, known_depth, write_dataset_version
 from sceneforge.inpaint.inpainters import Inpainter
 from sceneforge.inpaint.masks import box_fill_mask, dilate, read_fill_masks
-from sceneforge.ns_dataparser import SceneforgeDataParserConfig, scene_to_nerfstudio_frame
-from sceneforge.ns_plugin import SceneforgeModel, method_config
+from sceneforge.inpaint.rounds import RoundSettings, completion_round, write_dataset_version
+from sceneforge.nerfstudio.dataparser import SceneforgeDataParserConfig, scene_to_nerfstudio_frame
+from sceneforge.nerfstudio.plugin import SceneforgeModel, method_config
 
 
 @dataclass
@@ -212,7 +213,7 @@ class CompletionDataManager(VanillaDataManager):
             tc = attrs.trainer.config
             src = tc.load_dir or (tc.load_checkpoint.parent if tc.load_checkpoint else None)
             if start > 0 and src is not None:
-                self.restore(Path(src).parent / "datasets", start)
+                self.restore(Path(src).parent / run_files.DATASETS_DIR, start)
 
         def maybe_update(step: int) -> None:
             done = step + 1  # iterations finished after this step
@@ -239,7 +240,7 @@ class CompletionDataManager(VanillaDataManager):
         """
         c = self.config
         found = []
-        for m in sorted(datasets_dir.glob("v[0-9][0-9][0-9]/manifest.json")):
+        for m in sorted(datasets_dir.glob(f"v[0-9][0-9][0-9]/{run_files.DATASET_MANIFEST}")):
             info = json.loads(m.read_text())
             if int(info.get("step", -1)) <= start_step:
                 found.append((int(info["version"]), m.parent, info))
@@ -257,15 +258,17 @@ class CompletionDataManager(VanillaDataManager):
         names = [Path(self.scene.image_names[i]).with_suffix(".png").name for i in self.train_idx]
         if info.get("images") != names:
             raise ValueError(
-                f"{folder / 'manifest.json'}: its images do not match this run's training images"
+                f"{folder / run_files.DATASET_MANIFEST}: its images do not match this run's "
+                "training images"
             )
         batch = self.train_image_dataloader.cached_collated_batch
         for j, name in enumerate(names):
-            saved = read_image(folder / "images" / name)
+            path = folder / run_files.DATASET_IMAGES_DIR / name
+            saved = read_image(path)
             f = self.fill[j]
             if saved.shape[:2] != f.shape:
                 raise ValueError(
-                    f"{folder / 'images' / name}: size {tuple(saved.shape[:2])} "
+                    f"{path}: size {tuple(saved.shape[:2])} "
                     f"does not match the training image {tuple(f.shape)}"
                 )
             pos = self._pos(batch, j)
@@ -311,7 +314,7 @@ class CompletionDataManager(VanillaDataManager):
                 r = render_rays(
                     model.field,
                     model.grid,
-                    model.config.sampler,
+                    model.config.nerf.sampler,
                     o_ns[sl].float().to(dev),
                     d_ns[sl].float().to(dev),
                     None,
@@ -332,69 +335,76 @@ class CompletionDataManager(VanillaDataManager):
 
     @torch.no_grad()
     def inpaint_update(self, model: SceneforgeModel, step: int) -> int:
-        """Render the training views with holes, inpaint them jointly, replace them."""
+        """Render the training views with holes, inpaint them jointly, replace them (one
+        :func:`~sceneforge.inpaint.rounds.completion_round`, as in our own trainer)."""
         c = self.config
-        views = [j for j, f in enumerate(self.fill) if bool(f.any())]
-        strength = annealed_strength(self.round, c.num_rounds, c.strength_start, c.strength_end)
-        renders, depths = [], []
-        for j in views:
-            r = self.render_view(model, j)
-            renders.append(r["rgb"])
-            depths.append(
-                known_depth(
-                    r["depth"], r["accumulation"], c.accumulation_threshold, c.empty_threshold
-                )
-            )
-        if not _same_shapes(renders):
-            raise ValueError("sceneforge-complete needs training images of one size")
-        render, depth = torch.stack(renders), torch.stack(depths)
-        fill = torch.stack([self.fill[j] for j in views])
-        originals = torch.stack([self._originals[j] for j in views])
-        images, _ = inpaint_views(
+        res = completion_round(
+            _NerfstudioRound(self, model),
             self.inpainter,
-            render,
-            originals,
-            fill,
-            depth,
-            self.cameras[views],
+            list(range(len(self.fill))),
+            self.fill,
+            self._originals,
+            self.cameras,
+            RoundSettings(
+                c.num_rounds,
+                c.strength_start,
+                c.strength_end,
+                c.accumulation_threshold,
+                c.empty_threshold,
+            ),
+            self.round,
+            step,
+            [self.scene.image_names[i] for i in self.train_idx],
             c.prompt or None,
-            strength,
+            versions_dir=self.out_dir / run_files.DATASETS_DIR
+            if self.out_dir is not None and c.write_versions
+            else None,
         )
-        batch = self.train_image_dataloader.cached_collated_batch
+        if res is None:
+            return self.version
+        self.round += 1
+        self.history.append(res.info)
+        return self.version
+
+    def write_version(self, info: dict) -> Path:
+        """Write the current training images to ``<run dir>/datasets/vNNN`` atomically."""
+        return write_dataset_version(
+            self.out_dir / run_files.DATASETS_DIR,
+            self.version,
+            [self.scene.image_names[i] for i in self.train_idx],
+            _NerfstudioRound(self, None).images(),
+            {**info, "fill_pixels": [int(f.sum()) for f in self.fill]},
+        )
+
+
+class _NerfstudioRound:
+    """The completion round's view of the datamanager (:class:`~sceneforge.inpaint.rounds.
+    RoundTarget`): renders with the ns model, writes into the cached training batch."""
+
+    def __init__(self, dm: CompletionDataManager, model: SceneforgeModel) -> None:
+        self.dm, self.model = dm, model
+
+    def render(self, j: int) -> dict[str, Tensor]:
+        return self.dm.render_view(self.model, j)
+
+    def apply(self, views: list[int], images: Tensor, fill: Tensor) -> int:
+        dm = self.dm
+        batch = dm.train_image_dataloader.cached_collated_batch
         for k, j in enumerate(views):
-            pos = self._pos(batch, j)
+            pos = dm._pos(batch, j)
             img = batch["image"][pos]
             new = images[k].to(img)
             if img.shape[-1] == 4:  # RGBA capture: the filled pixels become opaque
                 alpha = torch.where(fill[k, ..., None].to(img.device), 1.0, img[..., 3:])
                 new = torch.cat([new, alpha.to(img)], -1)
             batch["image"][pos] = new
-        self._set_masks(batch, self._usable(filled=True))
-        self.round += 1
-        self.version += 1
-        info = {
-            "version": self.version,
-            "step": step,
-            "round": self.round,
-            "strength": strength,
-            "views": [self.scene.image_names[self.train_idx[j]] for j in views],
-            "inpainter": self.inpainter.name,
-        }
-        self.history.append(info)
-        if self.out_dir is not None and c.write_versions:
-            self.write_version(info)
-        return self.version
+        dm._set_masks(batch, dm._usable(filled=True))
+        dm.version += 1
+        return dm.version
 
-    def write_version(self, info: dict) -> Path:
-        """Write the current training images to ``<run dir>/datasets/vNNN`` atomically."""
-        batch = self.train_image_dataloader.cached_collated_batch
-        return write_dataset_version(
-            self.out_dir / "datasets",
-            self.version,
-            [self.scene.image_names[i] for i in self.train_idx],
-            [self._image(batch, j) for j in range(len(self.train_idx))],
-            {**info, "fill_pixels": [int(f.sum()) for f in self.fill]},
-        )
+    def images(self) -> list[Tensor]:
+        batch = self.dm.train_image_dataloader.cached_collated_batch
+        return [self.dm._image(batch, j) for j in range(len(self.dm.train_idx))]
 
 
 def _same_shapes(ts: list[Tensor]) -> bool:

@@ -2,8 +2,8 @@
 
 A module of its own, importing only nerfstudio's camera / dataparser modules: nerfstudio
 discovers dataparser plugins while ``nerfstudio.data.datamanagers`` is still being imported,
-so this module must not import datamanagers, models or pipelines (``sceneforge.ns_plugin``
-holds the ``ns-train`` method and re-exports everything here).
+so this module must not import datamanagers, models or pipelines
+(``sceneforge.nerfstudio.plugin`` holds the ``ns-train`` method and re-exports everything here).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ try:
     from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "sceneforge.ns_dataparser needs nerfstudio: install 'sceneforge[nerfstudio]' into its "
-        "own venv (nerfstudio pins numpy<2), e.g. python -m venv .venv-ns && "
+        "sceneforge.nerfstudio.dataparser needs nerfstudio: install 'sceneforge[nerfstudio]' into "
+        "its own venv (nerfstudio pins numpy<2), e.g. python -m venv .venv-ns && "
         ".venv-ns/bin/pip install -e '.[nerfstudio]'"
     ) from e
 

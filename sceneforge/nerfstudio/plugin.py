@@ -1,10 +1,11 @@
-"""nerfstudio plugin: our radiance field as an ``ns-train`` method (dataparser: ns_dataparser).
+"""nerfstudio plugin: our radiance field as an ``ns-train`` method (dataparser: ``dataparser``).
 
 Needs the ``[nerfstudio]`` extra (nerfstudio 1.1.5, which pins numpy<2: install it into its own
 venv). Registered through the ``nerfstudio.method_configs`` (``sceneforge``) and
 ``nerfstudio.dataparser_configs`` (``sceneforge-data``) entry points, or, without installing,
-``NERFSTUDIO_METHOD_CONFIGS=sceneforge=sceneforge.ns_plugin:sceneforge_method`` and
-``NERFSTUDIO_DATAPARSER_CONFIGS=sceneforge-data=sceneforge.ns_dataparser:sceneforge_dataparser``.
+``NERFSTUDIO_METHOD_CONFIGS=sceneforge=sceneforge.nerfstudio.plugin:sceneforge_method`` and
+``NERFSTUDIO_DATAPARSER_CONFIGS=sceneforge-data=sceneforge.nerfstudio.dataparser:
+sceneforge_dataparser``.
 
 ``ns-train sceneforge --data SCENE_DIR`` reads any scene folder :func:`sceneforge.core.io.
 load_scene` reads (COLMAP, transforms.json, LLFF), trains :class:`~sceneforge.fields.field.
@@ -38,16 +39,22 @@ try:
     from nerfstudio.plugins.types import MethodSpecification
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "sceneforge.ns_plugin needs nerfstudio: install 'sceneforge[nerfstudio]' into its own "
-        "venv (nerfstudio pins numpy<2), e.g. python -m venv .venv-ns && "
+        "sceneforge.nerfstudio.plugin needs nerfstudio: install 'sceneforge[nerfstudio]' into its "
+        "own venv (nerfstudio pins numpy<2), e.g. python -m venv .venv-ns && "
         ".venv-ns/bin/pip install -e '.[nerfstudio]'"
     ) from e
 
-from sceneforge.fields.field import FieldConfig, RadianceField, SceneBox
+from sceneforge.fields.datasets import border_color
+from sceneforge.fields.field import SceneBox
+from sceneforge.fields.nerf_model import (
+    NerfConfig,
+    build_nerf_parts,
+    nerf_param_groups,
+    nerf_regularizers,
+)
 from sceneforge.fields.rendering import RenderConfig, background_color, render_rays
-from sceneforge.fields.sampling import OccupancyGrid, SamplerConfig
-from sceneforge.fields.trainer import density_tv
-from sceneforge.ns_dataparser import (
+from sceneforge.fields.trainer import lr_decay_factor
+from sceneforge.nerfstudio.dataparser import (
     SceneforgeDataParser,
     SceneforgeDataParserConfig,
     nerfstudio_cameras,
@@ -63,18 +70,16 @@ class SceneforgeModelConfig(ModelConfig):
     """Our radiance field (tri-plane / hash encoding, explicit density grid on CPU)."""
 
     _target: type = dataclasses.field(default_factory=lambda: SceneforgeModel)
-    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
-    """Field architecture (``density_grid_resolution`` 0 = from the longest image side, as in
-    our trainer, when the dataparser reports it (``sceneforge-data``), else 128)."""
-    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
-    """Ray sampling / occupancy grid."""
+    nerf: NerfConfig = dataclasses.field(default_factory=NerfConfig)
+    """Our NeRF model's settings, as in ``sceneforge train --trainer.nerf.*`` (field
+    ``density_grid_resolution`` 0 = from the longest image side when the dataparser reports
+    it (``sceneforge-data``), else 128). Its ``lr`` / ``grid_lr`` are our trainer's: ns-train
+    takes the optimisers' (``--optimizers.fields.optimizer.lr`` ...), which default to them."""
     render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
     """Compositing and background."""
     contract: bool | None = None
     """Contract space outside ``[-1, 1]^3``; None = from the dataparser (ours says), else
     True."""
-    density_tv_weight: float = 0.0
-    """Total-variation weight on the explicit density grid."""
     seed: int = 0
     """Seed of the sampler's random generator."""
 
@@ -93,16 +98,10 @@ class SceneforgeModel(Model):
             contract = bool(meta.get("contract", True))
         aabb = self.scene_box.aabb.float().clone()
         box = SceneBox(aabb, contract=contract)
-        fcfg = cfg.field
-        if fcfg.density_grid_resolution <= 0:
-            side = (self.kwargs.get("metadata") or {}).get("max_image_side")
-            n = int(min(256, max(64, round(side / 16) * 16))) if side else 128
-            fcfg = dataclasses.replace(fcfg, density_grid_resolution=n)
+        side = (self.kwargs.get("metadata") or {}).get("max_image_side")
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.field = RadianceField(fcfg, box, self.num_train_data, device)
-        extent = float((aabb[1] - aabb[0]).norm())
-        ref = extent / (cfg.sampler.num_samples / 2 if contract else cfg.sampler.num_samples)
-        self.grid = OccupancyGrid(cfg.sampler, ref)
+        # the same pieces as our trainer's NerfModel (nerfstudio moves the module itself)
+        self.field, self.grid = build_nerf_parts(cfg.nerf, box, self.num_train_data, device, side)
         self.bg_param = torch.nn.Parameter(torch.zeros(3))
         self._generator = torch.Generator().manual_seed(cfg.seed)
 
@@ -110,17 +109,17 @@ class SceneforgeModel(Model):
         self.field.box.aabb = self.field.box.aabb.to(self.device)
 
     def get_param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
-        grid = [p for n, p in self.field.named_parameters() if n == "density_grid"]
-        rest = [p for n, p in self.field.named_parameters() if n != "density_grid"]
-        if self.config.render.background == "learned":
-            grid.append(self.bg_param)
-        return {"fields": rest, "density_grid": grid}
+        learned = self.config.render.background == "learned"
+        groups = nerf_param_groups(self.config.nerf, self.field, self.bg_param if learned else None)
+        out = {g["name"]: g["params"] for g in groups}
+        out.setdefault("density_grid", [])  # method_config names both optimisers
+        return out
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
     ) -> list[TrainingCallback]:
         def update_grid(step: int) -> None:
-            if step % self.config.sampler.grid_update_every == 0:
+            if step % self.config.nerf.sampler.grid_update_every == 0:
                 self._sync_box()
                 self.grid.update(self.field.density_normalized, step, self._generator)
 
@@ -150,28 +149,30 @@ class SceneforgeModel(Model):
     def init_background(self, dataset, max_images: int = 16) -> Tensor:
         """Start the learned background at the median border colour of the training images.
 
-        As our trainer does. Starting at ``sigmoid(0)`` (grey) instead, the first steps on a
-        black-background scene drive the density grid towards empty space and the field never
-        recovers (18 dB instead of 25 dB held out). Masked-out and transparent pixels are
-        skipped; returns the colour (grey when no border pixel is usable).
+        As our trainer does (:func:`~sceneforge.fields.datasets.border_color`, on up to
+        ``max_images`` evenly spread images). Starting at ``sigmoid(0)`` (grey) instead, the
+        first steps on a black-background scene drive the density grid towards empty space and
+        the field never recovers (18 dB instead of 25 dB held out). Masked-out and transparent
+        pixels are skipped; returns the colour (grey when no border pixel is usable).
         """
         n = len(dataset)
-        cols = []
-        for j in sorted({round(k * (n - 1) / max(max_images - 1, 1)) for k in range(max_images)}):
-            if j >= n:
-                continue
-            data = dataset[j]
-            img = data["image"].float()
-            ok = torch.ones(img.shape[:2], dtype=torch.bool)
-            if "mask" in data:
-                ok &= data["mask"].reshape(img.shape[:2]).bool().cpu()
-            if img.shape[-1] == 4:
-                ok &= img[..., 3].cpu() > 0.5
-            img = img[..., :3].cpu()
-            for sl in ((0, slice(None)), (-1, slice(None)), (slice(None), 0), (slice(None), -1)):
-                cols.append(img[sl][ok[sl]])
-        c = torch.cat(cols) if cols else torch.empty(0, 3)
-        color = c.median(0).values if c.numel() else torch.full((3,), 0.5)
+
+        def views():
+            for j in sorted(
+                {round(k * (n - 1) / max(max_images - 1, 1)) for k in range(max_images)}
+            ):
+                if j >= n:
+                    continue
+                data = dataset[j]
+                img = data["image"].float()
+                ok = torch.ones(img.shape[:2], dtype=torch.bool)
+                if "mask" in data:
+                    ok &= data["mask"].reshape(img.shape[:2]).bool().cpu()
+                if img.shape[-1] == 4:
+                    ok &= img[..., 3].cpu() > 0.5
+                yield img[..., :3].cpu(), ok
+
+        color = border_color(views())
         self.bg_param.copy_(torch.logit(color.clamp(0.02, 0.98)).to(self.bg_param))
         return color
 
@@ -192,7 +193,7 @@ class SceneforgeModel(Model):
         out = render_rays(
             self.field,
             self.grid,
-            self.config.sampler,
+            self.config.nerf.sampler,
             o,
             d,
             idx,
@@ -225,8 +226,7 @@ class SceneforgeModel(Model):
             m = batch["mask"].to(self.device).reshape(rgb.shape[:-1]).bool()
             rgb, target = rgb[m], target[m]
         loss = {"rgb_loss": (rgb - target).pow(2).mean()}
-        if self.config.density_tv_weight > 0 and self.field.density_kind == "grid":
-            loss["density_tv"] = self.config.density_tv_weight * density_tv(self.field.density_grid)
+        loss.update(nerf_regularizers(self.config.nerf, self.field))
         return loss
 
     def get_image_metrics_and_images(
@@ -268,13 +268,13 @@ class DecayScheduler(Scheduler):
         cfg = self.config
 
         def factor(step: int) -> float:
-            return float(cfg.final_factor ** min(step / max(cfg.max_steps, 1), 1.0))
+            return lr_decay_factor(step, cfg.max_steps, cfg.final_factor)
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
 
 
-FIELD_LR = 1e-2
-GRID_LR = 0.1
+FIELD_LR = NerfConfig.lr
+GRID_LR = NerfConfig.grid_lr
 
 
 def method_config(max_steps: int = 3000) -> NSTrainerConfig:

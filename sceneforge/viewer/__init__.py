@@ -1,0 +1,73 @@
+"""Browser viewer (viser): training cameras, sparse points, field renders and scene edits.
+
+``view(path, ViewerConfig())`` serves a scene folder or a run folder on localhost:
+
+- training cameras as frustums carrying image thumbnails, and the sparse points in colour;
+- a radiance field rendered from the browser's camera when the run holds a trained field:
+  progressive, a small preview (``preview_px`` on the long side) right after every camera
+  move, then sharper passes while the camera rests (:class:`ProgressiveRenderer`);
+- thumbnails switchable between original images, masks and completed images (when a
+  completion run wrote them);
+- a 3D box (translation gizmo + size sliders) whose ``--mask-box xmin ymin zmin xmax ymax zmax``
+  string, the one ``sceneforge complete`` takes, is shown in the panel and written to
+  ``mask_box.txt`` in the run folder.
+
+Modules: :mod:`.app` (the server and ``sceneforge view``), :mod:`.config` (settings),
+:mod:`.run_folder` (what a folder holds), :mod:`.progressive` (field rendering),
+:mod:`.cameras` (browser <-> sceneforge cameras), :mod:`.images` (thumbnails) and
+:mod:`.mask_box`. viser and torch are imported lazily, so importing this package (the CLI
+does, for ``sceneforge view --help``) costs neither.
+"""
+
+from __future__ import annotations
+
+from sceneforge.viewer.app import Viewer, view
+from sceneforge.viewer.cameras import (
+    ViewCamera,
+    frustum_pose,
+    render_size,
+    scene_extent,
+    scene_up,
+    vertical_fov,
+)
+from sceneforge.viewer.config import VISER_REQUIREMENT, ViewerConfig, import_viser
+from sceneforge.viewer.images import fill_preview, mask_preview
+from sceneforge.viewer.mask_box import MASK_BOX_FILE, MaskBox
+from sceneforge.viewer.progressive import ProgressiveRenderer, RaysRenderer, resolution_levels
+from sceneforge.viewer.run_folder import (
+    FieldSource,
+    ImageSet,
+    RunContents,
+    find_field,
+    find_image_sets,
+    find_run,
+    find_scene,
+)
+
+__all__ = [
+    "MASK_BOX_FILE",
+    "VISER_REQUIREMENT",
+    "FieldSource",
+    "ImageSet",
+    "MaskBox",
+    "ProgressiveRenderer",
+    "RaysRenderer",
+    "RunContents",
+    "ViewCamera",
+    "Viewer",
+    "ViewerConfig",
+    "fill_preview",
+    "find_field",
+    "find_image_sets",
+    "find_run",
+    "find_scene",
+    "frustum_pose",
+    "import_viser",
+    "mask_preview",
+    "render_size",
+    "resolution_levels",
+    "scene_extent",
+    "scene_up",
+    "vertical_fov",
+    "view",
+]

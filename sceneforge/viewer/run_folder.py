@@ -1,0 +1,185 @@
+"""What the viewer shows of a folder: the scene, a run's trained field and the image sets a
+completion run wrote (file names from :mod:`sceneforge.core.run_files`)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sceneforge.core import run_files
+from sceneforge.viewer.config import ViewerConfig
+from sceneforge.viewer.progressive import RaysRenderer
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from sceneforge.core.scene import SceneData
+
+
+@dataclass
+class FieldSource:
+    """A trained field that can render rays, or the reason there is none."""
+
+    render_rays: RaysRenderer | None
+    status: str
+    """One line for the panel: what was loaded, or why nothing was."""
+    trainer: object | None = None
+    """The restored :class:`~sceneforge.fields.trainer.Trainer` when loaded from a run."""
+
+    @property
+    def available(self) -> bool:
+        return self.render_rays is not None
+
+
+@dataclass
+class ImageSet:
+    """A named set of per-camera images for the frustum thumbnails (e.g. a completion version).
+
+    ``paths[i]`` is camera i's image file, or None where the set has none.
+    """
+
+    name: str
+    paths: list[Path | None]
+
+
+@dataclass
+class RunContents:
+    """What the viewer found in a folder."""
+
+    root: Path
+    scene: SceneData
+    field: FieldSource
+    image_sets: list[ImageSet] = dc_field(default_factory=list)
+
+
+def find_scene(path: Path) -> SceneData:
+    """The posed scene of ``path``: the folder itself when it is a scene (any format
+    :func:`load_scene` reads), else the scene a fields run names in ``source.json``."""
+    import json
+
+    from sceneforge.core.io import detect_format, load_scene
+    from sceneforge.core.scene import SceneDataError
+
+    src = path / run_files.SOURCE
+    if path.is_dir() and src.is_file() and not (path / run_files.TRANSFORMS).is_file():
+        try:
+            scene_dir = Path(json.loads(src.read_text())["scene_dir"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise SceneDataError(f"{src}: not a run's source file ({e})") from e
+        if not scene_dir.exists():
+            raise SceneDataError(f"{src}: names scene folder {scene_dir}, which does not exist")
+        return load_scene(scene_dir)
+    try:
+        detect_format(path)
+    except SceneDataError as e:
+        raise SceneDataError(
+            f"{e}; nor is it a run folder (no source.json naming the scene it was trained on)"
+        ) from e
+    return load_scene(path)
+
+
+def find_field(path: Path, scene: SceneData, device: str = "auto") -> FieldSource:
+    """The trained field of a run folder (``checkpoint.pt``), or why there is none.
+
+    Rendering goes through :meth:`sceneforge.fields.trainer.Trainer.render_rays` with the
+    checkpoint's own settings (background, sampler); calls are serialised by a lock since
+    every browser tab renders from its own thread.
+    """
+    ckpt = path / run_files.CHECKPOINT
+    if not path.is_dir() or not ckpt.is_file():
+        return FieldSource(None, f"no trained field (no {run_files.CHECKPOINT} in {path})")
+    from sceneforge.fields.trainer import Trainer
+
+    tr = Trainer.from_checkpoint(
+        ckpt, scene, None, progress=False, tensorboard=False, device=device
+    )
+    lock = threading.Lock()
+
+    def render_rays(o: Tensor, d: Tensor, z: Tensor, num_samples: int | None = None) -> Tensor:
+        # the mean appearance (image index -1); num_samples caps the preview's samples per ray
+        with lock:
+            return tr.render_rays(o, d, z, num_samples=num_samples)["rgb"]
+
+    status = f"field: {ckpt.name}, step {tr.step}"
+    ev = path / run_files.EVAL
+    if ev.is_file():
+        import json
+
+        try:
+            psnr = float(json.loads(ev.read_text())["psnr"])
+            status += f", held-out PSNR {psnr:.2f} dB"
+        except (ValueError, KeyError, TypeError):
+            pass  # eval.json is informative only
+    return FieldSource(render_rays, status, tr)
+
+
+def find_image_sets(path: Path, scene: SceneData) -> list[ImageSet]:
+    """Image sets a completion run (``sceneforge complete``) wrote into ``path``.
+
+    ``masks/<stem>.png`` (fill masks, white = filled) as ``fill mask``, every dataset version
+    ``datasets/vNNN/images`` (the images the completed field trained on) as
+    ``completed vNNN``, and ``renders/<stem>.png`` as ``completed render``.
+    """
+    import json
+
+    from sceneforge.core.scene import SceneDataError
+
+    if not (path / run_files.COMPLETE_INFO).is_file():
+        return []
+    stems = [Path(n).stem for n in scene.image_names]
+
+    def by_stem(folder: Path, name: str) -> ImageSet | None:
+        paths = [folder / f"{s}.png" for s in stems]
+        paths = [p if p.is_file() else None for p in paths]
+        return ImageSet(name, paths) if any(p is not None for p in paths) else None
+
+    sets = [by_stem(path / run_files.MASKS_DIR, "fill mask")]
+    datasets = path / run_files.DATASETS_DIR
+    versions = sorted(datasets.glob("v[0-9]*")) if datasets.is_dir() else []
+    for v in versions:
+        man = v / run_files.DATASET_MANIFEST
+        try:
+            names = set(json.loads(man.read_text())["images"]) if man.is_file() else None
+        except (ValueError, KeyError, TypeError) as e:
+            raise SceneDataError(f"{man}: unreadable dataset manifest ({e})") from e
+        paths = []
+        for n in scene.image_names:
+            f = Path(n).with_suffix(".png").name
+            p = v / run_files.DATASET_IMAGES_DIR / f
+            paths.append(p if p.is_file() and (names is None or f in names) else None)
+        if any(p is not None for p in paths):
+            sets.append(ImageSet(f"completed {v.name}", paths))
+    sets.append(by_stem(path / run_files.RENDERS_DIR, "completed render"))
+    return [s for s in sets if s is not None]
+
+
+def find_run(path: str | Path, cfg: ViewerConfig | None = None) -> RunContents:
+    """Scene, field and image sets of a run folder or a plain scene folder."""
+    from sceneforge.core.scene import SceneDataError
+
+    cfg = cfg or ViewerConfig()
+    path = Path(path)
+    if not path.exists():
+        raise SceneDataError(f"{path}: folder does not exist")
+    scene = find_scene(path)
+    fld = (
+        find_field(path, scene, cfg.device)
+        if cfg.field
+        else FieldSource(None, "field rendering off (--no-field)")
+    )
+    sets = find_image_sets(path, scene) if path.is_dir() else []
+    return RunContents(path, scene, fld, sets)
+
+
+__all__ = [
+    "FieldSource",
+    "ImageSet",
+    "RunContents",
+    "find_field",
+    "find_image_sets",
+    "find_run",
+    "find_scene",
+]
