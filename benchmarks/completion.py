@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from sceneforge.core.metrics import psnr, ssim
 from sceneforge.core.synthetic import SyntheticSceneConfig
+from sceneforge.fields.nerf_model import NerfConfig
 from sceneforge.fields.sampling import SamplerConfig
 from sceneforge.fields.trainer import TrainerConfig
 from sceneforge.inpaint.complete import CompleteConfig, complete_scene
@@ -173,7 +174,7 @@ def run_method(rs, fill, method: str, args, out_root: Path) -> dict:
         scene_box=args.scene_box,
         # low alpha threshold: works around the occupancy grid emptying itself at its first
         # update when the initial density is uniform (fields issue, reported)
-        sampler=SamplerConfig(num_samples=args.samples, grid_alpha_threshold=1e-3),
+        nerf=NerfConfig(sampler=SamplerConfig(num_samples=args.samples, grid_alpha_threshold=1e-3)),
     )
     t0, c0 = time.perf_counter(), time.process_time()
     trainer, _ = complete_scene(rs.scene, fill, out_root / method, cfg, tcfg)

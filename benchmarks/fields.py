@@ -76,11 +76,11 @@ def blowtorch_setup(downscale: int) -> tuple:
         tensorboard=False,
         num_threads=1,
     )
-    cfg.field.appearance_dim = 8
+    cfg.nerf.field.appearance_dim = 8
     # LLFF near bounds are 1.5-5.6 (one image 0.69): starting rays at 1.0 instead of 0.05
     # removes near-camera floaters (held-out PSNR 15.58 -> 15.82 at 60 CPU s, 15.4 -> 15.68
     # at 120 s; foreground 15.59 -> 16.01 and 14.9 -> 15.41).
-    cfg.sampler.near = 1.0
+    cfg.nerf.sampler.near = 1.0
     # Cameras are 2.6-6.5 from the focus; a half-size box (cameras in the contracted part)
     # gives the object twice the grid resolution: with near 1.0, 15.82 -> 16.15 at 60 s
     # (foreground 16.01 -> 15.64) and 15.68 -> 15.99 at 120 s (foreground 15.41 -> 15.89).
@@ -90,7 +90,7 @@ def blowtorch_setup(downscale: int) -> tuple:
     # corrected 17.50; with weight 1e-3 / 3e-3 / 1e-2 / 3e-2 / 1e-1: 16.34 / 16.45 / 16.54 /
     # 16.93 / 17.12, corrected 18.07 / 18.29 / 18.53 / 18.66 / 18.69), and with it held-out
     # PSNR keeps rising with training (1e-2: 16.54 -> 16.75 dB from step 600 to 2000).
-    cfg.density_tv_weight = 0.03
+    cfg.nerf.density_tv_weight = 0.03
     return scene, cfg
 
 
@@ -106,14 +106,14 @@ def blowtorch_object_setup(downscale: int, mask_weight: float = 0.05) -> tuple:
     cfg.scene_box = "auto"  # object_masks: the masks' visual hull
     cfg.inner_scale = 1.0
     cfg.render.background = "black"
-    # cfg.field.density_grid_init stays 0 (auto): object_masks picks 0.01. The bounded default
+    # cfg.nerf.field.density_grid_init stays 0 (auto): object_masks picks 0.01. The bounded default
     # (0.05 per voxel) fills the box with opaque grey fog; most of the box is black background
     # here, so the colour head is driven to black everywhere, its sigmoid saturates and it
     # never recovers (all-black renders, 11.6 dB foreground at 150-1000 steps, with or
     # without the mask loss). 0.01 keeps rays transparent enough.
     # the object's grid needs less smoothing (foreground 20.18 dB at 1000 steps with 1e-3,
     # 20.05 with 1e-2, 19.88 without)
-    cfg.density_tv_weight = 1e-3
+    cfg.nerf.density_tv_weight = 1e-3
     # ~14 steps per CPU second (16 samples/ray): a longer decay horizon uses the 10-min budget
     # (foreground 20.18 / 20.33 / 20.45 dB at steps 1000 / 1500 / 2500 with max_steps 5000)
     cfg.max_steps = 10000
@@ -154,7 +154,7 @@ def run(name: str, scene, cfg: TrainerConfig, budgets: list[float], prepare=None
             "setup_cpu_s": round(setup_s, 1),
             "num_train_images": len(tr.train_indices),
             "num_eval_images": ev["num_eval_images"],
-            "image_size": list(tr.dataset.shapes[0]),
+            "image_size": list(tr.view_shape(0)),
         }
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -56,8 +56,8 @@ def make_config(method: str, scene_dir: Path, out: Path, max_steps: int):
     from nerfstudio.configs.method_configs import method_configs
     from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 
-    from sceneforge.ns_dataparser import SceneforgeDataParserConfig
-    from sceneforge.ns_plugin import method_config
+    from sceneforge.nerfstudio.dataparser import SceneforgeDataParserConfig
+    from sceneforge.nerfstudio.plugin import method_config
 
     if method == "sceneforge":
         cfg = method_config(max_steps)

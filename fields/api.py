@@ -12,8 +12,6 @@ import dataclasses
 import importlib.util
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,20 @@ from typing import Literal
 
 import torch
 
+from sceneforge.core.atomic import atomic_write_json
 from sceneforge.core.cameras import Cameras
+from sceneforge.core.run_files import (
+    CHECKPOINT,
+    CONFIG,
+    DEPTH_DIR,
+    EVAL,
+    EVAL_DIR,
+    FRAMES_DIR,
+    HISTORY,
+    RENDER_INFO,
+    SOURCE,
+    VIDEO,
+)
 from sceneforge.core.scene import SceneData
 from sceneforge.fields.trainer import (
     CheckpointError,
@@ -39,6 +50,9 @@ class TrainConfig:
     """Training steps (overrides ``trainer.max_steps``; also sets the learning-rate decay)."""
     max_seconds: float | None = None
     """Training time budget in seconds (overrides ``trainer.max_seconds``)."""
+    device: str | None = None
+    """Torch device: auto (CUDA when available), cpu, cuda, cuda:N (overrides
+    ``trainer.device``; a resumed run keeps its own unless this is given)."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     """Trainer settings (steps, time budget, field, sampler, ...)."""
     resume: bool = True
@@ -64,14 +78,8 @@ class RenderConfig:
     """Also write ``video.mp4`` (``video.gif`` when no mp4 writer is installed)."""
     depth: bool = True
     """Also write colour-mapped depth frames."""
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    device: str | None = None
+    """Torch device: auto, cpu, cuda, cuda:N (default: the run's)."""
 
 
 def _load(scene_dir: str | Path) -> SceneData:
@@ -97,6 +105,8 @@ def train(
         overrides["max_steps"] = config.max_steps
     if config.max_seconds is not None:
         overrides["max_seconds"] = config.max_seconds
+    if config.device is not None:
+        overrides["device"] = config.device
     if overrides:
         config = dataclasses.replace(
             config, trainer=dataclasses.replace(config.trainer, **overrides)
@@ -107,7 +117,7 @@ def train(
         if scene_dir is None:
             raise ValueError("train needs a scene folder or an in-memory scene")
         scene = _load(scene_dir)
-    ckpt = out / "checkpoint.pt"
+    ckpt = out / CHECKPOINT
     t0 = time.perf_counter()
     if config.resume and ckpt.exists():
         trainer = Trainer.from_checkpoint(
@@ -117,17 +127,18 @@ def train(
             max_steps=config.trainer.max_steps,
             max_seconds=config.trainer.max_seconds,
             progress=config.trainer.progress,
+            **({"device": config.device} if config.device is not None else {}),
         )
     else:
         trainer = Trainer(scene, config.trainer, out)
-    write_json_atomic(out / "config.json", config_to_dict(trainer.cfg))
+    atomic_write_json(out / CONFIG, config_to_dict(trainer.config))
     if scene_dir is not None:
-        write_json_atomic(out / "source.json", {"scene_dir": str(Path(scene_dir).resolve())})
+        atomic_write_json(out / SOURCE, {"scene_dir": str(Path(scene_dir).resolve())})
     last = trainer.train()
     trainer.save_checkpoint(ckpt)
     train_s = time.perf_counter() - t0
     if trainer.eval_indices:
-        res = trainer.evaluate(save_dir=out / "eval" if config.save_eval_images else None)
+        res = trainer.evaluate(save_dir=out / EVAL_DIR if config.save_eval_images else None)
     else:
         res = {"psnr": math.nan, "ssim": math.nan, "num_eval_images": 0, "steps": trainer.step}
     res.update(
@@ -138,25 +149,29 @@ def train(
             "train_psnr": last.get("psnr", math.nan),
             "samples_per_ray": last.get("samples_per_ray", math.nan),
             "num_train_images": len(trainer.train_indices),
-            "dataset_version": trainer.dataset.version,
+            "dataset_version": trainer.dataset_version,
+            **trainer.describe(),
         }
     )
-    write_json_atomic(out / "eval.json", res)
+    atomic_write_json(out / EVAL, res)
     # Training curve (loss / PSNR per logged step) for reports; rewritten on every run.
-    write_json_atomic(out / "history.json", {"history": trainer.history})
+    atomic_write_json(out / HISTORY, {"history": trainer.history})
     return res
 
 
-def load_trained(run_dir: str | Path, scene: SceneData | None = None) -> Trainer:
+def load_trained(
+    run_dir: str | Path, scene: SceneData | None = None, device: str | None = None
+) -> Trainer:
     """A trainer restored from ``RUN_DIR/checkpoint.pt`` (scene from ``source.json`` if not given)."""
     run = Path(run_dir)
-    ckpt = run / "checkpoint.pt"
+    ckpt = run / CHECKPOINT
     if scene is None:
-        src = run / "source.json"
+        src = run / SOURCE
         if not src.is_file():
             raise CheckpointError(f"{src}: missing; pass the scene explicitly")
         scene = _load(json.loads(src.read_text())["scene_dir"])
-    return Trainer.from_checkpoint(ckpt, scene, run, progress=False, tensorboard=False)
+    extra = {"device": device} if device is not None else {}
+    return Trainer.from_checkpoint(ckpt, scene, run, progress=False, tensorboard=False, **extra)
 
 
 def orbit_cameras(cameras: Cameras, center: torch.Tensor, num_frames: int) -> Cameras:
@@ -239,12 +254,11 @@ def render(
     from sceneforge.core.image_io import write_image_atomic
 
     config = config or RenderConfig()
-    trainer = load_trained(run_dir, scene)
-    if config.downscale is not None:
-        trainer.cfg.downscale = config.downscale
+    trainer = load_trained(run_dir, scene, config.device)
     cams = trainer.scene.cameras
     if config.path == "orbit":
-        center = 0.5 * (trainer.box.aabb[0] + trainer.box.aabb[1])
+        aabb = trainer.scene_box.aabb
+        center = 0.5 * (aabb[0] + aabb[1])
         cams = orbit_cameras(cams, center, config.num_frames)
     elif config.path == "train":
         cams = cams[trainer.train_indices]
@@ -257,17 +271,17 @@ def render(
     out = Path(out_dir)
     frames, t0 = [], time.perf_counter()
     for k in range(len(cams)):
-        r = trainer.render_camera(cams, k)
+        r = trainer.render_camera(cams, k, downscale=config.downscale)
         frames.append(r["rgb"])
-        write_image_atomic(out / "frames" / f"{k:04d}.png", r["rgb"])
+        write_image_atomic(out / FRAMES_DIR / f"{k:04d}.png", r["rgb"])
         if config.depth:
-            write_image_atomic(out / "depth" / f"{k:04d}.png", _depth_colormap(r["depth"]))
+            write_image_atomic(out / DEPTH_DIR / f"{k:04d}.png", _depth_colormap(r["depth"]))
     result = {
         "num_frames": len(frames),
         "wall_s": time.perf_counter() - t0,
-        "frames": str(out / "frames"),
+        "frames": str(out / FRAMES_DIR),
     }
     if config.video and frames:
-        result["video"] = str(write_video(frames, out / "video.mp4", config.fps))
-    write_json_atomic(out / "render.json", result)
+        result["video"] = str(write_video(frames, out / VIDEO, config.fps))
+    atomic_write_json(out / RENDER_INFO, result)
     return result

@@ -10,6 +10,7 @@ pixels while training (the dataset update used by completion and stylization) an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -31,8 +32,25 @@ class RayBatch:
     image_idx: Int[Tensor, " B"]
     """Index of the ray's image within the training set (appearance embedding)."""
     pixel_idx: Int[Tensor, " B"]
-    """Flat index of the ray in the dataset (for debugging / bookkeeping)."""
+    """Flat index of the ray in the dataset (per-pixel targets of loss hooks are indexed by it)."""
     z_per_t: Float[Tensor, " B"]
+    patches: PatchLayout | None = None
+    """Set when the batch is whole patches (``B = P * size * size`` rays, patch-major, row-major
+    inside a patch); None for independent rays."""
+    valid: Bool[Tensor, " B"] | None = None
+    """Pixels that count in the loss (usable pixels; patches may cover masked-out ones);
+    None = all."""
+
+
+@dataclass
+class PatchLayout:
+    """Where the patches of a patch batch lie: training view ``view[p]``, top-left ``(y0[p],
+    x0[p])`` at dataset resolution, ``size x size`` pixels each."""
+
+    view: Int[Tensor, " P"]
+    y0: Int[Tensor, " P"]
+    x0: Int[Tensor, " P"]
+    size: int
 
 
 def downscale_image(img: Float[Tensor, "H W C"], factor: int) -> Float[Tensor, "h w C"]:
@@ -57,6 +75,41 @@ def scene_rays(
     """Row-major rays of one (pinhole or distorted) camera at ``downscale``."""
     o, d, z = cameras.rays(index, downscale=downscale)
     return o.float(), d.float(), z.float()
+
+
+def split_indices(n: int, holdout_every: int) -> tuple[list[int], list[int]]:
+    """Training and held-out image indices (every ``holdout_every``-th image held out)."""
+    if holdout_every <= 0 or n < 2:
+        return list(range(n)), []
+    ev = [i for i in range(n) if i % holdout_every == 0]
+    return [i for i in range(n) if i % holdout_every != 0], ev
+
+
+def scale_cameras(cameras: Cameras, downscale: int) -> Cameras:
+    """Cameras of images downscaled by an integer factor (COLMAP pixel convention)."""
+    if downscale == 1:
+        return cameras
+    n_lin = 3 if cameras.model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL") else 4
+    p = cameras.params.clone()
+    p[:, :n_lin] = p[:, :n_lin] / downscale
+    return Cameras(
+        cameras.model,
+        p,
+        cameras.width // downscale,
+        cameras.height // downscale,
+        cameras.cam_from_world,
+    )
+
+
+def border_color(views: Iterable[tuple[Float[Tensor, "h w 3"], Bool[Tensor, "h w"]]]) -> Tensor:
+    """Median colour of the usable (mask True) pixels on the borders of ``(image, mask)``
+    pairs; grey when there is none (the learned background starts there)."""
+    cols = []
+    for img, m in views:
+        for sl in ((0, slice(None)), (-1, slice(None)), (slice(None), 0), (slice(None), -1)):
+            cols.append(img[sl][m[sl]])
+    c = torch.cat(cols) if cols else torch.empty(0, 3)
+    return c.median(0).values if c.numel() else torch.full((3,), 0.5)
 
 
 class RayDataset:
@@ -147,15 +200,48 @@ class RayDataset:
             self.z_per_t[p],
         )
 
+    def sample_patches(self, num_patches: int, size: int, generator: torch.Generator) -> RayBatch:
+        """``num_patches`` square ``size x size`` patches: a training view drawn with probability
+        proportional to its usable pixels, then a top-left corner uniformly among those whose
+        patch fits the view. Pixels outside the masks are in the batch with ``valid`` False."""
+        fits = torch.tensor([h >= size and w >= size for h, w in self.shapes])
+        if not bool(fits.any()):
+            raise SceneDataError(
+                f"patch size {size} is larger than every training image "
+                f"(smallest {min(self.shapes)}, after downscale {self.downscale})"
+            )
+        usable = (
+            torch.stack(
+                [self.mask[self.offsets[j] : self.offsets[j + 1]].sum() for j in range(len(self))]
+            ).double()
+            * fits.double()
+        )
+        if float(usable.sum()) <= 0:
+            raise SceneDataError("no training image with usable pixels is large enough for a patch")
+        view = torch.multinomial(usable, num_patches, replacement=True, generator=generator)
+        hs = torch.tensor([h for h, _ in self.shapes])[view]
+        ws = torch.tensor([w for _, w in self.shapes])[view]
+        y0 = torch.rand(num_patches, generator=generator, dtype=torch.float64) * (hs - size + 1)
+        x0 = torch.rand(num_patches, generator=generator, dtype=torch.float64) * (ws - size + 1)
+        y0, x0 = y0.long(), x0.long()
+        r = torch.arange(size)
+        rows = y0[:, None, None] + r[None, :, None]
+        cols = x0[:, None, None] + r[None, None, :]
+        p = (self.offsets[view][:, None, None] + rows * ws[:, None, None] + cols).reshape(-1)
+        return RayBatch(
+            self.origins[p],
+            self.directions[p],
+            self.rgb[p],
+            self.image_ids[p],
+            p,
+            self.z_per_t[p],
+            PatchLayout(view, y0, x0, size),
+            self.mask[p],
+        )
+
     def border_color(self) -> Float[Tensor, " 3"]:
         """Median colour of the usable border pixels of all images (background initialisation)."""
-        cols = []
-        for j in range(len(self)):
-            img, m = self.image(j), self.image_mask(j)
-            for sl in ((0, slice(None)), (-1, slice(None)), (slice(None), 0), (slice(None), -1)):
-                cols.append(img[sl][m[sl]])
-        c = torch.cat(cols)
-        return c.median(0).values if c.numel() else torch.full((3,), 0.5)
+        return border_color((self.image(j), self.image_mask(j)) for j in range(len(self)))
 
     def image(self, j: int) -> Float[Tensor, "h w 3"]:
         """Current pixels of training image ``j`` (after any update)."""
@@ -165,6 +251,10 @@ class RayDataset:
     def image_mask(self, j: int) -> Bool[Tensor, "h w"]:
         h, w = self.shapes[j]
         return self.mask[self.offsets[j] : self.offsets[j + 1]].view(h, w)
+
+    def pixel_range(self, j: int) -> slice:
+        """The flat pixel indices (``RayBatch.pixel_idx``) of training image ``j``."""
+        return slice(int(self.offsets[j]), int(self.offsets[j + 1]))
 
     def rays(self, j: int) -> tuple[Tensor, Tensor, Tensor]:
         """Origins, directions and ``z_per_t`` of training image ``j`` (row-major)."""

@@ -8,12 +8,18 @@ ways to measure without that shift:
 * :func:`color_correct` - a per-image least-squares affine colour transform (3x3 matrix +
   bias) of the render onto the ground truth before the metric ("colour-corrected" PSNR, as
   reported by mip-NeRF 360 / Zip-NeRF; theirs is a per-channel quadratic fit, ours affine).
-* :meth:`sceneforge.fields.trainer.Trainer.fit_eval_appearance` - NeRF-W's protocol: the
-  held-out image's appearance is optimised on the left half of the image (field frozen) and
-  the metric is computed on the right half only.
+* NeRF-W's protocol (models with per-image appearance, e.g.
+  :meth:`sceneforge.fields.nerf_model.NerfModel.fit_unseen_appearance`): the held-out image's
+  appearance is optimised on the left half of the image (model frozen) and the metric is
+  computed on the right half only.
+
+:func:`evaluate_heldout` is the trainer's held-out evaluation (every model, same metrics).
 """
 
 from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import torch
 from jaxtyping import Bool, Float
@@ -63,4 +69,87 @@ def color_correct(
     return apply_color_affine(pred, fit_color_affine(pred, target, mask))
 
 
-__all__ = ["apply_color_affine", "color_correct", "fit_color_affine"]
+def evaluate_heldout(
+    trainer,
+    max_images: int | None = None,
+    save_dir: Path | None = None,
+    color_correct_metrics: bool = True,
+    appearance_fit_steps: int = 0,
+) -> dict:
+    """Held-out PSNR / SSIM of ``trainer``'s model over whole images, plus ``psnr_masked`` /
+    ``ssim_masked`` over the mask's True pixels when the scene has masks (renders use the mean
+    appearance).
+
+    With ``color_correct_metrics`` the same metrics with a ``_cc`` suffix after
+    :func:`color_correct` (for the masked ones fitted on the masked pixels only). With
+    ``appearance_fit_steps`` > 0 and a model with per-image appearance, also NeRF-W's left-half
+    / right-half metrics ``psnr_right_fit`` / ``psnr_right_mean``.
+    """
+    from sceneforge.core.image_io import write_image_atomic
+    from sceneforge.core.metrics import psnr, ssim
+    from sceneforge.fields.datasets import downscale_image, downscale_mask
+
+    idx = trainer.eval_indices[:max_images] if max_images else trainer.eval_indices
+    if not idx:
+        raise ValueError("no held-out images to evaluate (holdout_every = 0 or too few images)")
+    model, scene, ds = trainer.model, trainer.scene, trainer.downscale
+    fit_steps = appearance_fit_steps if getattr(model, "has_appearance", False) else 0
+    vals: dict[str, list[float]] = {}
+    samples, rays = 0, 0
+    t0 = time.perf_counter()
+    for i in idx:
+        gt = downscale_image(scene.load_image(i), ds)
+        r = trainer.render_camera(scene.cameras, i)
+        pred = r["rgb"]
+        m = scene.load_mask(i)
+        m = downscale_mask(m, ds) if m is not None else None
+        m = m if m is not None and bool(m.any()) else None
+        preds = {"": pred}
+        if color_correct_metrics:
+            preds["_cc"] = color_correct(pred, gt)
+        for sfx, p in preds.items():
+            vals.setdefault("psnr" + sfx, []).append(psnr(p, gt))
+            vals.setdefault("ssim" + sfx, []).append(ssim(p, gt))
+            if m is not None:
+                pm_ = p if not sfx else color_correct(pred, gt, m)
+                vals.setdefault("psnr_masked" + sfx, []).append(psnr(pm_, gt, m))
+                vals.setdefault("ssim_masked" + sfx, []).append(ssim(pm_, gt, m))
+        samples += int(r.get("num_samples", 0))
+        rays += pred.shape[0] * pred.shape[1]
+        if fit_steps > 0:
+            right = torch.zeros(pred.shape[:2], dtype=torch.bool)
+            right[:, pred.shape[1] // 2 :] = True
+            vals.setdefault("psnr_right_mean", []).append(psnr(pred, gt, right))
+            o, d, _ = scene.cameras.rays(i, downscale=ds)
+            left = ~right.reshape(-1)
+            try:
+                model.fit_unseen_appearance(
+                    o.float()[left],
+                    d.float()[left],
+                    gt.reshape(-1, 3)[left],
+                    fit_steps,
+                    trainer.cfg.batch_rays,
+                    seed=i,
+                )
+                fitted = trainer.render_camera(scene.cameras, i)["rgb"]
+            finally:
+                model.clear_unseen_appearance()
+            fit = torch.where(right[..., None], fitted, pred)
+            vals.setdefault("psnr_right_fit", []).append(psnr(fit, gt, right))
+        if save_dir is not None:
+            name = Path(scene.image_names[i]).stem
+            write_image_atomic(save_dir / f"{name}_pred.png", pred)
+            write_image_atomic(save_dir / f"{name}_gt.png", gt)
+    res: dict = {k: sum(v) / len(v) for k, v in vals.items()}
+    res.update(
+        {
+            "num_eval_images": len(idx),
+            "steps": trainer.step,
+            "eval_samples_per_ray": samples / max(rays, 1),
+            "eval_rays_per_s": rays / max(time.perf_counter() - t0, 1e-9),
+        }
+    )
+    return res
+
+
+__all__ = ["apply_color_affine", "color_correct", "evaluate_heldout", "fit_color_affine"]

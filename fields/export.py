@@ -14,15 +14,13 @@
 - ``depth``: ``depth/NAME.npy`` (float32 z-depth, 0 = empty) and ``depth/NAME.png`` (uint16,
   ``depth * depth_png_scale``, 0 = empty).
 
-Every file is written atomically (temp file + ``os.replace``).
+Every file is written atomically (:mod:`sceneforge.core.atomic`).
 """
 
 from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from sceneforge.core import run_files
+from sceneforge.core.atomic import atomic_write_bytes, atomic_write_json
 from sceneforge.core.scene import SceneData
 
 What = Literal["pointcloud", "mesh", "tsdf", "depth", "all"]
@@ -78,23 +78,6 @@ class ExportConfig:
 # ----------------------------------------------------------------------------- file writers
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def ply_bytes(
     vertices: Float[np.ndarray, "V 3"],
     colors: np.ndarray | None = None,
@@ -129,13 +112,13 @@ def ply_bytes(
 
 def write_ply(path: str | Path, vertices, colors=None, faces=None) -> Path:
     """Write a point cloud (no ``faces``) or triangle mesh as binary PLY, atomically."""
-    return _write_bytes_atomic(Path(path), ply_bytes(vertices, colors, faces))
+    return atomic_write_bytes(Path(path), ply_bytes(vertices, colors, faces))
 
 
 def _write_npy(path: Path, arr: np.ndarray) -> Path:
     buf = io.BytesIO()
     np.save(buf, arr)
-    return _write_bytes_atomic(path, buf.getvalue())
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _write_png16(path: Path, arr: np.ndarray) -> Path:
@@ -144,7 +127,7 @@ def _write_png16(path: Path, arr: np.ndarray) -> Path:
     ok, enc = cv2.imencode(".png", np.ascontiguousarray(arr, dtype=np.uint16))
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    return _write_bytes_atomic(path, enc.tobytes())
+    return atomic_write_bytes(path, enc.tobytes())
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -158,23 +141,30 @@ def _view_indices(trainer, views: str) -> list[int]:
     raise ValueError(f"unknown views {views!r}; use train or all")
 
 
-def render_depth(trainer, index: int, min_accumulation: float) -> dict[str, Tensor]:
-    """Render scene camera ``index``: ``rgb``, normalised z-``depth`` (0 where empty), ``valid``.
+def render_depth(
+    trainer, index: int, min_accumulation: float, downscale: int | None = None
+) -> dict[str, Tensor]:
+    """Render scene camera ``index`` (at ``downscale``, default the trainer's): ``rgb``,
+    normalised z-``depth`` (0 where empty), ``valid``.
 
     The rendered expected depth is weighted by the accumulation; it is divided by it here so
     that half-transparent edge pixels are not pulled toward the camera.
     """
     j = trainer.train_indices.index(index) if index in trainer.train_indices else -1
-    r = trainer.render_camera(trainer.scene.cameras, index, image_idx=j)
+    r = trainer.render_camera(trainer.scene.cameras, index, image_idx=j, downscale=downscale)
     acc = r["accumulation"]
     valid = acc >= min_accumulation
     depth = torch.where(valid, r["depth"] / acc.clamp(min=1e-6), torch.zeros_like(acc))
     return {"rgb": r["rgb"], "depth": depth, "valid": valid, "accumulation": acc}
 
 
-def depth_to_world(trainer, index: int, depth: Float[Tensor, "H W"]) -> Float[Tensor, "H W 3"]:
-    """World points of the pixel centres of camera ``index`` (at the trainer's downscale)."""
-    o, d, z = trainer.scene.cameras.rays(index, downscale=trainer.cfg.downscale)
+def depth_to_world(
+    trainer, index: int, depth: Float[Tensor, "H W"], downscale: int | None = None
+) -> Float[Tensor, "H W 3"]:
+    """World points of the pixel centres of camera ``index`` (at ``downscale``, default the
+    trainer's)."""
+    ds = trainer.downscale if downscale is None else downscale
+    o, d, z = trainer.scene.cameras.rays(index, downscale=ds)
     t = depth.reshape(-1).double() / z.double()
     return (o.double() + t[:, None] * d.double()).reshape(*depth.shape, 3)
 
@@ -186,8 +176,8 @@ def export_pointcloud(trainer, cfg: ExportConfig) -> tuple[np.ndarray, np.ndarra
     """Coloured points ``(N, 3)`` float64 and ``(N, 3)`` uint8 from rendered training depth."""
     pts, cols = [], []
     for i in _view_indices(trainer, cfg.views):
-        r = render_depth(trainer, i, cfg.min_accumulation)
-        p = depth_to_world(trainer, i, r["depth"])
+        r = render_depth(trainer, i, cfg.min_accumulation, cfg.downscale)
+        p = depth_to_world(trainer, i, r["depth"], cfg.downscale)
         pts.append(p[r["valid"]].numpy())
         cols.append((r["rgb"][r["valid"]].numpy() * 255 + 0.5).astype(np.uint8))
     points = np.concatenate(pts) if pts else np.zeros((0, 3))
@@ -201,7 +191,7 @@ def export_pointcloud(trainer, cfg: ExportConfig) -> tuple[np.ndarray, np.ndarra
 
 def mesh_box(trainer) -> Float[Tensor, "2 3"]:
     """The world box marching cubes runs over: the scene box (inner box when contracted)."""
-    return trainer.box.aabb.detach().double().cpu()
+    return trainer.scene_box.aabb.detach().double().cpu()
 
 
 @torch.no_grad()
@@ -212,7 +202,7 @@ def density_lattice(
     box = mesh_box(trainer)
     axes = [torch.linspace(float(box[0, k]), float(box[1, k]), resolution) for k in range(3)]
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    field = trainer.field
+    field = trainer.model.field
     field.eval()
     dev = trainer.device
     out = torch.empty(grid.shape[0])
@@ -267,10 +257,10 @@ def auto_level(trainer, cfg: ExportConfig) -> float:
     step = max(1, math.ceil(len(idx) / max(cfg.level_views, 1)))
     vals = []
     for i in idx[::step]:
-        r = render_depth(trainer, i, cfg.min_accumulation)
-        p = depth_to_world(trainer, i, r["depth"])[r["valid"]]
+        r = render_depth(trainer, i, cfg.min_accumulation, cfg.downscale)
+        p = depth_to_world(trainer, i, r["depth"], cfg.downscale)[r["valid"]]
         if p.shape[0]:
-            sigma, _ = trainer.field.density(p.float().to(trainer.device))
+            sigma, _ = trainer.model.field.density(p.float().to(trainer.device))
             vals.append(sigma.float().cpu())
     if not vals:
         raise ValueError(
@@ -285,7 +275,7 @@ def vertex_colors(
     trainer, verts: np.ndarray, normals: np.ndarray, chunk: int = 262_144
 ) -> np.ndarray:
     """Field colour at each vertex, seen from outside along the surface normal."""
-    field = trainer.field
+    field = trainer.model.field
     dev = trainer.device
     x = torch.from_numpy(np.ascontiguousarray(verts)).float()
     # skimage normals point toward increasing density (inside): looking along them = from outside
@@ -311,14 +301,14 @@ def tsdf_mesh(trainer, cfg: ExportConfig) -> tuple[np.ndarray, np.ndarray, np.nd
             "(on Debian/Ubuntu it also needs the system library libusb-1.0-0)"
         ) from e
     cams = trainer.scene.cameras
-    ds = trainer.cfg.downscale
+    ds = cfg.downscale or trainer.downscale
     if cams.model not in ("PINHOLE", "SIMPLE_PINHOLE"):
         raise ValueError(
             f"TSDF export needs pinhole cameras (got {cams.model}); undistort the scene first"
         )
     views = []
     for i in _view_indices(trainer, cfg.views):
-        r = render_depth(trainer, i, cfg.min_accumulation)
+        r = render_depth(trainer, i, cfg.min_accumulation, cfg.downscale)
         if bool(r["valid"].any()):
             views.append((i, r))
     if not views:
@@ -368,21 +358,24 @@ def export_depth(trainer, out: Path, cfg: ExportConfig) -> list[str]:
     """Write ``depth/NAME.npy`` (float32) and ``depth/NAME.png`` (uint16) for each view."""
     written = []
     for i in _view_indices(trainer, cfg.views):
-        r = render_depth(trainer, i, cfg.min_accumulation)
+        r = render_depth(trainer, i, cfg.min_accumulation, cfg.downscale)
         d = r["depth"].numpy().astype(np.float32)
         stem = Path(trainer.scene.image_names[i]).stem
-        _write_npy(out / "depth" / f"{stem}.npy", d)
+        _write_npy(out / run_files.DEPTH_DIR / f"{stem}.npy", d)
         png = np.clip(np.round(d * cfg.depth_png_scale), 0, 65535).astype(np.uint16)
-        _write_png16(out / "depth" / f"{stem}.png", png)
+        _write_png16(out / run_files.DEPTH_DIR / f"{stem}.png", png)
         written.append(stem)
     return written
 
 
 def export_trainer(trainer, out_dir: str | Path, config: ExportConfig | None = None) -> dict:
-    """Export from an in-memory :class:`~sceneforge.fields.trainer.Trainer` into ``out_dir``."""
-    from sceneforge.fields.api import write_json_atomic
+    """Export from an in-memory :class:`~sceneforge.fields.trainer.Trainer` into ``out_dir``
+    (what can be exported is the scene model's: :meth:`SceneModel.export`)."""
+    return trainer.model.export(Path(out_dir), config or ExportConfig(), trainer)
 
-    cfg = config or ExportConfig()
+
+def export_nerf(trainer, out_dir: Path, cfg: ExportConfig) -> dict:
+    """The NeRF model's exports: point cloud, marching-cubes mesh, TSDF mesh, depth maps."""
     kinds = ["pointcloud", "mesh", "tsdf", "depth"] if cfg.what == "all" else [cfg.what]
     for k in kinds:
         if k not in ("pointcloud", "mesh", "tsdf", "depth"):
@@ -390,28 +383,27 @@ def export_trainer(trainer, out_dir: str | Path, config: ExportConfig | None = N
     if cfg.downscale is not None:
         if cfg.downscale < 1:
             raise ValueError(f"downscale must be >= 1, got {cfg.downscale}")
-        trainer.cfg.downscale = cfg.downscale
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     res: dict = {"steps": trainer.step}
     t0 = time.perf_counter()
     if "pointcloud" in kinds:
         p, c = export_pointcloud(trainer, cfg)
-        res["pointcloud"] = str(write_ply(out / "pointcloud.ply", p, c))
+        res["pointcloud"] = str(write_ply(out / run_files.POINTCLOUD, p, c))
         res["num_points"] = int(p.shape[0])
     if "mesh" in kinds:
         v, f, c = marching_cubes_mesh(trainer, cfg)
-        res["mesh"] = str(write_ply(out / "mesh.ply", v, c, f))
+        res["mesh"] = str(write_ply(out / run_files.MESH, v, c, f))
         res["mesh_vertices"], res["mesh_faces"] = int(v.shape[0]), int(f.shape[0])
     if "tsdf" in kinds:
         v, f, c = tsdf_mesh(trainer, cfg)
-        res["tsdf_mesh"] = str(write_ply(out / "tsdf_mesh.ply", v, c, f))
+        res["tsdf_mesh"] = str(write_ply(out / run_files.TSDF_MESH, v, c, f))
         res["tsdf_vertices"], res["tsdf_faces"] = int(v.shape[0]), int(f.shape[0])
     if "depth" in kinds:
-        res["depth"] = str(out / "depth")
+        res["depth"] = str(out / run_files.DEPTH_DIR)
         res["num_depth_maps"] = len(export_depth(trainer, out, cfg))
     res["wall_s"] = time.perf_counter() - t0
-    write_json_atomic(out / "export.json", res)
+    atomic_write_json(out / run_files.EXPORT_INFO, res)
     return res
 
 
@@ -437,6 +429,7 @@ __all__ = [
     "depth_to_world",
     "export",
     "export_depth",
+    "export_nerf",
     "export_pointcloud",
     "export_trainer",
     "marching_cubes_mesh",

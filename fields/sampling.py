@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from sceneforge.core.devices import draw
 from sceneforge.fields.field import SceneBox
 
 
@@ -76,14 +77,15 @@ def ray_intervals(
 
     With a ``generator`` the interior interval edges are shifted by a random fraction per ray
     (stratified training samples); without it the grid is fixed (deterministic rendering).
-    The intervals always tile ``[t_start, t_end]`` exactly.
+    The fractions are drawn on the generator's device (a CPU generator may drive CUDA rays:
+    the same numbers as on CPU). The intervals always tile ``[t_start, t_end]`` exactly.
     """
     r, s_n = origins.shape[0], num_samples or cfg.num_samples
     dev, dt = origins.device, origins.dtype
     if generator is None:
         u = torch.full((r, 1), 0.5, device=dev, dtype=dt)
     else:
-        u = torch.rand((r, 1), generator=generator, device=dev, dtype=dt)
+        u = draw(torch.rand, (r, 1), generator=generator, device=dev, dtype=dt)
     k = torch.arange(s_n + 1, device=dev, dtype=dt)[None]
     if box.contract:
         # split distance: the inner box's half-diagonal (cameras and object are inside)
@@ -136,19 +138,24 @@ class OccupancyGrid(torch.nn.Module):
         return self.occupied.view(-1)[self.cell_index(u)] & inside
 
     @torch.no_grad()
-    def update(self, density_fn, step: int, generator: torch.Generator) -> None:
-        """Re-evaluate cells (all during warm-up, a random quarter later) and re-threshold."""
+    def update(self, density_fn, step: int, generator: torch.Generator | None) -> None:
+        """Re-evaluate cells (all during warm-up, a random quarter later) and re-threshold.
+
+        The random cells and jitter are drawn on ``generator``'s device and moved to the
+        grid's (a CPU generator drives a CUDA grid with the CPU numbers); without a generator
+        torch's default RNG of the grid's device is used.
+        """
         n = self.cfg.grid_resolution
         total = n**3
         dev = self.density.device
         if step < self.cfg.grid_warmup_steps:
             cells = torch.arange(total, device=dev)
         else:
-            cells = torch.randperm(total, generator=generator, device=dev)[: total // 4]
+            cells = draw(torch.randperm, total, generator=generator, device=dev)[: total // 4]
         i = cells // (n * n)
         j = (cells // n) % n
         k = cells % n
-        jitter = torch.rand((cells.shape[0], 3), generator=generator, device=dev)
+        jitter = draw(torch.rand, (cells.shape[0], 3), generator=generator, device=dev)
         u = (torch.stack([i, j, k], -1).float() + jitter) / n
         sig = torch.cat([density_fn(c) for c in u.split(65536)])
         flat = self.density.view(-1)

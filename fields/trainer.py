@@ -1,74 +1,84 @@
-"""The one field trainer: hooks, a live-updatable training set, exact resume, eval, rendering.
+"""The one trainer: any :class:`~sceneforge.fields.scene_model.SceneModel` on a live-updatable
+training set, with hooks, loss hooks, exact resume, evaluation, logging and progress.
 
-All randomness (ray batches, stratified jitter, occupancy-grid updates) comes from one
-``torch.Generator`` whose state is checkpointed together with the field, the optimiser, the
-occupancy grid, the torch global RNG and the dataset (version, plus its pixels once updated),
-so that on CPU with deterministic algorithms ``N`` steps straight and ``N/2`` + resume + ``N/2``
-give identical parameters. The learning-rate schedule depends on the step only (never the
-clock) for the same reason.
+All randomness (batches, stratified jitter, occupancy-grid updates, ...) comes from one CPU
+``torch.Generator`` whose state is checkpointed together with the model, the optimiser, the
+trainer's own global-RNG state and the dataset (version, plus its pixels once updated), so that
+on CPU with deterministic algorithms ``N`` steps straight and ``N/2`` + resume + ``N/2`` give
+identical parameters. The learning-rate schedule depends on the step only (never the clock) for
+the same reason. Process-global torch settings (threads, deterministic algorithms, the global
+RNG) are the trainer's only while it works (:class:`~sceneforge.core.torch_state.
+TorchStateScope`): constructing, training, rendering or evaluating leaves them as found.
+
+Editors (dataset updates, completion, the viewer, ``fields.api``) use only the attributes named
+in :attr:`Trainer.EDITING_INTERFACE` (a test scans them).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import glob
-import json
 import math
-import os
-import pickle
-import tempfile
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from sceneforge.core.cameras import Cameras
+from sceneforge.core.devices import resolve_device
+from sceneforge.core.run_files import CHECKPOINT, TENSORBOARD_DIR
 from sceneforge.core.scene import SceneData
-from sceneforge.fields.datasets import RayBatch, RayDataset, downscale_image, downscale_mask
-from sceneforge.fields.field import FieldConfig, RadianceField, SceneBox
+from sceneforge.core.torch_state import TorchStateScope
+from sceneforge.fields.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    TrainingDivergedError,
+    config_from_dict,
+    config_to_dict,
+    read_checkpoint,
+    write_checkpoint,
+)
+from sceneforge.fields.datasets import (
+    RayBatch,
+    RayDataset,
+    downscale_image,
+    scale_cameras,
+    split_indices,
+)
+from sceneforge.fields.evaluation import evaluate_heldout
+from sceneforge.fields.field import SceneBox
 from sceneforge.fields.masks import mask_loss, object_scene, require_masks, scene_hull_box
-from sceneforge.fields.rendering import RenderConfig, background_color, render_rays
-from sceneforge.fields.sampling import OccupancyGrid, SamplerConfig
-
-CHECKPOINT_FORMAT = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, corrupt or incompatible; the message names the file."""
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss (or a parameter) became NaN/inf: training stopped; the message names the last
-    good checkpoint, which is never overwritten with non-finite parameters."""
+from sceneforge.fields.nerf_model import NerfConfig
+from sceneforge.fields.rendering import RenderConfig, background_color
+from sceneforge.fields.scene_box import auto_scene_box
+from sceneforge.fields.scene_model import ModelContext, SceneModel, model_class
 
 
 @dataclass
 class TrainerConfig:
-    """Field training settings (``sceneforge train`` exposes these)."""
+    """Training settings shared by every scene model (``sceneforge train`` exposes these)."""
 
     max_steps: int = 3000
     """Number of optimisation steps (also sets the learning-rate schedule)."""
     max_seconds: float | None = None
     """Stop earlier after this much training time (seconds); None = no time limit."""
+    model: Literal["nerf"] = "nerf"
+    """Scene model (its settings: the section of the same name, e.g. ``nerf``)."""
     batch_rays: int = 2048
-    """Rays per step."""
-    lr: float = 1e-2
-    """Initial Adam learning rate."""
-    grid_lr: float = 0.1
-    """Adam learning rate of the explicit density grid and the learned background colour."""
+    """Rays (pixels) per step."""
+    batch: Literal["auto", "rays", "patches"] = "auto"
+    """Independent rays or whole ``patch_size`` patches per step; ``auto`` = what the model
+    needs (rays for NeRF)."""
+    patch_size: int = 32
+    """Side of a patch (``batch_rays / patch_size^2`` patches per step, at least one)."""
     lr_final_factor: float = 0.1
-    """Exponential decay to ``lr * lr_final_factor`` at ``max_steps``."""
-    color_affine_weight: float = 1e-3
-    """Weight of the squared distance of the per-image colour transforms (``field.color_affine``)
-    from identity."""
-    density_tv_weight: float = 0.0
-    """Total-variation weight on the explicit density grid (smoother geometry from few views)."""
+    """Exponential decay of every learning rate to ``lr * lr_final_factor`` at ``max_steps``
+    (a model may give a group its own factor)."""
     holdout_every: int = 8
     """Every N-th image (0, N, 2N, ...) is held out for evaluation (0 = none)."""
     eval_every: int = 0
@@ -100,8 +110,8 @@ class TrainerConfig:
     composited onto the render background outside the masks (``learned`` / ``none`` become
     black), all pixels are trained on, a mask loss (``mask_loss_weight``) pulls each ray's
     opacity to its pixel's mask coverage, ``scene_box`` ``auto`` becomes ``masks`` and an
-    automatic ``field.density_grid_init`` becomes 0.01 (0.05 fills the mostly-background box
-    with fog that drives the colours to the background and never recovers)."""
+    automatic ``nerf.field.density_grid_init`` becomes 0.01 (0.05 fills the mostly-background
+    box with fog that drives the colours to the background and never recovers)."""
     mask_loss_weight: float = 0.05
     """Weight of ``mean((accumulation - mask coverage)^2)`` with ``object_masks``."""
     scene_box: Literal["auto", "bounded", "unbounded", "masks"] = "auto"
@@ -110,92 +120,28 @@ class TrainerConfig:
     ``object_masks``)."""
     inner_scale: float = 1.0
     """Unbounded scenes: half-size of the uncontracted box relative to the camera radius."""
-    chunk_rays: int = 8192
-    """Rays per chunk when rendering full images."""
     progress: bool = True
     """Show a rich progress bar."""
     tensorboard: bool = True
     """Write tensorboard scalars when tensorboard is installed."""
     deterministic: bool = True
     """Use deterministic torch algorithms (exact resume on CPU)."""
-    device: str = "cpu"
-    """Torch device (``cpu`` or ``cuda``)."""
+    device: str = "auto"
+    """Torch device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``. With
+    ``nerf.field.encoding auto`` CPU and CUDA runs train different encodings (eval.json says
+    which)."""
     num_threads: int = 0
     """CPU threads for torch (0 = torch's default; 1 is much faster on an oversubscribed CPU)."""
-    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
-    """Field architecture."""
-    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
-    """Ray sampling / occupancy grid."""
     render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
-    """Compositing and background."""
+    """Compositing and background (every model)."""
+    nerf: NerfConfig = dataclasses.field(default_factory=NerfConfig)
+    """NeRF model settings (``model nerf``)."""
 
 
-def config_to_dict(cfg) -> dict:
-    """A dataclass config as plain JSON/``weights_only``-safe types."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-def config_from_dict(cls, d: dict):
-    """Rebuild a (nested) dataclass config from :func:`config_to_dict` output."""
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in d:
-            continue
-        v = d[f.name]
-        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-        if sub is not None and dataclasses.is_dataclass(sub) and isinstance(v, dict):
-            kwargs[f.name] = config_from_dict(sub, v)
-        elif isinstance(v, list):
-            kwargs[f.name] = tuple(v)
-        else:
-            kwargs[f.name] = v
-    return cls(**kwargs)
-
-
-def split_indices(n: int, holdout_every: int) -> tuple[list[int], list[int]]:
-    """Training and held-out image indices (every ``holdout_every``-th image held out)."""
-    if holdout_every <= 0 or n < 2:
-        return list(range(n)), []
-    ev = [i for i in range(n) if i % holdout_every == 0]
-    return [i for i in range(n) if i % holdout_every != 0], ev
-
-
-def auto_scene_box(scene: SceneData, mode: str, inner_scale: float = 1.0) -> SceneBox:
-    """Bounded box from ``metadata['aabb']``, else a contracted box around the cameras' focus."""
-    aabb = scene.metadata.get("aabb") if scene.metadata else None
-    if mode in ("auto", "bounded") and aabb is not None:
-        return SceneBox(torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3), contract=False)
-    cams = scene.cameras
-    centers = cams.centers.double()
-    # point closest (least squares) to all optical axes; falls back to the camera centroid
-    axes = cams.world_from_cam[:, :, 2].double()
-    eye = torch.eye(3, dtype=torch.float64)
-    P = eye[None] - axes[:, :, None] * axes[:, None, :]
-    A, b = P.sum(0), (P @ centers[:, :, None]).sum(0)[:, 0]
-    focus = torch.linalg.lstsq(A, b).solution if len(cams) > 1 else centers.mean(0)
-    if not torch.isfinite(focus).all() or torch.linalg.cond(A) > 1e6:
-        focus = centers.mean(0)
-    radius = (centers - focus).norm(dim=-1).median().clamp(min=1e-3)
-    if mode == "bounded":
-        if scene.points is not None and scene.points.shape[0] > 10:
-            pts = scene.points.double()
-            lo, hi = pts.quantile(0.01, dim=0), pts.quantile(0.99, dim=0)
-            pad = (hi - lo) * 0.1
-            return SceneBox(torch.stack([lo - pad, hi + pad]).float(), contract=False)
-        half = radius * inner_scale
-        return SceneBox(torch.stack([focus - half, focus + half]).float(), contract=False)
-    half = radius * inner_scale
-    return SceneBox(torch.stack([focus - half, focus + half]).float(), contract=True)
-
-
-def density_tv(grid: Float[Tensor, "1 1 D H W"]) -> Tensor:
-    """Mean squared difference between neighbouring voxels of a raw density grid."""
-    g = grid[0, 0]
-    return (
-        (g[1:] - g[:-1]).pow(2).mean()
-        + (g[:, 1:] - g[:, :-1]).pow(2).mean()
-        + (g[:, :, 1:] - g[:, :, :-1]).pow(2).mean()
-    )
+def lr_decay_factor(step: int, max_steps: int, final_factor: float) -> float:
+    """The learning-rate schedule of every model: ``final_factor ** (step / max_steps)``,
+    constant after ``max_steps`` (a Python float: it may end up in checkpoints)."""
+    return float(final_factor ** min(step / max(max_steps, 1), 1.0))
 
 
 Hook = Callable[["Trainer"], None]
@@ -203,12 +149,23 @@ LossHook = Callable[["Trainer", RayBatch, dict], Tensor]
 
 
 class Trainer:
-    """Trains a :class:`RadianceField` on a scene's training images.
+    """Trains a scene model (``cfg.model``) on a scene's training images.
 
-    ``trainer.dataset`` may be updated or replaced at any time (see :class:`RayDataset`);
-    hooks registered with :meth:`add_hook` run after every ``every``-th step and loss hooks
-    added with :meth:`add_loss` contribute extra loss terms (e.g. depth supervision).
+    The training views may change while it trains (:meth:`update_views`); hooks registered
+    with :meth:`add_hook` run after every ``every``-th step and loss hooks added with
+    :meth:`add_loss` contribute extra loss terms (e.g. depth supervision).
     """
+
+    EDITING_INTERFACE: tuple[str, ...] = tuple(
+        """
+        step scene train_indices eval_indices downscale device config model_name num_views
+        view_shape view_image view_pixel_range view_cameras dataset_version scene_box
+        render_view render_camera render_rays update_views add_loss add_hook generator train
+        set_max_steps evaluate save_checkpoint history wall_s describe from_checkpoint
+        """.split()
+    )
+    """What editors (dataset updates, completion, stylization, the viewer, ``fields.api``) may
+    use: views in and out, rendering at any resolution, losses, hooks, the step counter."""
 
     def __init__(
         self,
@@ -216,51 +173,33 @@ class Trainer:
         config: TrainerConfig | None = None,
         out_dir: str | Path | None = None,
     ) -> None:
-        self.cfg = cfg = config or TrainerConfig()
-        self.scene = scene
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.device = torch.device(cfg.device)
-        if cfg.num_threads > 0:
-            torch.set_num_threads(cfg.num_threads)
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
-        self.train_indices, self.eval_indices = split_indices(len(scene), cfg.holdout_every)
-        fcfg = cfg.field
+        cfg = config or TrainerConfig()
+        self._model_cls = model_class(cfg.model)
         if cfg.object_masks:
-            cfg = self.cfg = self._object_config(cfg)
-            fcfg = cfg.field
-            bg = background_color(cfg.render.background, None)
-            self.scene = scene = object_scene(scene, bg)
+            cfg = self._object_config(cfg, self._model_cls)
+            scene = object_scene(scene, background_color(cfg.render.background, None))
+        self.cfg, self.scene = cfg, scene
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.device = resolve_device(cfg.device)
+        self._torch = TorchStateScope(
+            cfg.num_threads, cfg.deterministic, self.device.type == "cuda", cfg.seed
+        )
+        self.train_indices, self.eval_indices = split_indices(len(scene), cfg.holdout_every)
         self._coverage: tuple[int, Tensor] | None = None
         use_masks = cfg.use_masks and not cfg.object_masks
         self.dataset = RayDataset(scene, self.train_indices, cfg.downscale, use_masks)
         if cfg.scene_box == "masks":
             rough = auto_scene_box(scene, "unbounded", 0.35).aabb
-            aabb = scene_hull_box(scene, rough)
-            self.box = SceneBox(aabb, contract=False)
+            self.box = SceneBox(scene_hull_box(scene, rough), contract=False)
         else:
             self.box = auto_scene_box(scene, cfg.scene_box, cfg.inner_scale)
         self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
-        if fcfg.density_grid_resolution <= 0:
-            side = max(max(hw) for hw in self.dataset.shapes)
-            n = int(min(256, max(64, round(side / 16) * 16)))
-            fcfg = dataclasses.replace(fcfg, density_grid_resolution=n)
-        self.field = RadianceField(fcfg, self.box, len(self.train_indices), self.device).to(
-            self.device
+        ctx = ModelContext(
+            scene, self.dataset, self.box, len(self.train_indices), self.device, cfg.render
         )
-        ref_step = self._reference_step()
-        self.grid = OccupancyGrid(cfg.sampler, ref_step).to(self.device)
-        bg0 = self.dataset.border_color().clamp(0.02, 0.98)
-        self.bg_param = torch.nn.Parameter(torch.logit(bg0).to(self.device))
-        grid_params = [p for n, p in self.field.named_parameters() if n == "density_grid"]
-        params = [p for n, p in self.field.named_parameters() if n != "density_grid"]
-        if cfg.render.background == "learned":
-            grid_params.append(self.bg_param)
-        groups = [{"params": params, "lr": cfg.lr, "base_lr": cfg.lr}]
-        if grid_params:
-            groups.append({"params": grid_params, "lr": cfg.grid_lr, "base_lr": cfg.grid_lr})
-        self.optimizer = torch.optim.Adam(groups, eps=1e-15)
+        with self._torch():
+            self.model: SceneModel = self._model_cls(getattr(cfg, cfg.model), ctx)
+        self.optimizer = self._make_optimizer()
         self.step = 0
         self.wall_s = 0.0
         self.hooks: list[tuple[int, Hook]] = []
@@ -273,15 +212,26 @@ class Trainer:
     # -- setup helpers -----------------------------------------------------------------------
 
     @staticmethod
-    def _object_config(cfg: TrainerConfig) -> TrainerConfig:
+    def _object_config(cfg: TrainerConfig, model_cls: type[SceneModel]) -> TrainerConfig:
         """The effective settings of ``object_masks`` (see :class:`TrainerConfig`)."""
-        render, fcfg = cfg.render, cfg.field
+        render = cfg.render
         if render.background not in ("black", "white"):
             render = dataclasses.replace(render, background="black")
-        if fcfg.density_grid_init <= 0:
-            fcfg = dataclasses.replace(fcfg, density_grid_init=0.01)
         box = "masks" if cfg.scene_box == "auto" else cfg.scene_box
-        return dataclasses.replace(cfg, render=render, field=fcfg, scene_box=box)
+        cfg = dataclasses.replace(cfg, render=render, scene_box=box)
+        adjust = getattr(model_cls, "object_defaults", None)
+        if adjust is not None:
+            cfg = dataclasses.replace(cfg, **{cfg.model: adjust(getattr(cfg, cfg.model))})
+        return cfg
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        groups = []
+        for g in self.model.param_groups():
+            g = dict(g)
+            g["base_lr"] = g["lr"]
+            g.setdefault("final_factor", self.cfg.lr_final_factor)
+            groups.append(g)
+        return torch.optim.Adam(groups, eps=1e-15)
 
     def mask_coverage(self) -> Float[Tensor, " P"]:
         """Foreground fraction of every dataset pixel (area-averaged like the images), from
@@ -298,12 +248,64 @@ class Trainer:
             self._coverage = (ds.version, torch.cat(cov))
         return self._coverage[1]
 
-    def _reference_step(self) -> float:
-        """Typical world-space step between samples, for the occupancy threshold."""
-        extent = float((self.box.aabb[1] - self.box.aabb[0]).norm())
-        if self.box.contract:
-            return extent / (self.cfg.sampler.num_samples / 2)
-        return extent / self.cfg.sampler.num_samples
+    # -- the editing interface ---------------------------------------------------------------
+
+    @property
+    def downscale(self) -> int:
+        """Training (dataset) downscale of the full-resolution images."""
+        return self.cfg.downscale
+
+    @property
+    def config(self) -> TrainerConfig:
+        """A copy of the effective settings (changing it changes nothing)."""
+        return copy.deepcopy(self.cfg)
+
+    @property
+    def model_name(self) -> str:
+        return self.cfg.model
+
+    @property
+    def num_views(self) -> int:
+        """Training views (local indices ``0 .. num_views - 1``)."""
+        return len(self.dataset)
+
+    def view_shape(self, j: int) -> tuple[int, int]:
+        """``(h, w)`` of training view ``j`` at dataset resolution."""
+        return tuple(self.dataset.shapes[j])
+
+    def view_image(self, j: int) -> Float[Tensor, "h w 3"]:
+        """Current pixels of training view ``j`` (after any update), a copy."""
+        return self.dataset.image(j).clone()
+
+    def view_pixel_range(self, j: int) -> slice:
+        """``RayBatch.pixel_idx`` values of training view ``j`` (for per-pixel loss targets)."""
+        return self.dataset.pixel_range(j)
+
+    def view_cameras(self) -> Cameras:
+        """Cameras of the training views at dataset resolution."""
+        return scale_cameras(self.scene.cameras[self.train_indices], self.downscale)
+
+    @property
+    def dataset_version(self) -> int:
+        return self.dataset.version
+
+    @property
+    def scene_box(self) -> SceneBox:
+        return self.model.scene_box
+
+    def describe(self) -> dict:
+        """Model, device and representation facts for eval.json (compare like with like)."""
+        return {"model": self.cfg.model, "device": str(self.device), **self.model.describe()}
+
+    def update_views(
+        self,
+        views: list[int],
+        images: list[Float[Tensor, "h w 3"]],
+        masks: list[Bool[Tensor, "h w"] | None] | None = None,
+    ) -> int:
+        """Replace the pixels (and optionally the usable-pixel masks) of training views; the
+        next step trains on them. Returns the new dataset version."""
+        return self.dataset.update_images(views, images, masks)
 
     def add_hook(self, fn: Hook, every: int = 1) -> None:
         """Call ``fn(trainer)`` after every ``every``-th training step."""
@@ -312,48 +314,51 @@ class Trainer:
         self.hooks.append((every, fn))
 
     def add_loss(self, fn: LossHook) -> None:
-        """Add ``fn(trainer, batch, render_output) -> scalar`` to the training loss."""
+        """Add ``fn(trainer, batch, outputs) -> scalar`` to the training loss (outputs per batch
+        element: ``rgb``, ``depth``, ``accumulation``; ``batch.pixel_idx`` indexes the views'
+        pixels, see :meth:`view_pixel_range`)."""
         self.loss_hooks.append(fn)
 
-    @property
-    def background(self) -> Tensor | None:
-        bg = background_color(self.cfg.render.background, self.bg_param)
-        return None if bg is None else bg.to(self.device)
+    def set_max_steps(self, max_steps: int) -> None:
+        """Extend (or shorten) the run; the learning-rate schedule follows the new length."""
+        self.cfg.max_steps = int(max_steps)
 
-    def lr_factor(self, step: int) -> float:
+    def lr_factor(self, step: int, final_factor: float | None = None) -> float:
         """Exponential learning-rate decay factor at ``step`` (depends on the step only)."""
-        frac = min(step / max(self.cfg.max_steps, 1), 1.0)
-        return self.cfg.lr_final_factor**frac
+        f = self.cfg.lr_final_factor if final_factor is None else final_factor
+        return lr_decay_factor(step, self.cfg.max_steps, f)
 
     # -- training ----------------------------------------------------------------------------
 
+    def _sample_batch(self) -> RayBatch:
+        cfg = self.cfg
+        kind = self.model.batch_kind if cfg.batch == "auto" else cfg.batch
+        if kind == "patches":
+            n = max(1, cfg.batch_rays // (cfg.patch_size * cfg.patch_size))
+            return self.dataset.sample_patches(n, cfg.patch_size, self.generator)
+        return self.dataset.sample(cfg.batch_rays, self.generator)
+
     def train_step(self) -> dict[str, float]:
         """One optimisation step on a fresh batch of the current training set."""
-        cfg = self.cfg
-        self.field.train()
-        if self.step % cfg.sampler.grid_update_every == 0:
-            self.grid.update(self.field.density_normalized, self.step, self.generator)
-        batch = self.dataset.sample(cfg.batch_rays, self.generator)
-        dev = self.device
-        out = render_rays(
-            self.field,
-            self.grid,
-            cfg.sampler,
-            batch.origins.to(dev),
-            batch.directions.to(dev),
-            batch.image_idx.to(dev),
-            self.background,
-            self.generator,
-            batch.z_per_t.to(dev),
-            num_samples=self.grid.training_samples(),
-        )
-        target = batch.rgb.to(dev)
-        mse = (out["rgb"] - target).pow(2).mean()
+        with self._torch():
+            return self._train_step()
+
+    def _train_step(self) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        model.train()
+        model.before_step(self.step, self.generator)
+        batch = self._sample_batch()
+        out = model.train_outputs(batch, self.generator)
+        target = batch.rgb.to(out["rgb"].device)
+        err = (out["rgb"] - target).pow(2)
+        if batch.valid is None:
+            mse = err.mean()
+        else:
+            valid = batch.valid.to(err.device)
+            mse = (err * valid[:, None]).sum() / (3 * valid.sum()).clamp(min=1)
         loss = mse
-        if cfg.density_tv_weight > 0 and self.field.density_kind == "grid":
-            loss = loss + cfg.density_tv_weight * density_tv(self.field.density_grid)
-        if self.field.color_affine is not None and cfg.color_affine_weight > 0:
-            loss = loss + cfg.color_affine_weight * self.field.color_affine.pow(2).sum(-1).mean()
+        for term in model.regularizers(batch, out, self.step).values():
+            loss = loss + term
         if cfg.object_masks and cfg.mask_loss_weight > 0:
             cov = self.mask_coverage()[batch.pixel_idx].to(out["accumulation"])
             loss = loss + cfg.mask_loss_weight * mask_loss(out["accumulation"], cov)
@@ -362,25 +367,29 @@ class Trainer:
         if not bool(torch.isfinite(loss.detach())):
             raise TrainingDivergedError(self._diverged(f"the loss is {float(loss.detach())}"))
         for g in self.optimizer.param_groups:
-            g["lr"] = g["base_lr"] * self.lr_factor(self.step)
+            g["lr"] = g["base_lr"] * self.lr_factor(self.step, g["final_factor"])
         self.optimizer.zero_grad(set_to_none=True)
         if loss.requires_grad:
             loss.backward()
             self.optimizer.step()
-        # else: no ray of the batch met an occupied cell and the background is fixed — nothing
-        # to learn from this batch; the step still counts (the next grid update re-opens cells)
+        # else: nothing in the batch reached a trainable parameter (e.g. no ray met an
+        # occupied cell and the background is fixed); the step still counts
+        model.after_step(self.step, self.optimizer)
         self.step += 1
-        stats = {
+        return {
             "loss": float(loss.detach()),
             "psnr": float(-10 * torch.log10(mse.detach().clamp(min=1e-10))),
-            "samples_per_ray": float(out["num_samples"]) / cfg.batch_rays,
-            "occupancy": self.grid.occupancy_fraction,
+            "samples_per_ray": float(out["num_samples"]) / batch.rgb.shape[0],
+            **model.stats(),
             "dataset_version": self.dataset.version,
         }
-        return stats
 
     def train(self, max_steps: int | None = None, max_seconds: float | None = None) -> dict:
         """Train until ``max_steps`` (total) or ``max_seconds`` (this call); returns last stats."""
+        with self._torch():
+            return self._train(max_steps, max_seconds)
+
+    def _train(self, max_steps: int | None, max_seconds: float | None) -> dict:
         cfg = self.cfg
         max_steps = cfg.max_steps if max_steps is None else max_steps
         max_seconds = cfg.max_seconds if max_seconds is None else max_seconds
@@ -392,7 +401,7 @@ class Trainer:
                 if max_seconds is not None and time.perf_counter() - start >= max_seconds:
                     break
                 t0 = time.perf_counter()
-                stats = self.train_step()
+                stats = self._train_step()
                 self.wall_s += time.perf_counter() - t0
                 stats["rays_per_s"] = cfg.batch_rays / max(time.perf_counter() - t0, 1e-9)
                 for every, fn in self.hooks:
@@ -410,7 +419,7 @@ class Trainer:
                     and cfg.checkpoint_every
                     and self.step % cfg.checkpoint_every == 0
                 ):
-                    self.save_checkpoint(self.out_dir / "checkpoint.pt")
+                    self.save_checkpoint(self.out_dir / CHECKPOINT)
                 if progress is not None:
                     progress[0].update(
                         progress[1],
@@ -447,7 +456,7 @@ class Trainer:
             except ImportError:
                 self.cfg.tensorboard = False
                 return
-            self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+            self._writer = SummaryWriter(str(self.out_dir / TENSORBOARD_DIR))
         for k, v in values.items():
             if isinstance(v, (int, float)) and math.isfinite(v):
                 self._writer.add_scalar(f"{prefix}/{k}", v, self.step)
@@ -456,113 +465,40 @@ class Trainer:
     # -- rendering / evaluation ----------------------------------------------------------------
 
     @torch.no_grad()
+    def render_camera(
+        self, cameras: Cameras, index: int, image_idx: int = -1, downscale: int | None = None
+    ) -> dict[str, Tensor]:
+        """Render camera ``index`` as ``H W C`` images (rgb, depth, accumulation, optional
+        features) at ``1 / downscale`` of its full resolution (default: the training
+        downscale); ``image_idx`` = a training view's appearance (-1 = the mean)."""
+        ds = self.downscale if downscale is None else max(int(downscale), 1)
+        with self._torch():
+            self.model.eval()
+            return self.model.render_camera(cameras, index, ds, image_idx)
+
+    @torch.no_grad()
     def render_rays(
         self,
         origins: Float[Tensor, "R 3"],
         directions: Float[Tensor, "R 3"],
         z_per_t: Float[Tensor, " R"] | None = None,
         image_idx: int = -1,
+        num_samples: int | None = None,
     ) -> dict[str, Tensor]:
-        """Render many rays in chunks (no grad); returns rgb, depth, accumulation (+ features)."""
-        self.field.eval()
-        outs: dict[str, list[Tensor]] = {}
-        n = origins.shape[0]
-        for s in range(0, n, self.cfg.chunk_rays):
-            sl = slice(s, min(s + self.cfg.chunk_rays, n))
-            o = origins[sl].to(self.device)
-            idx = torch.full((o.shape[0],), image_idx, dtype=torch.long, device=self.device)
-            r = render_rays(
-                self.field,
-                self.grid,
-                self.cfg.sampler,
-                o,
-                directions[sl].to(self.device),
-                idx,
-                self.background,
-                None,
-                None if z_per_t is None else z_per_t[sl].to(self.device),
-            )
-            for k in ("rgb", "depth", "accumulation", "features"):
-                if k in r:
-                    outs.setdefault(k, []).append(r[k].cpu())
-            outs.setdefault("num_samples", []).append(r["num_samples"].reshape(1))
-        res = {k: torch.cat(v) for k, v in outs.items()}
-        res["num_samples"] = res["num_samples"].sum()
-        return res
-
-    def render_camera(self, cameras: Cameras, index: int, image_idx: int = -1) -> dict[str, Tensor]:
-        """Render camera ``index`` at the trainer's downscale as ``H W C`` images."""
-        ds = self.cfg.downscale
-        h, w = int(cameras.height[index]) // ds, int(cameras.width[index]) // ds
-        o, d, z = cameras.rays(index, downscale=ds)
-        r = self.render_rays(o.float(), d.float(), z.float(), image_idx)
-        out = {"rgb": r["rgb"].view(h, w, 3).clamp(0, 1), "depth": r["depth"].view(h, w)}
-        out["accumulation"] = r["accumulation"].view(h, w)
-        if "features" in r:
-            out["features"] = r["features"].view(h, w, -1)
-        out["num_samples"] = r["num_samples"]
-        return out
-
-    def render_training_view(self, j: int) -> dict[str, Tensor]:
-        """Render training image ``j`` (with its appearance embedding) at dataset resolution."""
-        return self.render_camera(self.scene.cameras, self.train_indices[j], image_idx=j)
-
-    def fit_unseen_appearance(
-        self,
-        origins: Float[Tensor, "R 3"],
-        directions: Float[Tensor, "R 3"],
-        rgb: Float[Tensor, "R 3"],
-        steps: int,
-        lr: float = 0.02,
-        seed: int = 0,
-    ) -> dict[str, Tensor]:
-        """Optimise the appearance used for unseen images (``image_idx -1``: embedding and/or
-        colour transform, starting from the training mean) to reproduce ``rgb`` along the given
-        rays, with every field parameter frozen; returns the fitted tensors and leaves them set
-        on the field (``field.unseen_embedding`` / ``unseen_color_affine``; reset to None for
-        the mean). Uses its own seeded generator, so training randomness is untouched."""
-        f = self.field
-        fitted: dict[str, Tensor] = {}
-        if f.embedding is not None:
-            fitted["unseen_embedding"] = f.embedding.weight.detach().mean(0, keepdim=True).clone()
-        if f.color_affine is not None:
-            fitted["unseen_color_affine"] = f.color_affine.detach().mean(0, keepdim=True).clone()
-        if not fitted:
+        """Render arbitrary rays (models that ray-march, e.g. NeRF; ``num_samples`` caps the
+        samples per ray for fast previews); rgb, depth, accumulation on CPU."""
+        if not self.model.renders_rays:
             raise ValueError(
-                "the field has no per-image appearance to fit (appearance_dim 0, no color_affine)"
+                f"the {self.cfg.model!r} model renders whole cameras, not rays: use render_camera"
             )
-        for k, v in fitted.items():
-            setattr(f, k, v.requires_grad_(True))
-        opt = torch.optim.Adam(list(fitted.values()), lr=lr)
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        frozen = [q for q in f.parameters() if q.requires_grad]
-        was_training = f.training
-        f.eval()
-        try:
-            for q in frozen:
-                q.requires_grad_(False)
-            for _ in range(steps):
-                k = torch.randint(origins.shape[0], (self.cfg.batch_rays,), generator=gen)
-                out = render_rays(
-                    f,
-                    self.grid,
-                    self.cfg.sampler,
-                    origins[k].to(self.device),
-                    directions[k].to(self.device),
-                    torch.full((k.shape[0],), -1, dtype=torch.long, device=self.device),
-                    self.background,
-                )
-                loss = (out["rgb"] - rgb[k].to(self.device)).pow(2).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        finally:
-            for q in frozen:
-                q.requires_grad_(True)
-            f.train(was_training)
-        for k, v in fitted.items():
-            setattr(f, k, v.detach())
-        return {k: getattr(f, k) for k in fitted}
+        with self._torch():
+            self.model.eval()
+            return self.model.render_rays(origins, directions, z_per_t, image_idx, num_samples)
+
+    def render_view(self, j: int, downscale: int | None = None) -> dict[str, Tensor]:
+        """Render training view ``j`` with its own appearance, at dataset resolution or at
+        ``1 / downscale`` of full resolution."""
+        return self.render_camera(self.scene.cameras, self.train_indices[j], j, downscale)
 
     def evaluate(
         self,
@@ -570,80 +506,12 @@ class Trainer:
         save_dir: Path | None = None,
         color_correct: bool | None = None,
     ) -> dict:
-        """Held-out PSNR / SSIM over whole images, plus ``psnr_masked`` / ``ssim_masked`` over
-        the mask's True pixels when the scene has masks (renders use the mean appearance).
-
-        With ``color_correct`` (default ``cfg.eval_color_correct``) the same metrics with a
-        ``_cc`` suffix are computed after :func:`~sceneforge.fields.evaluation.color_correct`
-        (for the masked ones the transform is fitted on the masked pixels only). With
-        ``cfg.eval_appearance_fit_steps`` also NeRF-W's left-half / right-half metrics (see
-        :meth:`fit_unseen_appearance`).
-        """
-        from sceneforge.core.image_io import write_image_atomic
-        from sceneforge.core.metrics import psnr, ssim
-        from sceneforge.fields.evaluation import color_correct as color_correct_image
-
-        idx = self.eval_indices[:max_images] if max_images else self.eval_indices
-        if not idx:
-            raise ValueError("no held-out images to evaluate (holdout_every = 0 or too few images)")
+        """Held-out metrics (see :func:`~sceneforge.fields.evaluation.evaluate_heldout`)."""
         cc = self.cfg.eval_color_correct if color_correct is None else color_correct
-        fit_steps = self.cfg.eval_appearance_fit_steps
-        if self.field.embedding is None and self.field.color_affine is None:
-            fit_steps = 0
-        vals: dict[str, list[float]] = {}
-        samples, rays = 0, 0
-        t0 = time.perf_counter()
-        for i in idx:
-            gt = downscale_image(self.scene.load_image(i), self.cfg.downscale)
-            r = self.render_camera(self.scene.cameras, i)
-            pred = r["rgb"]
-            m = self.scene.load_mask(i)
-            m = downscale_mask(m, self.cfg.downscale) if m is not None else None
-            m = m if m is not None and bool(m.any()) else None
-            preds = {"": pred}
-            if cc:
-                preds["_cc"] = color_correct_image(pred, gt)
-            for sfx, p in preds.items():
-                vals.setdefault("psnr" + sfx, []).append(psnr(p, gt))
-                vals.setdefault("ssim" + sfx, []).append(ssim(p, gt))
-                if m is not None:
-                    pm_ = p if not sfx else color_correct_image(pred, gt, m)
-                    vals.setdefault("psnr_masked" + sfx, []).append(psnr(pm_, gt, m))
-                    vals.setdefault("ssim_masked" + sfx, []).append(ssim(pm_, gt, m))
-            samples += int(r["num_samples"])
-            rays += pred.shape[0] * pred.shape[1]
-            if fit_steps > 0:
-                w = pred.shape[1]
-                right = torch.zeros(pred.shape[:2], dtype=torch.bool)
-                right[:, w // 2 :] = True
-                vals.setdefault("psnr_right_mean", []).append(psnr(pred, gt, right))
-                o, d, z = self.scene.cameras.rays(i, downscale=self.cfg.downscale)
-                left = ~right.reshape(-1)
-                try:
-                    self.fit_unseen_appearance(
-                        o.float()[left], d.float()[left], gt.reshape(-1, 3)[left], fit_steps, seed=i
-                    )
-                    sl = right.reshape(-1)
-                    rr = self.render_rays(o.float()[sl], d.float()[sl], z.float()[sl])["rgb"]
-                finally:
-                    self.field.unseen_embedding = self.field.unseen_color_affine = None
-                fit = pred.clone()
-                fit[right] = rr.clamp(0, 1)
-                vals.setdefault("psnr_right_fit", []).append(psnr(fit, gt, right))
-            if save_dir is not None:
-                name = Path(self.scene.image_names[i]).stem
-                write_image_atomic(save_dir / f"{name}_pred.png", pred)
-                write_image_atomic(save_dir / f"{name}_gt.png", gt)
-        res: dict = {k: sum(v) / len(v) for k, v in vals.items()}
-        res.update(
-            {
-                "num_eval_images": len(idx),
-                "steps": self.step,
-                "eval_samples_per_ray": samples / max(rays, 1),
-                "eval_rays_per_s": rays / max(time.perf_counter() - t0, 1e-9),
-            }
-        )
-        return res
+        with self._torch():
+            return evaluate_heldout(
+                self, max_images, save_dir, cc, self.cfg.eval_appearance_fit_steps
+            )
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -653,12 +521,11 @@ class Trainer:
             "step": self.step,
             "wall_s": self.wall_s,
             "config": config_to_dict(self.cfg),
-            "field": self.field.state_dict(),
-            "grid": self.grid.state_dict(),
-            "background": self.bg_param.detach().clone(),
+            "model_name": self.cfg.model,
+            "model": self.model.state_dict(),
             "box": self.box.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
+            "rng": {"generator": self.generator.get_state(), "torch": self._torch.rng_state},
             "dataset": self.dataset.state_dict(),
             "train_indices": list(self.train_indices),
             "eval_indices": list(self.eval_indices),
@@ -674,59 +541,45 @@ class Trainer:
         )
         return (
             f"training diverged at step {self.step + 1}: {what}; stopped, {kept}. "
-            "Lower the learning rate (lr, grid_lr) or check the inputs for NaN/inf values."
+            "Lower the learning rates or check the inputs for NaN/inf values."
         )
 
     def save_checkpoint(self, path: str | Path) -> Path:
-        """Write the full training state atomically (temp file + ``os.replace``).
+        """Write the full training state atomically (see
+        :func:`~sceneforge.fields.checkpoints.write_checkpoint`).
 
         Non-finite parameters are refused (:class:`TrainingDivergedError`) and a failed write
         (disk full) raises an OSError naming the file: either way the previous checkpoint at
         ``path`` is left as it was and no temporary file remains.
         """
         path = Path(path)
-        bad = [n for n, p in self.field.named_parameters() if not bool(torch.isfinite(p).all())]
-        if bad or not bool(torch.isfinite(self.bg_param).all()):
+        bad = self.model.nonfinite_parameters()
+        if bad:
             raise TrainingDivergedError(
-                self._diverged(f"non-finite parameters ({', '.join(bad) or 'background'})")
+                self._diverged(f"non-finite parameters ({', '.join(bad)})")
                 + f" {path} was not overwritten."
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
-            stale.unlink(missing_ok=True)  # left by a process killed while writing
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.state_dict(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as e:
-            raise OSError(
-                e.errno,
-                f"cannot write checkpoint {path} ({e.strerror or e}); the previous checkpoint "
-                "there (if any) is unchanged",
-            ) from e
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_checkpoint(path, self.state_dict())
         self.last_checkpoint = (path, self.step)
         return path
 
     def load_state_dict(self, s: dict, where: str = "checkpoint") -> None:
         if s.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{where}: unsupported checkpoint format {s.get('format')!r}")
+        if s.get("model_name", "nerf") != self.cfg.model:
+            raise CheckpointError(
+                f"{where}: holds a {s.get('model_name')!r} model, this trainer trains "
+                f"{self.cfg.model!r}"
+            )
         if list(s["image_names"]) != list(self.scene.image_names):
             raise CheckpointError(f"{where}: was trained on a different scene (image names differ)")
         self.box.aabb.copy_(s["box"]["aabb"])
         self.box.contract = bool(s["box"]["contract"])
-        self.field.load_state_dict(s["field"])
-        self.grid.load_state_dict(s["grid"])
-        with torch.no_grad():
-            self.bg_param.copy_(s["background"])
+        self.model.load_state_dict(s["model"])
+        self.optimizer = self._make_optimizer()  # the model may have changed its parameters
         self.optimizer.load_state_dict(s["optimizer"])
         self.generator.set_state(s["rng"]["generator"])
-        torch.set_rng_state(s["rng"]["torch"])
+        self._torch.rng_state = s["rng"]["torch"]
         self.dataset.load_state_dict(s["dataset"])
         self.step = int(s["step"])
         self.wall_s = float(s["wall_s"])
@@ -754,44 +607,14 @@ class Trainer:
             raise CheckpointError(f"{path}: bad config in checkpoint ({e})") from e
         cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
         tr = cls(scene, cfg, out_dir)
-        tr.load_state_dict(s, str(path))
+        try:
+            tr.load_state_dict(s, str(path))
+        except (KeyError, RuntimeError, ValueError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(f"{path}: checkpoint does not match this trainer ({e})") from e
         tr.last_checkpoint = (Path(path), tr.step)
         return tr
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """``torch.load(weights_only=True)`` with a clear error naming a missing or corrupt file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        s = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
-            raise CheckpointError(
-                f"{path}: refusing to load: the file holds pickled Python objects other than "
-                "tensors and plain data (only weights_only=True loading is allowed; the file "
-                "may have been tampered with)"
-                + "".join(
-                    f" [{ln.strip()}]" for ln in str(e).splitlines() if "unsupported" in ln.lower()
-                )
-            ) from e
-        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({e})") from e
-    except (
-        RuntimeError,
-        EOFError,
-        OSError,
-        zipfile.BadZipFile,
-        IndexError,
-        KeyError,
-        ValueError,
-        TypeError,
-        AttributeError,
-    ) as e:  # what torch's weights-only unpickler raises on damaged files
-        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({e})") from e
-    if not isinstance(s, dict) or "field" not in s or "step" not in s:
-        raise CheckpointError(f"{path}: not a sceneforge field checkpoint")
-    return s
 
 
 __all__ = [
@@ -800,6 +623,10 @@ __all__ = [
     "TrainingDivergedError",
     "TrainerConfig",
     "auto_scene_box",
+    "config_from_dict",
+    "config_to_dict",
+    "lr_decay_factor",
     "read_checkpoint",
+    "scale_cameras",
     "split_indices",
 ]

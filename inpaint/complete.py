@@ -23,9 +23,18 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from sceneforge.core.atomic import atomic_write_json
 from sceneforge.core.image_io import write_image_atomic
+from sceneforge.core.run_files import (
+    BEFORE_AFTER_DIR,
+    CHECKPOINT,
+    COMPLETE_INFO,
+    CONFIG,
+    MASKS_DIR,
+    RENDERS_DIR,
+    SOURCE,
+)
 from sceneforge.core.scene import SceneData
-from sceneforge.fields.api import write_json_atomic
 from sceneforge.fields.datasets import downscale_image
 from sceneforge.fields.trainer import (
     CheckpointError,
@@ -86,7 +95,7 @@ class CompleteConfig:
     sd_resolution: int = 512
     """Working resolution (longer side) of ``sd``."""
     device: str | None = None
-    """Torch device for the field (default: the run's)."""
+    """Torch device: auto (CUDA when available), cpu, cuda or cuda:N (None: the run's)."""
     batch_rays: int | None = None
     """Rays per training step (default: the run's)."""
     progress: bool = True
@@ -161,12 +170,7 @@ def _render_full_res(
     trainer: Trainer, i: int, downscale: int = 1, size: tuple[int, int] | None = None
 ) -> dict:
     """Depth and accumulation of view ``i`` rendered at ``downscale``, resized to ``size``."""
-    ds = trainer.cfg.downscale
-    trainer.cfg.downscale = max(int(downscale), 1)
-    try:
-        r = trainer.render_camera(trainer.scene.cameras, i)
-    finally:
-        trainer.cfg.downscale = ds
+    r = trainer.render_camera(trainer.scene.cameras, i, downscale=max(int(downscale), 1))
     if size is None or tuple(r["depth"].shape) == tuple(size):
         return r
     import torch.nn.functional as F
@@ -182,14 +186,14 @@ def load_run(
 ) -> tuple[SceneData, TrainerConfig, Path]:
     """The scene, trainer config and checkpoint path of a fields run folder."""
     run = Path(run_dir)
-    ckpt = run / "checkpoint.pt"
+    ckpt = run / CHECKPOINT
     s = read_checkpoint(ckpt)
     try:
         tcfg = config_from_dict(TrainerConfig, s["config"])
     except (KeyError, TypeError) as e:
         raise CheckpointError(f"{ckpt}: bad config in checkpoint ({e})") from e
     if scene is None:
-        src = run / "source.json"
+        src = run / SOURCE
         if not src.is_file():
             raise CheckpointError(f"{src}: missing (the run was trained on an in-memory scene)")
         from sceneforge.core.io import load_scene
@@ -226,8 +230,8 @@ def complete_scene(
         trainer, local_fill, inpainter, config.update, out, config.prompt or None
     )
     upd.run()
-    trainer.save_checkpoint(out / "checkpoint.pt")
-    write_json_atomic(out / "config.json", config_to_dict(trainer.cfg))
+    trainer.save_checkpoint(out / CHECKPOINT)
+    atomic_write_json(out / CONFIG, config_to_dict(trainer.config))
     write_outputs(trainer, scene, fill, out)
     info = {
         "inpainter": inpainter.name,
@@ -237,7 +241,7 @@ def complete_scene(
         "fill_fraction": float(sum(int(f.sum()) for f in fill) / sum(f.numel() for f in fill)),
         "config": _jsonable(dataclasses.asdict(config)),
     }
-    write_json_atomic(out / "complete.json", info)
+    atomic_write_json(out / COMPLETE_INFO, info)
     return trainer, info
 
 
@@ -247,19 +251,19 @@ def _jsonable(d):
 
 def write_outputs(trainer: Trainer, scene: SceneData, fill: list[Tensor], out: Path) -> None:
     """Renders of every view, before/after strips and the fill masks."""
-    ds = trainer.cfg.downscale
+    ds = trainer.downscale
     for i in range(len(scene)):
         name = Path(scene.image_names[i]).stem
         r = trainer.render_camera(scene.cameras, i)
         img = downscale_image(scene.load_image(i), ds)
         f = fill[i] if ds == 1 else downscale_image(fill[i][..., None].float(), ds)[..., 0] > 0
         hole = torch.where(f[..., None], torch.tensor([1.0, 0.0, 1.0]), img)
-        write_image_atomic(out / "renders" / f"{name}.png", r["rgb"])
+        write_image_atomic(out / RENDERS_DIR / f"{name}.png", r["rgb"])
         write_image_atomic(
-            out / "before_after" / f"{name}.png", torch.cat([img, hole, r["rgb"]], 1)
+            out / BEFORE_AFTER_DIR / f"{name}.png", torch.cat([img, hole, r["rgb"]], 1)
         )
         write_image_atomic(
-            out / "masks" / f"{name}.png", fill[i][..., None].float().expand(-1, -1, 3)
+            out / MASKS_DIR / f"{name}.png", fill[i][..., None].float().expand(-1, -1, 3)
         )
 
 
@@ -274,13 +278,16 @@ def complete(
     scene, tcfg, ckpt = load_run(run_dir, scene)
     run_trainer = None
     if config.unobserved_threshold > 0 or (config.mask_box is not None and scene.depths is None):
-        run_trainer = Trainer.from_checkpoint(ckpt, scene, None, progress=False, tensorboard=False)
+        extra = {} if config.device is None else {"device": config.device}
+        run_trainer = Trainer.from_checkpoint(
+            ckpt, scene, None, progress=False, tensorboard=False, **extra
+        )
     fill = build_fill_masks(scene, config, run_trainer)
     del run_trainer
     _, info = complete_scene(scene, fill, out_dir, config, tcfg)
-    src = Path(run_dir) / "source.json"
+    src = Path(run_dir) / SOURCE
     if src.is_file():
-        write_json_atomic(Path(out_dir) / "source.json", json.loads(src.read_text()))
+        atomic_write_json(Path(out_dir) / SOURCE, json.loads(src.read_text()))
     return info
 
 

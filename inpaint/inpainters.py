@@ -23,7 +23,6 @@ Backends:
 
 from __future__ import annotations
 
-import contextlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from sceneforge.core.cameras import Cameras, pixel_centers, transform_points, unproject
+from sceneforge.core.torch_state import torch_threads
 
 
 @dataclass
@@ -206,18 +206,6 @@ def _view_points(cams: Cameras, i: int, depth: Tensor, far: float) -> Float[Tens
     d = depth.reshape(-1, 1).to(torch.float64)
     pc = rays * torch.where(d > 0, d, torch.full_like(d, far))
     return transform_points(cams.world_from_cam[i], pc)
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    old = torch.get_num_threads()
-    if n > 0 and n != old:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n > 0 and n != old:
-            torch.set_num_threads(old)
 
 
 def warp_into_view(
@@ -502,7 +490,7 @@ class MultiViewInpainter(Inpainter):
         self.cfg = config or MultiViewConfig()
 
     def inpaint(self, images, fill, depths=None, cameras=None, prompt=None, strength=1.0):
-        with _threads(self.cfg.num_threads):
+        with torch_threads(self.cfg.num_threads):
             return self._inpaint(images, fill, depths, cameras)
 
     def _inpaint(self, images, fill, depths, cameras):

@@ -239,16 +239,25 @@ class Complete:
     """Run folder written by ``sceneforge train``."""
     out_dir: Pos[Path]
     """Output folder (completed field, renders, before/after images, versioned datasets)."""
-    config: Annotated[CompleteConfig, Flat] = field(default_factory=CompleteConfig)
+    # --device: auto (CUDA when available), cpu, cuda or cuda:N (None: the run's device)
+    config: Annotated[CompleteConfig, Flat] = field(
+        default_factory=lambda: CompleteConfig(device="auto")
+    )
 
     def run(self) -> int:
+        import dataclasses
+
+        from sceneforge.core.devices import resolve_device
         from sceneforge.inpaint.complete import complete
 
         if self.config.mask_box is None and self.config.masks is None:
             raise SystemExit(
                 "sceneforge complete: give --mask-box XMIN YMIN ZMIN XMAX YMAX ZMAX or --masks DIR"
             )
-        summary = complete(self.run_dir, self.out_dir, self.config)
+        cfg = self.config
+        if cfg.device is not None:
+            cfg = dataclasses.replace(cfg, device=str(resolve_device(cfg.device)))
+        summary = complete(self.run_dir, self.out_dir, cfg)
         print({k: v for k, v in summary.items() if isinstance(v, int | float | str)})
         return 0
 

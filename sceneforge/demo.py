@@ -16,16 +16,18 @@ fixed number of steps on one thread, so its result does not depend on the machin
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from sceneforge.core import run_files
+from sceneforge.core.atomic import atomic_write_json
 from sceneforge.core.timing import cpu_seconds
 from sceneforge.fields.api import RenderConfig, TrainConfig
 from sceneforge.fields.encodings import HashGridConfig, TriPlaneConfig
 from sceneforge.fields.field import FieldConfig
+from sceneforge.fields.nerf_model import NerfConfig
 from sceneforge.fields.rendering import RenderConfig as CompositeConfig
 from sceneforge.fields.sampling import SamplerConfig
 from sceneforge.fields.trainer import TrainerConfig
@@ -39,10 +41,7 @@ def demo_trainer_config() -> TrainerConfig:
         max_steps=600,
         max_seconds=None,
         batch_rays=2048,
-        lr=1e-2,
-        grid_lr=0.1,
         lr_final_factor=0.1,
-        density_tv_weight=0.0,
         holdout_every=8,
         eval_every=0,
         eval_max_images=0,
@@ -53,44 +52,51 @@ def demo_trainer_config() -> TrainerConfig:
         use_masks=False,
         scene_box="bounded",  # object-centric orbit: a box around the sparse points
         inner_scale=1.0,
-        chunk_rays=8192,
         progress=True,
         tensorboard=True,
         deterministic=True,
         device="cpu",
         num_threads=1,
-        field=FieldConfig(
-            encoding="triplane",
-            hash=HashGridConfig(),  # unused by the tri-plane encoding
-            triplane=TriPlaneConfig(resolutions=(32, 64, 128, 256), features=8, init_scale=0.1),
-            hidden_dim=64,
-            geo_feat_dim=15,
-            color_hidden_dim=64,
-            color_layers=1,
-            sh_degree=4,
-            appearance_dim=0,
-            num_feature_channels=0,
-            density_bias=-3.0,
-            density="grid",
-            # A coarse explicit density grid: a 128^3 grid (the image-size default) fits the
-            # 21 training views with semi-transparent fog and generalises far worse.
-            density_grid_resolution=48,
-            # Start from a visible fog (opacity 0.05 per voxel): from a nearly empty grid
-            # (1e-3) the colours saturate and the field stays a grey fog (21 dB held out).
-            density_grid_init=0.05,
-        ),
-        sampler=SamplerConfig(
-            num_samples=96,
-            near=0.05,
-            far=1000.0,
-            sample_budget=24.0,
-            min_samples=16,
-            transmittance_threshold=1e-3,
-            grid_resolution=64,
-            grid_update_every=16,
-            grid_warmup_steps=128,
-            grid_decay=0.95,
-            grid_alpha_threshold=0.01,
+        model="nerf",
+        nerf=NerfConfig(
+            lr=1e-2,
+            grid_lr=0.1,
+            density_tv_weight=0.0,
+            color_affine_weight=1e-3,
+            chunk_rays=8192,
+            field=FieldConfig(
+                encoding="triplane",
+                hash=HashGridConfig(),  # unused by the tri-plane encoding
+                triplane=TriPlaneConfig(resolutions=(32, 64, 128, 256), features=8, init_scale=0.1),
+                hidden_dim=64,
+                geo_feat_dim=15,
+                color_hidden_dim=64,
+                color_layers=1,
+                sh_degree=4,
+                appearance_dim=0,
+                num_feature_channels=0,
+                density_bias=-3.0,
+                density="grid",
+                # A coarse explicit density grid: a 128^3 grid (the image-size default) fits the
+                # 21 training views with semi-transparent fog and generalises far worse.
+                density_grid_resolution=48,
+                # Start from a visible fog (opacity 0.05 per voxel): from a nearly empty grid
+                # (1e-3) the colours saturate and the field stays a grey fog (21 dB held out).
+                density_grid_init=0.05,
+            ),
+            sampler=SamplerConfig(
+                num_samples=96,
+                near=0.05,
+                far=1000.0,
+                sample_budget=24.0,
+                min_samples=16,
+                transmittance_threshold=1e-3,
+                grid_resolution=64,
+                grid_update_every=16,
+                grid_warmup_steps=128,
+                grid_decay=0.95,
+                grid_alpha_threshold=0.01,
+            ),
         ),
         render=CompositeConfig(background="learned"),
     )
@@ -98,6 +104,8 @@ def demo_trainer_config() -> TrainerConfig:
 
 def _demo_run_config() -> RunConfig:
     return RunConfig(
+        # the demo's quality floor is measured on CPU with the tri-plane (CI has no GPU)
+        device="cpu",
         train=TrainConfig(trainer=demo_trainer_config()),
         # the box's occlusion test renders at 1/4 size (IoU 0.99 with full-size renders)
         complete=CompleteConfig(mask_render_downscale=4),
@@ -164,7 +172,7 @@ def render_demo_images(out: Path, cfg: DemoConfig):
     from sceneforge.core.synthetic import make_scene
 
     scene = make_scene(demo_scene_config(cfg))
-    images = out / "images"
+    images = out / run_files.DEMO_IMAGES_DIR
     images.mkdir(parents=True, exist_ok=True)
     for i in range(len(scene)):
         p = images / f"view_{i:03d}.png"
@@ -183,7 +191,7 @@ def object_box_in_reconstruction(
     from sceneforge.core.io import load_scene
     from sceneforge.core.metrics import umeyama_sim3
 
-    rec = load_scene(sfm_dir / "sparse" / "0", images_dir=images_dir)
+    rec = load_scene(sfm_dir / run_files.SFM_MODEL_DIR, images_dir=images_dir)
     idx = [int(Path(n).stem.split("_")[-1]) for n in rec.image_names]
     c_rec = invert_rigid(rec.cameras.cam_from_world.double())[..., 3]
     c_gt = invert_rigid(truth.cameras.cam_from_world[idx].double())[..., 3]
@@ -217,7 +225,9 @@ def demo(
     cfg = cfg or DemoConfig()
     out = Path(out_dir)
     t0, c0 = time.perf_counter(), cpu_seconds()
-    truth = render_demo_images(out / "input", cfg)
+    inputs, run_dir = out / run_files.DEMO_INPUT_DIR, out / run_files.DEMO_RUN_DIR
+    images_dir = inputs / run_files.DEMO_IMAGES_DIR
+    truth = render_demo_images(inputs, cfg)
     t_render, c_render = time.perf_counter() - t0, cpu_seconds() - c0
     run_cfg = cfg.run
     trainer = replace(run_cfg.train.trainer, downscale=cfg.downscale, max_steps=cfg.train_steps)
@@ -225,8 +235,8 @@ def demo(
     run_cfg = replace(run_cfg, train=train)
     if cfg.complete:
         # Reconstruct first (resumable), then place the box in the reconstruction's frame.
-        run(out / "input" / "images", out / "run", run_cfg, log=log, stop_after="reconstruct")
-        box = object_box_in_reconstruction(truth, out / "run" / "sfm", out / "input" / "images")
+        run(images_dir, run_dir, run_cfg, log=log, stop_after="reconstruct")
+        box = object_box_in_reconstruction(truth, run_dir / run_files.SFM_DIR, images_dir)
         log(f"mask box (reconstruction frame): {' '.join(f'{x:.3f}' for x in box)}")
         upd = replace(
             run_cfg.complete.update,
@@ -236,7 +246,7 @@ def demo(
             final_steps=cfg.complete_update_every,
         )
         run_cfg = replace(run_cfg, mask_box=box, complete=replace(run_cfg.complete, update=upd))
-    stages = run(out / "input" / "images", out / "run", run_cfg, log=log)
+    stages = run(images_dir, run_dir, run_cfg, log=log)
     rec = stages["reconstruct"]
     psnr = float(stages["train"]["psnr"])
     ok = rec["num_registered"] == rec["num_images"] and psnr >= cfg.min_psnr
@@ -252,7 +262,7 @@ def demo(
         "stage_cpu_s": {k: v.get("cpu_seconds", float("nan")) for k, v in stages.items()},
         "total_s": time.perf_counter() - t0,
         "total_cpu_s": cpu_seconds() - c0,
-        "report": str(out / "run" / "report.html"),
+        "report": str(run_dir / run_files.REPORT_HTML),
     }
-    (out / "demo.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / run_files.DEMO_SUMMARY, summary)
     return summary

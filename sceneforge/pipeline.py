@@ -13,14 +13,15 @@ import dataclasses
 import html
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sceneforge.core import run_files
+from sceneforge.core.atomic import atomic_write_json, atomic_write_text
+from sceneforge.core.devices import resolve_device
 from sceneforge.core.timing import cpu_seconds
 from sceneforge.fields.api import RenderConfig, TrainConfig
 from sceneforge.fields.trainer import TrainerConfig
@@ -44,6 +45,10 @@ class RunConfig:
 
     mask_box: tuple[float, float, float, float, float, float] | None = None
     """World box ``xmin ymin zmin xmax ymax zmax`` to remove and complete (none: no completion)."""
+    device: str = "auto"
+    """Torch device of training, completion and rendering: ``auto`` (CUDA when available),
+    ``cpu``, ``cuda`` or ``cuda:N``; a stage's own ``train.device`` / ``complete.device`` /
+    ``render.device``, when given, wins."""
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     """Structure from motion."""
     train: TrainConfig = field(default_factory=_default_train)
@@ -52,18 +57,6 @@ class RunConfig:
     """Scene completion (used when ``mask_box`` is given)."""
     render: RenderConfig = field(default_factory=_default_render)
     """Orbit video of the final field."""
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:  # e.g. a full disk: the previous record stays, no temp file
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_json(path: Path) -> dict:
@@ -77,7 +70,7 @@ class _Stages:
     """``stages.json``: which stages finished, with their timings and results."""
 
     def __init__(self, out: Path) -> None:
-        self.path = out / "stages.json"
+        self.path = out / run_files.STAGE_RECORD
         self.done: dict = _read_json(self.path) if self.path.exists() else {}
 
     def finished(self, name: str) -> bool:
@@ -85,7 +78,8 @@ class _Stages:
 
     def mark(self, name: str, seconds: float, result: dict | None = None) -> None:
         self.done[name] = {"seconds": seconds, **(result or {})}
-        _write_json(self.path, self.done)
+        # e.g. a full disk: the previous record stays, no temp file
+        atomic_write_json(self.path, self.done, default=str)
 
 
 def run(
@@ -109,6 +103,7 @@ def run(
     cfg = config or RunConfig()
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"stop_after must be one of {STAGES}, got {stop_after!r}")
+    device = str(resolve_device(cfg.device))  # a clear error before any work
     images_dir = Path(images_dir)
     out = Path(out_dir)
     list_images(images_dir)  # clear error for a missing / empty folder before any work
@@ -128,7 +123,8 @@ def run(
         stages.mark(name, dt, {**result, "cpu_seconds": cpu})
         log(f"[{name}] done in {dt:.1f} s ({cpu:.1f} CPU s)")
 
-    sfm_dir, field_dir = out / "sfm", out / "field"
+    sfm_dir, field_dir = out / run_files.SFM_DIR, out / run_files.FIELD_DIR
+    complete_dir = out / run_files.COMPLETE_DIR
 
     def do_reconstruct() -> dict:
         from sceneforge.recon.sfm import reconstruct
@@ -147,7 +143,8 @@ def run(
     def do_train() -> dict:
         from sceneforge.fields.api import train
 
-        res = train(sfm_dir, field_dir, cfg.train)
+        tc = dataclasses.replace(cfg.train, device=cfg.train.device or device)
+        res = train(sfm_dir, field_dir, tc)
         return {
             k: res[k] for k in ("psnr", "ssim", "num_eval_images", "steps", "wall_s") if k in res
         }
@@ -155,21 +152,23 @@ def run(
     def do_complete() -> dict:
         from sceneforge.inpaint.complete import complete
 
-        c = dataclasses.replace(cfg.complete, mask_box=cfg.mask_box)
-        s = complete(field_dir, out / "complete", c)
+        dev = cfg.complete.device or device
+        c = dataclasses.replace(cfg.complete, mask_box=cfg.mask_box, device=dev)
+        s = complete(field_dir, complete_dir, c)
         return {k: v for k, v in s.items() if isinstance(v, int | float | str)}
 
-    final_dir = out / "complete" if cfg.mask_box is not None else field_dir
+    final_dir = complete_dir if cfg.mask_box is not None else field_dir
 
     def do_render() -> dict:
         from sceneforge.core.io import load_scene
         from sceneforge.core.io_nerfstudio import write_ply_points
         from sceneforge.fields.api import render
 
-        video = render(final_dir, out / "render", cfg.render)
-        scene = load_scene(sfm_dir / "sparse" / "0", images_dir=images_dir)
+        rc = dataclasses.replace(cfg.render, device=cfg.render.device or device)
+        video = render(final_dir, out / run_files.RENDER_DIR, rc)
+        scene = load_scene(sfm_dir / run_files.SFM_MODEL_DIR, images_dir=images_dir)
         if scene.points is not None:
-            write_ply_points(out / "points.ply", scene.points, scene.point_colors)
+            write_ply_points(out / run_files.POINTS_PLY, scene.points, scene.point_colors)
         return {"video": str(video)}
 
     plan = [("reconstruct", do_reconstruct), ("train", do_train)]
@@ -181,7 +180,7 @@ def run(
         if name == stop_after:
             return stages.done
     write_report(out)
-    log(f"report: {out / 'report.html'}")
+    log(f"report: {out / run_files.REPORT_HTML}")
     return stages.done
 
 
@@ -233,9 +232,10 @@ def _plot_training(history: list[dict], path: Path) -> bool:
 def write_report(out_dir: str | Path) -> Path:
     """``report.html`` (+ PNGs under ``report/``) from whatever stages have finished."""
     out = Path(out_dir)
-    rep = out / "report"
+    rep = out / run_files.REPORT_DIR
     rep.mkdir(exist_ok=True)
-    stages = _read_json(out / "stages.json") if (out / "stages.json").exists() else {}
+    stages_file = out / run_files.STAGE_RECORD
+    stages = _read_json(stages_file) if stages_file.exists() else {}
     parts = ["<h1>sceneforge run</h1>", "<h2>Stages</h2><table border=1 cellpadding=4>"]
     parts.append("<tr><th>stage</th><th>seconds</th><th>result</th></tr>")
     for name in STAGES:
@@ -252,34 +252,32 @@ def write_report(out_dir: str | Path) -> Path:
             f'<figure><img src="{rel}" width="480"><figcaption>{caption}</figcaption></figure>'
         )
 
-    if (out / "sfm" / "reconstruction.png").exists():
-        shutil.copyfile(out / "sfm" / "reconstruction.png", rep / "reconstruction.png")
-        img("report/reconstruction.png", "Cameras and sparse points")
-    if (out / "sfm" / "summary.json").exists() and _plot_ba_costs(
-        _read_json(out / "sfm" / "summary.json"), rep / "ba_cost.png"
+    sfm, url = out / run_files.SFM_DIR, run_files.REPORT_DIR
+    if (sfm / run_files.RECONSTRUCTION_PNG).exists():
+        shutil.copyfile(sfm / run_files.RECONSTRUCTION_PNG, rep / "reconstruction.png")
+        img(f"{url}/reconstruction.png", "Cameras and sparse points")
+    if (sfm / run_files.SFM_SUMMARY).exists() and _plot_ba_costs(
+        _read_json(sfm / run_files.SFM_SUMMARY), rep / "ba_cost.png"
     ):
-        img("report/ba_cost.png", "Bundle-adjustment cost per iteration")
-    hist = out / "field" / "history.json"
+        img(f"{url}/ba_cost.png", "Bundle-adjustment cost per iteration")
+    hist = out / run_files.FIELD_DIR / run_files.HISTORY
     if hist.exists() and _plot_training(_read_json(hist).get("history", []), rep / "training.png"):
-        img("report/training.png", "Training curve")
-    ba = out / "complete" / "before_after"
+        img(f"{url}/training.png", "Training curve")
+    ba = out / run_files.COMPLETE_DIR / run_files.BEFORE_AFTER_DIR
     if ba.is_dir():
         for p in sorted(ba.glob("*.png"))[:6]:
             shutil.copyfile(p, rep / f"before_after_{p.name}")
-            img(f"report/before_after_{p.name}", f"Before / after completion: {p.stem}")
-    frames = sorted((out / "render").glob("**/*.png"))
+            img(f"{url}/before_after_{p.name}", f"Before / after completion: {p.stem}")
+    frames = sorted((out / run_files.RENDER_DIR).glob("**/*.png"))
     if frames:
         shutil.copyfile(frames[0], rep / "render.png")
-        img("report/render.png", "Render of the final field")
-    ev = out / "field" / "eval.json"
+        img(f"{url}/render.png", "Render of the final field")
+    ev = out / run_files.FIELD_DIR / run_files.EVAL
     if ev.exists():
         e = _read_json(ev)
         psnr = e.get("psnr", math.nan)
         parts.append(f"<p>Held-out PSNR: {psnr:.2f} dB over {e.get('num_eval_images')} views</p>")
-    path = out / "report.html"
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".report.")
-    with os.fdopen(fd, "w") as f:
-        f.write("<!doctype html><meta charset=utf-8><title>sceneforge run</title>\n")
-        f.write("\n".join(parts))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(
+        out / run_files.REPORT_HTML,
+        "<!doctype html><meta charset=utf-8><title>sceneforge run</title>\n" + "\n".join(parts),
+    )

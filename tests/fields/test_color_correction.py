@@ -75,12 +75,12 @@ def test_per_image_colour_transforms_absorb_exposure_and_nerfw_fit_recovers_held
         img = scene.images[i].double() * gains[i]
         scene.images[i] = img.round().clamp(0, 255).to(torch.uint8)
     cfg = turntable_config(400, eval_appearance_fit_steps=40)
-    cfg.field.color_affine = True
+    cfg.nerf.field.color_affine = True
     tr = Trainer(scene, cfg)
     tr.train()
     # the learned transforms follow the gains of the training photos: the transformed mean
     # object colour per photo correlates with its gains
-    a = tr.field.color_affine.detach().double()
+    a = tr.model.field.color_affine.detach().double()
     grey = torch.full((3,), 0.5, dtype=torch.float64)
     out = grey + (a[:, :9].view(-1, 3, 3) @ grey) + a[:, 9:]
     x, y = out.log().flatten(), gains[tr.train_indices].log().flatten()
@@ -90,6 +90,6 @@ def test_per_image_colour_transforms_absorb_exposure_and_nerfw_fit_recovers_held
     print(ev)
     assert ev["psnr_right_fit"] > ev["psnr_right_mean"] + 2.0, ev
     assert ev["psnr_right_fit"] > 24.0, ev
-    assert tr.field.unseen_color_affine is None  # evaluation leaves the field as it was
+    assert tr.model.field.unseen_color_affine is None  # evaluation leaves the field as it was
     # fitting did not touch training state: the field parameters are all trainable again
-    assert all(p.requires_grad for p in tr.field.parameters())
+    assert all(p.requires_grad for p in tr.model.field.parameters())

@@ -11,6 +11,7 @@ import torch
 from sceneforge.core.synthetic import sample_surface, turntable_scene
 from sceneforge.fields.api import TrainConfig, train
 from sceneforge.fields.export import ExportConfig, export, ply_bytes
+from sceneforge.fields.nerf_model import NerfConfig
 from sceneforge.fields.trainer import TrainerConfig
 
 trimesh = pytest.importorskip("trimesh")
@@ -33,7 +34,7 @@ def trained(tmp_path_factory):
         max_steps=300,
         trainer=TrainerConfig(
             batch_rays=1024,
-            grid_lr=0.5,
+            nerf=NerfConfig(grid_lr=0.5),
             scene_box="bounded",
             use_masks=False,
             progress=False,

@@ -48,9 +48,9 @@ def test_visual_hull_box_contains_object_and_is_tight(turntable):
     # the trainer's box in object mode is that hull (masks subsampled 4x)
     cfg = TrainerConfig(object_masks=True, progress=False, tensorboard=False)
     tr = Trainer(turntable, cfg)
-    assert not tr.box.contract and tr.cfg.scene_box == "masks"
-    assert (tr.box.aabb[0] <= true[0]).all() and (tr.box.aabb[1] >= true[1]).all()
-    assert tr.field.cfg.density_grid_init == 0.01  # auto init in object mode
+    assert not tr.scene_box.contract and tr.cfg.scene_box == "masks"
+    assert (tr.scene_box.aabb[0] <= true[0]).all() and (tr.scene_box.aabb[1] >= true[1]).all()
+    assert tr.model.field.cfg.density_grid_init == 0.01  # auto init in object mode
 
 
 def test_visual_hull_box_rejects_disagreeing_masks(turntable):
@@ -136,7 +136,9 @@ def test_cli_train_object_masks(tmp_path: Path, capsys):
     assert main(["train", str(with_masks), str(tmp_path / "run"), *flags]) == 0
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["object_masks"] and cfg["scene_box"] == "masks"
-    assert cfg["render"]["background"] == "black" and cfg["field"]["density_grid_init"] == 0.01
+    assert (
+        cfg["render"]["background"] == "black" and cfg["nerf"]["field"]["density_grid_init"] == 0.01
+    )
     flags[2] = "12"  # resumes from the checkpoint (object mode rebuilt from config.json)
     assert main(["train", str(with_masks), str(tmp_path / "run"), *flags]) == 0
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["steps"] == 12

@@ -12,6 +12,7 @@ from sceneforge.fields.api import RenderConfig, TrainConfig, render, train
 from sceneforge.fields.datasets import RayDataset
 from sceneforge.fields.encodings import TriPlaneConfig
 from sceneforge.fields.field import FieldConfig
+from sceneforge.fields.nerf_model import NerfConfig
 from sceneforge.fields.sampling import SamplerConfig
 from sceneforge.fields.trainer import CheckpointError, Trainer, TrainerConfig, read_checkpoint
 
@@ -22,15 +23,18 @@ def tiny_config(**kw) -> TrainerConfig:
         batch_rays=128,
         progress=False,
         tensorboard=False,
-        field=FieldConfig(
-            triplane=TriPlaneConfig(resolutions=(16, 32), features=4),
-            density_grid_resolution=32,
-            hidden_dim=16,
-            color_hidden_dim=16,
-            sh_degree=2,
-            appearance_dim=4,
+        device="cpu",
+        nerf=NerfConfig(
+            field=FieldConfig(
+                triplane=TriPlaneConfig(resolutions=(16, 32), features=4),
+                density_grid_resolution=32,
+                hidden_dim=16,
+                color_hidden_dim=16,
+                sh_degree=2,
+                appearance_dim=4,
+            ),
+            sampler=SamplerConfig(num_samples=32, grid_resolution=16, grid_update_every=8),
         ),
-        sampler=SamplerConfig(num_samples=32, grid_resolution=16, grid_update_every=8),
     )
     for k, v in kw.items():
         setattr(cfg, k, v)
@@ -43,10 +47,7 @@ def scene():
 
 
 def params_of(tr: Trainer) -> dict[str, torch.Tensor]:
-    out = {k: v.detach().clone() for k, v in tr.field.state_dict().items()}
-    out.update({f"grid.{k}": v.clone() for k, v in tr.grid.state_dict().items()})
-    out["bg"] = tr.bg_param.detach().clone()
-    return out
+    return {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
 
 
 def test_resume_is_bit_exact(scene, tmp_path):
@@ -152,13 +153,13 @@ def test_train_and_render_api_write_outputs(scene, tmp_path):
 def test_hash_grid_mlp_density_field_trains(scene):
     """The CUDA-default combination (hash grid + MLP density) runs and lowers the loss on CPU."""
     cfg = tiny_config(max_steps=30)
-    cfg.field.encoding = "hash"
-    cfg.field.density = "mlp"
-    cfg.field.hash.num_levels = 4
-    cfg.field.hash.log2_hashmap_size = 12
-    cfg.field.hash.max_resolution = 64
+    cfg.nerf.field.encoding = "hash"
+    cfg.nerf.field.density = "mlp"
+    cfg.nerf.field.hash.num_levels = 4
+    cfg.nerf.field.hash.log2_hashmap_size = 12
+    cfg.nerf.field.hash.max_resolution = 64
     tr = Trainer(scene, cfg)
-    assert tr.field.encoding_kind == "hash" and tr.field.density_kind == "mlp"
+    assert tr.model.field.encoding_kind == "hash" and tr.model.field.density_kind == "mlp"
     first = tr.train_step()["loss"]
     last = tr.train(max_steps=30)["loss"]
     assert last < first
@@ -170,10 +171,10 @@ def test_a_batch_that_meets_no_occupied_cell_is_skipped_not_a_crash(scene):
     tr = Trainer(scene, tiny_config(render=rendering.RenderConfig(background="black")))
     tr.train(max_steps=2)
     before = params_of(tr)
-    tr.grid.occupied.zero_()  # every sample pruned until the next grid update (step 8)
+    tr.model.grid.occupied.zero_()  # every sample pruned until the next grid update (step 8)
     stats = tr.train_step()
     assert tr.step == 3 and stats["samples_per_ray"] == 0
     after = params_of(tr)
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("grid."))
     tr.train(max_steps=12)  # the update at step 8 re-opens cells and training goes on
-    assert tr.grid.occupancy_fraction > 0
+    assert tr.model.grid.occupancy_fraction > 0

@@ -60,10 +60,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(scene, tmp_pat
     msg = str(e.value)
     assert "step 7" in msg and str(bad) in msg and f"{ckpt} (step 5)" in msg, msg
     assert tr.step == 6  # the bad step changed nothing
-    assert all(bool(torch.isfinite(p).all()) for p in tr.field.parameters())
+    assert all(bool(torch.isfinite(p).all()) for p in tr.model.field.parameters())
     s = read_checkpoint(ckpt)
     assert s["step"] == 5
-    assert all(bool(torch.isfinite(v).all()) for v in s["field"].values())
+    assert all(bool(torch.isfinite(v).all()) for v in s["model"].values())
     resumed = Trainer.from_checkpoint(ckpt, scene)  # loadable, and training goes on from it
     resumed.train(max_steps=7)
     assert resumed.step == 7
@@ -75,7 +75,7 @@ def test_non_finite_parameters_are_never_checkpointed(scene, tmp_path, one_threa
     ckpt = tr.save_checkpoint(tmp_path / "checkpoint.pt")
     before = ckpt.read_bytes()
     with torch.no_grad():
-        next(tr.field.parameters()).view(-1)[0] = float("nan")
+        next(tr.model.field.parameters()).view(-1)[0] = float("nan")
     with pytest.raises(TrainingDivergedError, match=r"non-finite parameters .*was not overwritten"):
         tr.save_checkpoint(ckpt)
     assert ckpt.read_bytes() == before
@@ -187,7 +187,7 @@ def test_tampered_pickle_is_refused_and_never_runs(scene, tmp_path, kind, one_th
     _Evil.marker = str(tmp_path / "PWNED")
     tr = Trainer(scene, tiny_config())
     state = tr.state_dict()
-    state["field"]["extra"] = _Evil()
+    state["model"]["extra"] = _Evil()
     bad = tmp_path / "tampered.pt"
     if kind == "torch.save":
         torch.save(state, bad)

@@ -10,8 +10,9 @@ import os
 import pytest
 import torch
 
-import sceneforge.inpaint.dataset_update as du
+import sceneforge.inpaint.rounds as rounds
 from sceneforge.core.image_io import read_image
+from sceneforge.fields.nerf_model import NerfConfig
 from sceneforge.fields.sampling import SamplerConfig
 from sceneforge.fields.trainer import Trainer, TrainerConfig
 from sceneforge.inpaint.dataset_update import (
@@ -44,7 +45,7 @@ def test_disk_full_during_a_dataset_update(tmp_path, monkeypatch, where, one_thr
         tensorboard=False,
         holdout_every=0,
         checkpoint_every=0,
-        sampler=SamplerConfig(num_samples=16),
+        nerf=NerfConfig(sampler=SamplerConfig(num_samples=16)),
     )
     trainer = Trainer(masked_training_scene(rs.scene, fill), cfg)
     upd = InpaintDatasetUpdate(
@@ -56,7 +57,7 @@ def test_disk_full_during_a_dataset_update(tmp_path, monkeypatch, where, one_thr
     before = _snapshot(v1)
     calls = {"n": 0}
     if where == "image":
-        real = du.write_image_atomic
+        real = rounds.write_image_atomic
 
         def second_image_fails(path, image):  # the disk fills up at the 2nd image
             calls["n"] += 1
@@ -64,7 +65,7 @@ def test_disk_full_during_a_dataset_update(tmp_path, monkeypatch, where, one_thr
                 _enospc()
             real(path, image)
 
-        monkeypatch.setattr(du, "write_image_atomic", second_image_fails)
+        monkeypatch.setattr(rounds, "write_image_atomic", second_image_fails)
     else:
         real_replace = os.replace
 

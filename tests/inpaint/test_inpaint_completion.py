@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sceneforge.core.metrics import psnr
+from sceneforge.fields.nerf_model import NerfConfig
 from sceneforge.fields.sampling import SamplerConfig
 from sceneforge.fields.trainer import Trainer, TrainerConfig
 from sceneforge.inpaint.dataset_update import (
@@ -63,7 +64,7 @@ def test_multiview_completion_beats_masked_field_and_depth_loss_helps(removal, t
         checkpoint_every=0,
         log_every=0,
         scene_box="bounded",  # from the scene's sparse (SfM-like) points
-        sampler=SamplerConfig(**SAMPLER),
+        nerf=NerfConfig(sampler=SamplerConfig(**SAMPLER)),
     )
     trainer = Trainer(masked_training_scene(rs.scene, fill), tcfg)
     trainer.train(max_steps=WARMUP)
@@ -115,7 +116,7 @@ def test_complete_run_dir_writes_outputs(tmp_path):
         holdout_every=0,
         checkpoint_every=0,
         log_every=0,
-        sampler=SamplerConfig(num_samples=16, grid_alpha_threshold=1e-3),
+        nerf=NerfConfig(sampler=SamplerConfig(num_samples=16, grid_alpha_threshold=1e-3)),
     )
     train(None, tmp_path / "run", TrainConfig(trainer=tcfg, save_eval_images=False), scene=scene)
     mesh = scene.metadata["mesh"]

@@ -9,11 +9,8 @@ import torch
 
 from sceneforge.core.metrics import psnr
 from sceneforge.core.synthetic import SyntheticSceneConfig, make_scene
-from sceneforge.inpaint.dataset_update import (
-    depth_ranking_loss,
-    masked_training_scene,
-    scale_cameras,
-)
+from sceneforge.fields.datasets import scale_cameras
+from sceneforge.inpaint.dataset_update import depth_ranking_loss, masked_training_scene
 from sceneforge.inpaint.inpainters import (
     MultiViewConfig,
     MultiViewInpainter,
