@@ -63,6 +63,7 @@ from sceneforge.recon.two_view import (
     estimate_per_image_focals,
     estimate_shared_focal,
     estimate_two_view,
+    shared_focal_contrast,
 )
 
 
@@ -86,6 +87,10 @@ class CameraConfig:
     """Search range of an unknown focal length, in units of the largest image side."""
     focal_prior: float = 1.2
     """Focal length (in units of the largest side) used when it is not observable."""
+    focal_min_contrast: float = 1e-3
+    """A shared focal length estimated from the pairs is used only when it explains them better
+    than half and twice its value by at least this (``shared_focal_contrast``); below it the
+    pairs do not determine it (e.g. cameras fixating one point) and the prior is used."""
     fix_intrinsics: bool = False
     """Keep known intrinsics fixed in bundle adjustment (else they only initialise it)."""
 
@@ -463,11 +468,16 @@ def _reconstruct_from_tracks(
             fgeo.matrix[ok], pp, fgeo.num_inliers[ok].double(), (lo * size, hi * size)
         )
         prior = cfg.camera.focal_prior * size
-        if focal0 < 1.05 * lo * size or focal0 > 0.95 * hi * size:
-            # At the edge of the range: the focal length is not observable from these pairs
-            # (e.g. cameras fixating one point, a known degeneracy); use the prior.
+        contrast = shared_focal_contrast(fgeo.matrix[ok], pp, focal0, fgeo.num_inliers[ok])
+        stats["focal_contrast"] = contrast
+        edge = focal0 < 1.05 * lo * size or focal0 > 0.95 * hi * size
+        if edge or contrast < cfg.camera.focal_min_contrast:
+            # The pairs do not determine the focal length (the estimate sits at the edge of
+            # the range, or half and twice it fit as well: e.g. cameras fixating one point, a
+            # known degeneracy, where the minimum is numerical noise); use the prior.
             log(
-                f"focal length not observable from the pairs ({focal0:.1f} px); using {prior:.1f} px"
+                f"focal length not observable from the pairs ({focal0:.1f} px, contrast "
+                f"{contrast:.3g}); using {prior:.1f} px"
             )
             focal0 = prior
         else:

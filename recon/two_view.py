@@ -546,6 +546,27 @@ def estimate_two_view(
     return TwoViewGeometry(mat, inl, n_in, ok, R, t, angle)
 
 
+def _shared_focal_cost(
+    F: Float[Tensor, "P 3 3"], principal_point: Float[Tensor, "2"], w: Tensor, fs: Tensor
+) -> Tensor:
+    """Weighted median over the pairs of ``(s1 - s2) / (s1 + s2)`` of ``E = K^T F K``, for each
+    candidate focal length in ``fs`` (0 = a perfect essential matrix)."""
+    cx, cy = float(principal_point[0]), float(principal_point[1])
+    K = torch.zeros(fs.shape[0], 3, 3, dtype=torch.float64)
+    K[:, 0, 0] = fs
+    K[:, 1, 1] = fs
+    K[:, 0, 2] = cx
+    K[:, 1, 2] = cy
+    K[:, 2, 2] = 1.0
+    E = K[:, None].transpose(-1, -2) @ F.double()[None] @ K[:, None]
+    s = torch.linalg.svdvals(E)
+    r = (s[..., 0] - s[..., 1]) / (s[..., 0] + s[..., 1]).clamp(min=1e-300)  # (C, P)
+    order = r.argsort(dim=1)
+    cw = torch.cumsum(w[order], dim=1)
+    med = (cw >= 0.5 * w.sum()).double().argmax(dim=1)
+    return r.gather(1, order.gather(1, med[:, None]))[:, 0]
+
+
 def estimate_shared_focal(
     F: Float[Tensor, "P 3 3"],
     principal_point: Float[Tensor, "2"],
@@ -557,34 +578,39 @@ def estimate_shared_focal(
 
     For the right ``K``, ``E = K^T F K`` has two equal singular values. Candidates on a log grid
     are scored by the weighted median of ``(s1 - s2) / (s1 + s2)`` over the pairs, then the best
-    is refined on a finer grid around it. Robust to a minority of bad pairs.
+    is refined on a finer grid around it. Robust to a minority of bad pairs. Whether the pairs
+    determine the focal length at all: :func:`shared_focal_contrast`.
     """
-    cx, cy = float(principal_point[0]), float(principal_point[1])
     w = torch.ones(F.shape[0], dtype=torch.float64) if weights is None else weights.double()
-
-    def cost(fs: Tensor) -> Tensor:
-        K = torch.zeros(fs.shape[0], 3, 3, dtype=torch.float64)
-        K[:, 0, 0] = fs
-        K[:, 1, 1] = fs
-        K[:, 0, 2] = cx
-        K[:, 1, 2] = cy
-        K[:, 2, 2] = 1.0
-        E = K[:, None].transpose(-1, -2) @ F.double()[None] @ K[:, None]
-        s = torch.linalg.svdvals(E)
-        r = (s[..., 0] - s[..., 1]) / (s[..., 0] + s[..., 1]).clamp(min=1e-300)  # (C, P)
-        order = r.argsort(dim=1)
-        cw = torch.cumsum(w[order], dim=1)
-        med = (cw >= 0.5 * w.sum()).double().argmax(dim=1)
-        return r.gather(1, order.gather(1, med[:, None]))[:, 0]
-
     lo, hi = math.log(f_range[0]), math.log(f_range[1])
     fs = torch.exp(torch.linspace(lo, hi, num_candidates, dtype=torch.float64))
-    best = float(fs[cost(fs).argmin()])
+    best = float(fs[_shared_focal_cost(F, principal_point, w, fs).argmin()])
     step = (hi - lo) / (num_candidates - 1)
     fs = torch.exp(
         torch.linspace(math.log(best) - step, math.log(best) + step, 41, dtype=torch.float64)
     )
-    return float(fs[cost(fs).argmin()])
+    return float(fs[_shared_focal_cost(F, principal_point, w, fs).argmin()])
+
+
+def shared_focal_contrast(
+    F: Float[Tensor, "P 3 3"],
+    principal_point: Float[Tensor, "2"],
+    focal: float,
+    weights: Float[Tensor, " P"] | None = None,
+    factor: float = 2.0,
+) -> float:
+    """How much better ``focal`` explains the pairs than ``focal / factor`` and ``focal * factor``
+    (the smaller of their costs minus its cost, cost as in :func:`estimate_shared_focal`).
+
+    Near 0 when the pairs cannot tell focal lengths apart: cameras fixating one point (every
+    optical axis through one point, e.g. an orbit around an object) are the known degeneracy
+    of focal length from fundamental matrices; the minimum found there is numerical noise, so
+    it would differ from machine to machine.
+    """
+    w = torch.ones(F.shape[0], dtype=torch.float64) if weights is None else weights.double()
+    fs = torch.tensor([focal, focal / factor, focal * factor], dtype=torch.float64)
+    c = _shared_focal_cost(F, principal_point, w, fs)
+    return float(torch.minimum(c[1], c[2]) - c[0])
 
 
 def estimate_per_image_focals(

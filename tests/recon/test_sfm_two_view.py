@@ -14,6 +14,7 @@ from sceneforge.recon.two_view import (
     estimate_two_view,
     fundamental_8pt,
     sampson_error,
+    shared_focal_contrast,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -86,6 +87,58 @@ def test_ransac_fundamental_pixels():
     E = K.T @ geo.matrix @ K
     s = torch.linalg.svdvals(E)
     assert float(((s[:, 0] - s[:, 1]) / s[:, 0]).median()) < 0.05
+
+
+def _fundamental(R, t, f, pp):
+    K = torch.tensor([[f, 0, pp[0]], [0, f, pp[1]], [0, 0, 1]], dtype=torch.float64)
+    Ki = torch.linalg.inv(K)
+    return Ki.T @ skew(t) @ R @ Ki
+
+
+def test_shared_focal_is_unobservable_for_fixating_cameras():
+    """Cameras whose optical axes meet in one point (an orbit around an object) are the known
+    degeneracy of focal length from fundamental matrices: every focal fits, the contrast is 0
+    and the minimum is noise. Cameras that do not fixate one point determine it."""
+    f, pp = 400.0, (320.0, 240.0)
+    ppt = torch.tensor(pp, dtype=torch.float64)
+
+    def look_at(eye):
+        z = -eye / eye.norm()
+        x = torch.linalg.cross(torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64), z)
+        x = x / x.norm()
+        return torch.stack([x, torch.linalg.cross(z, x), z])  # rows: cam axes in world
+
+    def relative(Ra, ca, Rb, cb):
+        R = Rb @ Ra.T
+        return R, Rb @ (ca - cb)  # x_b = R x_a + t
+
+    angles = torch.linspace(0, 1.2, 5, dtype=torch.float64)
+    eyes = [torch.stack([4 * a.sin(), a.new_zeros(()), -4 * a.cos()]) for a in angles]  # one plane
+    Rs = [look_at(e) for e in eyes]
+    Fs = torch.stack(
+        [
+            _fundamental(*relative(Rs[i], eyes[i], Rs[j], eyes[j]), f, pp)
+            for i in range(5)
+            for j in range(i + 1, 5)
+        ]
+    )
+    assert abs(shared_focal_contrast(Fs, ppt, f)) < 1e-6
+    assert abs(shared_focal_contrast(Fs, ppt, 0.6 * f)) < 1e-6  # any focal fits as well
+    # the same motion with axes that miss the common point by tilting each camera
+    g = torch.Generator().manual_seed(1)
+    tilt = [
+        angle_axis_to_matrix(torch.randn(3, generator=g, dtype=torch.float64) * 0.2) for _ in Rs
+    ]
+    Rt = [t_ @ R for t_, R in zip(tilt, Rs)]
+    Fs = torch.stack(
+        [
+            _fundamental(*relative(Rt[i], eyes[i], Rt[j], eyes[j]), f, pp)
+            for i in range(5)
+            for j in range(i + 1, 5)
+        ]
+    )
+    assert shared_focal_contrast(Fs, ppt, f) > 1e-2
+    assert abs(estimate_shared_focal(Fs, ppt, f_range=(100.0, 2000.0)) - f) < 0.02 * f
 
 
 def test_degenerate_pair_fails_cleanly():
