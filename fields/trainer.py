@@ -21,9 +21,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from jaxtyping import Bool, Float
@@ -53,89 +51,10 @@ from sceneforge.fields.datasets import (
 from sceneforge.fields.evaluation import evaluate_heldout
 from sceneforge.fields.field import SceneBox
 from sceneforge.fields.masks import mask_loss, object_scene, require_masks, scene_hull_box
-from sceneforge.fields.nerf_model import NerfConfig
-from sceneforge.fields.rendering import RenderConfig, background_color
+from sceneforge.fields.rendering import background_color
 from sceneforge.fields.scene_box import auto_scene_box
 from sceneforge.fields.scene_model import ModelContext, SceneModel, model_class
-
-
-@dataclass
-class TrainerConfig:
-    """Training settings shared by every scene model (``sceneforge train`` exposes these)."""
-
-    max_steps: int = 3000
-    """Number of optimisation steps (also sets the learning-rate schedule)."""
-    max_seconds: float | None = None
-    """Stop earlier after this much training time (seconds); None = no time limit."""
-    model: Literal["nerf"] = "nerf"
-    """Scene model (its settings: the section of the same name, e.g. ``nerf``)."""
-    batch_rays: int = 2048
-    """Rays (pixels) per step."""
-    batch: Literal["auto", "rays", "patches"] = "auto"
-    """Independent rays or whole ``patch_size`` patches per step; ``auto`` = what the model
-    needs (rays for NeRF)."""
-    patch_size: int = 32
-    """Side of a patch (``batch_rays / patch_size^2`` patches per step, at least one)."""
-    lr_final_factor: float = 0.1
-    """Exponential decay of every learning rate to ``lr * lr_final_factor`` at ``max_steps``
-    (a model may give a group its own factor)."""
-    holdout_every: int = 8
-    """Every N-th image (0, N, 2N, ...) is held out for evaluation (0 = none)."""
-    eval_every: int = 0
-    """Held-out evaluation every N steps during training (0 = only at the end)."""
-    eval_max_images: int = 0
-    """Evaluate at most this many held-out images during training (0 = all)."""
-    eval_appearance_fit_steps: int = 0
-    """NeRF-W evaluation when > 0 (and the field has per-image appearance): per held-out
-    image, the appearance is optimised for this many steps on the image's left half (field
-    frozen) and ``psnr_right_fit`` / ``psnr_right_mean`` compare the right half rendered with
-    the fitted and with the mean appearance."""
-    eval_color_correct: bool = True
-    """Also report colour-corrected held-out metrics (``psnr_cc``, ...): each render mapped by
-    its least-squares affine colour transform onto the ground truth (removes per-photo
-    exposure / white balance that the mean appearance cannot know); raw metrics are kept."""
-    checkpoint_every: int = 1000
-    """Write a checkpoint every N steps (0 = only at the end)."""
-    log_every: int = 25
-    """Scalars to tensorboard every N steps."""
-    seed: int = 0
-    """Seed of the trainer's random generator."""
-    downscale: int = 1
-    """Integer image downscale factor for training and evaluation."""
-    use_masks: bool = True
-    """Train only on usable pixels (mask True) when the scene has masks (ignored with
-    ``object_masks``, whose masks are foreground masks)."""
-    object_masks: bool = False
-    """Object capture whose masks mark the foreground (every image needs one): photos are
-    composited onto the render background outside the masks (``learned`` / ``none`` become
-    black), all pixels are trained on, a mask loss (``mask_loss_weight``) pulls each ray's
-    opacity to its pixel's mask coverage, ``scene_box`` ``auto`` becomes ``masks`` and an
-    automatic ``nerf.field.density_grid_init`` becomes 0.01 (0.05 fills the mostly-background
-    box with fog that drives the colours to the background and never recovers)."""
-    mask_loss_weight: float = 0.05
-    """Weight of ``mean((accumulation - mask coverage)^2)`` with ``object_masks``."""
-    scene_box: Literal["auto", "bounded", "unbounded", "masks"] = "auto"
-    """``auto``: bounded when the scene metadata has an ``aabb``, else unbounded (contracted);
-    ``masks``: bounded by the visual hull of the foreground masks (default with
-    ``object_masks``)."""
-    inner_scale: float = 1.0
-    """Unbounded scenes: half-size of the uncontracted box relative to the camera radius."""
-    progress: bool = True
-    """Show a rich progress bar."""
-    tensorboard: bool = True
-    """Write tensorboard scalars when tensorboard is installed."""
-    deterministic: bool = True
-    """Use deterministic torch algorithms (exact resume on CPU)."""
-    device: str = "auto"
-    """Torch device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``. With
-    ``nerf.field.encoding auto`` CPU and CUDA runs train different encodings (eval.json says
-    which)."""
-    num_threads: int = 0
-    """CPU threads for torch (0 = torch's default; 1 is much faster on an oversubscribed CPU)."""
-    render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
-    """Compositing and background (every model)."""
-    nerf: NerfConfig = dataclasses.field(default_factory=NerfConfig)
-    """NeRF model settings (``model nerf``)."""
+from sceneforge.fields.trainer_config import TrainerConfig
 
 
 def lr_decay_factor(step: int, max_steps: int, final_factor: float) -> float:
@@ -219,10 +138,8 @@ class Trainer:
             render = dataclasses.replace(render, background="black")
         box = "masks" if cfg.scene_box == "auto" else cfg.scene_box
         cfg = dataclasses.replace(cfg, render=render, scene_box=box)
-        adjust = getattr(model_cls, "object_defaults", None)
-        if adjust is not None:
-            cfg = dataclasses.replace(cfg, **{cfg.model: adjust(getattr(cfg, cfg.model))})
-        return cfg
+        model_cfg = model_cls.object_defaults(getattr(cfg, cfg.model))
+        return dataclasses.replace(cfg, **{cfg.model: model_cfg})
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         groups = []
