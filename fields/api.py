@@ -53,6 +53,9 @@ class TrainConfig:
     device: str | None = None
     """Torch device: auto (CUDA when available), cpu, cuda, cuda:N (overrides
     ``trainer.device``; a resumed run keeps its own unless this is given)."""
+    model: Literal["nerf", "gaussians"] | None = None
+    """Scene model (overrides ``trainer.model``; settings under ``trainer.nerf`` /
+    ``trainer.gaussians``)."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     """Trainer settings (steps, time budget, field, sampler, ...)."""
     resume: bool = True
@@ -107,6 +110,8 @@ def train(
         overrides["max_seconds"] = config.max_seconds
     if config.device is not None:
         overrides["device"] = config.device
+    if config.model is not None:
+        overrides["model"] = config.model
     if overrides:
         config = dataclasses.replace(
             config, trainer=dataclasses.replace(config.trainer, **overrides)

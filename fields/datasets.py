@@ -35,8 +35,8 @@ class RayBatch:
     """Flat index of the ray in the dataset (per-pixel targets of loss hooks are indexed by it)."""
     z_per_t: Float[Tensor, " B"]
     patches: PatchLayout | None = None
-    """Set when the batch is whole patches (``B = P * size * size`` rays, patch-major, row-major
-    inside a patch); None for independent rays."""
+    """Set when the batch is whole patches or images (``B = P * height * width`` pixels,
+    patch-major, row-major inside a patch); None for independent rays."""
     valid: Bool[Tensor, " B"] | None = None
     """Pixels that count in the loss (usable pixels; patches may cover masked-out ones);
     None = all."""
@@ -45,12 +45,13 @@ class RayBatch:
 @dataclass
 class PatchLayout:
     """Where the patches of a patch batch lie: training view ``view[p]``, top-left ``(y0[p],
-    x0[p])`` at dataset resolution, ``size x size`` pixels each."""
+    x0[p])`` at dataset resolution, ``height x width`` pixels each."""
 
     view: Int[Tensor, " P"]
     y0: Int[Tensor, " P"]
     x0: Int[Tensor, " P"]
-    size: int
+    height: int
+    width: int
 
 
 def downscale_image(img: Float[Tensor, "H W C"], factor: int) -> Float[Tensor, "h w C"]:
@@ -235,7 +236,28 @@ class RayDataset:
             self.image_ids[p],
             p,
             self.z_per_t[p],
-            PatchLayout(view, y0, x0, size),
+            PatchLayout(view, y0, x0, size, size),
+            self.mask[p],
+        )
+
+    def sample_view(self, generator: torch.Generator) -> RayBatch:
+        """One whole training view (uniformly among those with usable pixels) as a one-patch
+        batch; its pixels outside the masks have ``valid`` False."""
+        usable = torch.tensor(
+            [bool(self.mask[self.pixel_range(j)].any()) for j in range(len(self))]
+        ).double()
+        j = int(torch.multinomial(usable, 1, generator=generator))
+        h, w = self.shapes[j]
+        p = torch.arange(int(self.offsets[j]), int(self.offsets[j + 1]))
+        zero = torch.zeros(1, dtype=torch.long)
+        return RayBatch(
+            self.origins[p],
+            self.directions[p],
+            self.rgb[p],
+            self.image_ids[p],
+            p,
+            self.z_per_t[p],
+            PatchLayout(torch.tensor([j]), zero, zero, h, w),
             self.mask[p],
         )
 

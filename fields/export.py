@@ -35,16 +35,18 @@ from sceneforge.core import run_files
 from sceneforge.core.atomic import atomic_write_bytes, atomic_write_json
 from sceneforge.core.scene import SceneData
 
-What = Literal["pointcloud", "mesh", "tsdf", "depth", "all"]
+What = Literal["auto", "pointcloud", "mesh", "tsdf", "depth", "gaussians", "all"]
+ALL_EXPORTS = ("pointcloud", "mesh", "tsdf", "depth", "gaussians")
 
 
 @dataclass
 class ExportConfig:
     """``sceneforge export RUN_DIR OUT_DIR``: geometry from a trained field."""
 
-    what: What = "mesh"
-    """What to export: ``pointcloud``, ``mesh`` (marching cubes), ``tsdf`` (open3d), ``depth``
-    or ``all``."""
+    what: What = "auto"
+    """What to export: ``pointcloud``, ``mesh`` (marching cubes, NeRF), ``tsdf`` (open3d),
+    ``depth``, ``gaussians`` (the 3DGS PLY), ``all`` (everything the model exports) or ``auto``
+    (the model's own: mesh for NeRF, the PLY for Gaussians)."""
     views: Literal["train", "all"] = "train"
     """Views rendered for point cloud / TSDF / depth: the training views or every view."""
     downscale: int | None = None
@@ -376,10 +378,26 @@ def export_trainer(trainer, out_dir: str | Path, config: ExportConfig | None = N
 
 def export_nerf(trainer, out_dir: Path, cfg: ExportConfig) -> dict:
     """The NeRF model's exports: point cloud, marching-cubes mesh, TSDF mesh, depth maps."""
-    kinds = ["pointcloud", "mesh", "tsdf", "depth"] if cfg.what == "all" else [cfg.what]
+    return _export(trainer, out_dir, cfg, ("mesh", "pointcloud", "tsdf", "depth"))
+
+
+def export_gaussians(trainer, out_dir: Path, cfg: ExportConfig) -> dict:
+    """The Gaussian model's exports: the 3DGS PLY, and the rendered point cloud, TSDF mesh and
+    depth maps (no marching cubes: there is no density field)."""
+    return _export(trainer, out_dir, cfg, ("gaussians", "pointcloud", "tsdf", "depth"))
+
+
+def _export(trainer, out_dir: Path, cfg: ExportConfig, supported: tuple[str, ...]) -> dict:
+    what = supported[0] if cfg.what == "auto" else cfg.what
+    kinds = list(supported) if what == "all" else [what]
     for k in kinds:
-        if k not in ("pointcloud", "mesh", "tsdf", "depth"):
-            raise ValueError(f"unknown export {k!r}; use pointcloud, mesh, tsdf, depth or all")
+        if k not in ALL_EXPORTS:
+            raise ValueError(f"unknown export {k!r}; use {', '.join(ALL_EXPORTS)} or all")
+        if k not in supported:
+            raise ValueError(
+                f"the {trainer.model_name} model cannot export {k!r}; it exports "
+                f"{', '.join(supported)} or all"
+            )
     if cfg.downscale is not None:
         if cfg.downscale < 1:
             raise ValueError(f"downscale must be >= 1, got {cfg.downscale}")
@@ -399,6 +417,16 @@ def export_nerf(trainer, out_dir: Path, cfg: ExportConfig) -> dict:
         v, f, c = tsdf_mesh(trainer, cfg)
         res["tsdf_mesh"] = str(write_ply(out / run_files.TSDF_MESH, v, c, f))
         res["tsdf_vertices"], res["tsdf_faces"] = int(v.shape[0]), int(f.shape[0])
+    if "gaussians" in kinds:
+        from sceneforge.fields.gaussian_ply import write_gaussian_ply
+
+        p = trainer.model.params
+        path = out / run_files.GAUSSIANS_PLY
+        args = [
+            p[k].detach().cpu() for k in ("means", "quats", "scales", "opacities", "sh0", "shN")
+        ]
+        res["gaussians"] = str(write_gaussian_ply(path, *args))
+        res["num_gaussians"] = int(p["means"].shape[0])
     if "depth" in kinds:
         res["depth"] = str(out / run_files.DEPTH_DIR)
         res["num_depth_maps"] = len(export_depth(trainer, out, cfg))
@@ -429,6 +457,7 @@ __all__ = [
     "depth_to_world",
     "export",
     "export_depth",
+    "export_gaussians",
     "export_nerf",
     "export_pointcloud",
     "export_trainer",

@@ -20,7 +20,12 @@ from sceneforge.fields.datasets import RayBatch
 from sceneforge.fields.field import FieldConfig, RadianceField, SceneBox
 from sceneforge.fields.rendering import background_color, render_rays
 from sceneforge.fields.sampling import OccupancyGrid, SamplerConfig
-from sceneforge.fields.scene_model import ModelContext, SceneModel, reshape_image
+from sceneforge.fields.scene_model import (
+    ModelContext,
+    SceneModel,
+    learned_background,
+    reshape_image,
+)
 
 
 @dataclass
@@ -121,8 +126,7 @@ class NerfModel(SceneModel):
         side = max(max(hw) for hw in ctx.dataset.shapes)
         field, grid = build_nerf_parts(cfg, ctx.box, ctx.num_train_images, ctx.device, side)
         self.field, self.grid = field.to(ctx.device), grid.to(ctx.device)
-        bg0 = ctx.dataset.border_color().clamp(0.02, 0.98)
-        self.bg_param = nn.Parameter(torch.logit(bg0).to(ctx.device))
+        self.bg_param = learned_background(ctx)
 
     @classmethod
     def object_defaults(cls, cfg: NerfConfig) -> NerfConfig:

@@ -58,6 +58,10 @@ class ModelContext:
     """Where the model lives."""
     render: RenderConfig
     """Compositing / background settings shared by every model."""
+    train_cameras: Cameras
+    """Cameras of the training views at dataset resolution (index = training view)."""
+    seed: int
+    """The trainer's seed (for a model's own random initialisation)."""
 
 
 class SceneModel(nn.Module, metaclass=abc.ABCMeta):
@@ -65,8 +69,8 @@ class SceneModel(nn.Module, metaclass=abc.ABCMeta):
 
     name: ClassVar[str]
     """Registry name (``nerf``, ...)."""
-    batch_kind: ClassVar[Literal["rays", "patches"]] = "rays"
-    """What ``train_outputs`` needs by default: independent rays or whole patches."""
+    batch_kind: ClassVar[Literal["rays", "patches", "images"]] = "rays"
+    """What ``train_outputs`` needs by default: independent rays, patches or whole views."""
     renders_rays: ClassVar[bool] = False
     """Whether the model also renders arbitrary rays (``render_rays``; ray-marched models)."""
 
@@ -96,8 +100,11 @@ class SceneModel(nn.Module, metaclass=abc.ABCMeta):
     def before_step(self, step: int, generator: torch.Generator) -> None:
         """Called before drawing the batch of step ``step`` (e.g. occupancy-grid updates)."""
 
-    def after_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
-        """Called after the optimiser step of step ``step`` (e.g. densification)."""
+    def after_step(
+        self, step: int, optimizer: torch.optim.Optimizer, generator: torch.Generator
+    ) -> None:
+        """Called after the optimiser step of step ``step`` (e.g. densification, which changes
+        the parameters and their optimiser state in place; randomness from ``generator``)."""
 
     @classmethod
     def object_defaults(cls, cfg):
@@ -129,6 +136,7 @@ class SceneModel(nn.Module, metaclass=abc.ABCMeta):
 
 MODELS: dict[str, str] = {
     "nerf": "sceneforge.fields.nerf_model:NerfModel",
+    "gaussians": "sceneforge.fields.gaussian_model:GaussianModel",
 }
 """The one model registry: name -> ``module:class`` (imported when used)."""
 
@@ -139,6 +147,13 @@ def model_class(name: str) -> type[SceneModel]:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(MODELS))}")
     mod, cls = MODELS[name].split(":")
     return getattr(importlib.import_module(mod), cls)
+
+
+def learned_background(ctx: ModelContext) -> nn.Parameter:
+    """The learned background colour's parameter (logit), started at the median border colour
+    of the training images (as every model starts it)."""
+    bg0 = ctx.dataset.border_color().clamp(0.02, 0.98)
+    return nn.Parameter(torch.logit(bg0).to(ctx.device))
 
 
 def reshape_image(
@@ -157,4 +172,11 @@ def reshape_image(
     return out
 
 
-__all__ = ["MODELS", "ModelContext", "SceneModel", "model_class", "reshape_image"]
+__all__ = [
+    "MODELS",
+    "ModelContext",
+    "SceneModel",
+    "learned_background",
+    "model_class",
+    "reshape_image",
+]

@@ -77,7 +77,8 @@ class Trainer:
 
     EDITING_INTERFACE: tuple[str, ...] = tuple(
         """
-        step scene train_indices eval_indices downscale device config model_name num_views
+        step scene train_indices eval_indices downscale device config model_name renders_rays
+        num_views
         view_shape view_image view_pixel_range view_cameras dataset_version scene_box
         render_view render_camera render_rays update_views add_loss add_hook generator train
         set_max_steps evaluate save_checkpoint history wall_s describe from_checkpoint
@@ -114,7 +115,14 @@ class Trainer:
             self.box = auto_scene_box(scene, cfg.scene_box, cfg.inner_scale)
         self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         ctx = ModelContext(
-            scene, self.dataset, self.box, len(self.train_indices), self.device, cfg.render
+            scene,
+            self.dataset,
+            self.box,
+            len(self.train_indices),
+            self.device,
+            cfg.render,
+            self.view_cameras(),
+            cfg.seed,
         )
         with self._torch():
             self.model: SceneModel = self._model_cls(getattr(cfg, cfg.model), ctx)
@@ -180,6 +188,12 @@ class Trainer:
     @property
     def model_name(self) -> str:
         return self.cfg.model
+
+    @property
+    def renders_rays(self) -> bool:
+        """Whether :meth:`render_rays` works (ray-marched models; rasterised ones render whole
+        cameras only)."""
+        return self.model.renders_rays
 
     @property
     def num_views(self) -> int:
@@ -253,6 +267,8 @@ class Trainer:
         if kind == "patches":
             n = max(1, cfg.batch_rays // (cfg.patch_size * cfg.patch_size))
             return self.dataset.sample_patches(n, cfg.patch_size, self.generator)
+        if kind == "images":
+            return self.dataset.sample_view(self.generator)
         return self.dataset.sample(cfg.batch_rays, self.generator)
 
     def train_step(self) -> dict[str, float]:
@@ -291,7 +307,7 @@ class Trainer:
             self.optimizer.step()
         # else: nothing in the batch reached a trainable parameter (e.g. no ray met an
         # occupied cell and the background is fixed); the step still counts
-        model.after_step(self.step, self.optimizer)
+        model.after_step(self.step, self.optimizer, self.generator)
         self.step += 1
         return {
             "loss": float(loss.detach()),

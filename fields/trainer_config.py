@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from sceneforge.fields.gaussian_model import GaussiansConfig
 from sceneforge.fields.nerf_model import NerfConfig
 from sceneforge.fields.rendering import RenderConfig
 
@@ -19,13 +20,13 @@ class TrainerConfig:
     """Number of optimisation steps (also sets the learning-rate schedule)."""
     max_seconds: float | None = None
     """Stop earlier after this much training time (seconds); None = no time limit."""
-    model: Literal["nerf"] = "nerf"
+    model: Literal["nerf", "gaussians"] = "nerf"
     """Scene model (its settings: the section of the same name, e.g. ``nerf``)."""
     batch_rays: int = 2048
     """Rays (pixels) per step."""
-    batch: Literal["auto", "rays", "patches"] = "auto"
-    """Independent rays or whole ``patch_size`` patches per step; ``auto`` = what the model
-    needs (rays for NeRF)."""
+    batch: Literal["auto", "rays", "patches", "images"] = "auto"
+    """Independent rays, whole ``patch_size`` patches, or one whole training view per step;
+    ``auto`` = what the model needs (rays for NeRF, images for Gaussians)."""
     patch_size: int = 32
     """Side of a patch (``batch_rays / patch_size^2`` patches per step, at least one)."""
     lr_final_factor: float = 0.1
@@ -88,6 +89,8 @@ class TrainerConfig:
     """Compositing and background (every model)."""
     nerf: NerfConfig = dataclasses.field(default_factory=NerfConfig)
     """NeRF model settings (``model nerf``)."""
+    gaussians: GaussiansConfig = dataclasses.field(default_factory=GaussiansConfig)
+    """3D Gaussian model settings (``model gaussians``)."""
 
 
 __all__ = ["TrainerConfig"]

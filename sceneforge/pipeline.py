@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from sceneforge.core import run_files
 from sceneforge.core.atomic import atomic_write_json, atomic_write_text
@@ -49,6 +50,8 @@ class RunConfig:
     """Torch device of training, completion and rendering: ``auto`` (CUDA when available),
     ``cpu``, ``cuda`` or ``cuda:N``; a stage's own ``train.device`` / ``complete.device`` /
     ``render.device``, when given, wins."""
+    model: Literal["nerf", "gaussians"] | None = None
+    """Scene model to train (default: ``train.trainer.model``, NeRF)."""
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     """Structure from motion."""
     train: TrainConfig = field(default_factory=_default_train)
@@ -143,10 +146,22 @@ def run(
     def do_train() -> dict:
         from sceneforge.fields.api import train
 
-        tc = dataclasses.replace(cfg.train, device=cfg.train.device or device)
+        tc = dataclasses.replace(
+            cfg.train, device=cfg.train.device or device, model=cfg.model or cfg.train.model
+        )
         res = train(sfm_dir, field_dir, tc)
         return {
-            k: res[k] for k in ("psnr", "ssim", "num_eval_images", "steps", "wall_s") if k in res
+            k: res[k]
+            for k in (
+                "psnr",
+                "ssim",
+                "num_eval_images",
+                "steps",
+                "wall_s",
+                "model",
+                "num_gaussians",
+            )
+            if k in res
         }
 
     def do_complete() -> dict:

@@ -65,6 +65,17 @@ def test_dataparser_rays_match_ours(scene_dir, monkeypatch, ns_env):
     box = auto_scene_box(scene, "auto").aabb.double()
     torch.testing.assert_close(out.scene_box.aabb.double(), s * (box + T[:, 3]), atol=1e-5, rtol=0)
     torch.testing.assert_close(out.scene_box.aabb.abs().max(), torch.tensor(1.0))
+    # the SfM points in nerfstudio's frame, where splatfacto's pipeline looks for them
+    # (VanillaPipeline passes metadata points3D_xyz / points3D_rgb as seed_points)
+    xyz, rgb = out.metadata["points3D_xyz"], out.metadata["points3D_rgb"]
+    assert xyz.shape == scene.points.shape and rgb.dtype == torch.uint8
+    torch.testing.assert_close(
+        xyz.double(), s * (scene.points.double() @ T[:, :3].T + T[:, 3]), atol=1e-5, rtol=0
+    )
+    assert torch.equal(rgb, scene.point_colors.to(torch.uint8))
+    from nerfstudio.pipelines.base_pipeline import VanillaPipeline
+
+    assert "points3D_xyz" in Path(VanillaPipeline.__init__.__code__.co_filename).read_text()
 
 
 def test_ns_train_two_steps_cpu_then_ns_eval(scene_dir, ns_run, ns_train, tmp_path):

@@ -279,6 +279,34 @@ def test_run_folder_field_renders_like_the_trainer(completed_run):
     np.testing.assert_allclose(got / 255.0, want.numpy(), atol=1 / 255 + 1e-6)
 
 
+def test_a_gaussian_run_renders_whole_views_like_the_trainer(completed_run, tmp_path):
+    from sceneforge.fields.api import TrainConfig, train
+    from sceneforge.fields.gaussian_model import GaussiansConfig
+    from sceneforge.fields.trainer import TrainerConfig
+
+    tcfg = TrainerConfig(
+        model="gaussians",
+        max_steps=3,
+        progress=False,
+        tensorboard=False,
+        holdout_every=0,
+        scene_box="bounded",
+        gaussians=GaussiansConfig(num_random=200, sh_degree=0),
+    )
+    train(completed_run / "scene", tmp_path / "gs", TrainConfig(trainer=tcfg))
+    c = find_run(tmp_path / "gs")
+    assert c.field.available and c.field.render_rays is None and "200 Gaussians" in c.field.status
+    tr = c.field.trainer
+    wxyz, pos = frustum_pose(c.scene.cameras)
+    fov = vertical_fov(c.scene.cameras)
+    vc = ViewCamera(tuple(wxyz[1]), tuple(pos[1]), float(fov[1]), 16, 16)
+    r = ProgressiveRenderer(None, lambda *a: None, render_camera=c.field.render_camera)
+    got = r.render(vc, 16)
+    want = tr.render_camera(c.scene.cameras, 1)["rgb"]
+    assert got.shape == (16, 16, 3)
+    np.testing.assert_allclose(got / 255.0, want.numpy(), atol=1 / 255 + 1e-5)
+
+
 def test_completion_run_image_sets(completed_run):
     out = completed_run / "out"
     v = Viewer(out, ViewerConfig(port=0))

@@ -59,6 +59,8 @@ POINTCLOUD = "pointcloud.ply"
 MESH = "mesh.ply"
 #: Mesh of the open3d TSDF fusion of the rendered depth.
 TSDF_MESH = "tsdf_mesh.ply"
+#: The 3D Gaussians in the standard 3DGS PLY layout (splat viewers open it).
+GAUSSIANS_PLY = "gaussians.ply"
 #: Export summary (what was written, sizes, timings).
 EXPORT_INFO = "export.json"
 

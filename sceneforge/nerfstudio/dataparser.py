@@ -134,6 +134,21 @@ class SceneforgeDataParser(DataParser):
         masks = None
         if cfg.use_masks and scene.mask_paths is not None:
             masks = [Path(scene.mask_paths[i]) for i in idx]
+        metadata = {
+            "contract": contract,
+            "image_names": [scene.image_names[i] for i in idx],
+            "max_image_side": int(max(cams.width.max(), cams.height.max())),
+        }
+        if scene.points is not None and scene.points.shape[0] > 0:
+            # the SfM points in nerfstudio's frame: splatfacto starts its Gaussians from them
+            pts = scale * (scene.points.double() @ transform[:, :3].T + transform[:, 3])
+            metadata["points3D_xyz"] = pts.float()
+            cols = scene.point_colors
+            metadata["points3D_rgb"] = (
+                torch.full((pts.shape[0], 3), 128, dtype=torch.uint8)
+                if cols is None
+                else cols.to(torch.uint8)
+            )
         return DataparserOutputs(
             image_filenames=[Path(scene.image_paths[i]) for i in idx],
             cameras=cams,
@@ -141,11 +156,7 @@ class SceneforgeDataParser(DataParser):
             mask_filenames=masks,
             dataparser_transform=transform.float(),
             dataparser_scale=scale,
-            metadata={
-                "contract": contract,
-                "image_names": [scene.image_names[i] for i in idx],
-                "max_image_side": int(max(cams.width.max(), cams.height.max())),
-            },
+            metadata=metadata,
         )
 
 

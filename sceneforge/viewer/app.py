@@ -380,6 +380,7 @@ class Viewer:
             cfg.chunk_rays,
             on_error,
             cfg.preview_samples,
+            self.contents.field.render_camera,
         )
         self.renderers[cid] = r.start()
 

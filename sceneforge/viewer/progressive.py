@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 #: ``render_rays(origins, unit directions, z_per_t[, num_samples=n]) -> rgb`` (``R 3``, rgb in
 #: [0, 1]); ``num_samples`` (fewer candidate samples per ray) is passed for the preview only.
 RaysRenderer = Callable[["Tensor", "Tensor", "Tensor"], "Tensor"]
+#: ``render_camera(cameras) -> rgb`` (``H W 3`` in [0, 1]) of camera 0 of a one-camera
+#: :class:`~sceneforge.core.cameras.Cameras`: models that rasterise whole views (Gaussians).
+CameraRenderer = Callable[["Cameras"], "Tensor"]
 
 
 def resolution_levels(preview_px: int, max_px: int) -> list[int]:
@@ -40,7 +43,7 @@ class ProgressiveRenderer:
 
     def __init__(
         self,
-        render_rays: RaysRenderer,
+        render_rays: RaysRenderer | None,
         publish: Callable[[np.ndarray, int, float], None],
         preview_px: int = 64,
         max_px: int = 512,
@@ -48,8 +51,11 @@ class ProgressiveRenderer:
         chunk_rays: int = 4096,
         on_error: Callable[[BaseException], None] | None = None,
         preview_samples: int = 0,
+        render_camera: CameraRenderer | None = None,
     ) -> None:
-        self.render_rays = render_rays
+        if render_rays is None and render_camera is None:
+            raise ValueError("ProgressiveRenderer needs render_rays or render_camera")
+        self.render_rays, self.render_camera = render_rays, render_camera
         self.publish = publish
         self.levels = resolution_levels(preview_px, max(max_px, preview_px))
         self.rest_s = rest_s
@@ -98,6 +104,9 @@ class ProgressiveRenderer:
         import torch
 
         cams = camera.cameras(long_side)
+        if self.render_rays is None:  # a whole view at once (rasterised models)
+            rgb = self.render_camera(cams).float().cpu().clamp(0, 1)
+            return (rgb * 255 + 0.5).to(torch.uint8).numpy()
         w, h = int(cams.width[0]), int(cams.height[0])
         o, d, z = cams.rays(0)
         o, d, z = o.float(), d.float(), z.float()
@@ -145,4 +154,4 @@ class ProgressiveRenderer:
                 return
 
 
-__all__ = ["ProgressiveRenderer", "RaysRenderer", "resolution_levels"]
+__all__ = ["CameraRenderer", "ProgressiveRenderer", "RaysRenderer", "resolution_levels"]

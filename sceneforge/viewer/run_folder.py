@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from sceneforge.core import run_files
 from sceneforge.viewer.config import ViewerConfig
-from sceneforge.viewer.progressive import RaysRenderer
+from sceneforge.viewer.progressive import CameraRenderer, RaysRenderer
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -29,9 +29,12 @@ class FieldSource:
     trainer: object | None = None
     """The restored :class:`~sceneforge.fields.trainer.Trainer` when loaded from a run."""
 
+    render_camera: CameraRenderer | None = None
+    """Whole-view renderer of models that rasterise (Gaussians) instead of rays."""
+
     @property
     def available(self) -> bool:
-        return self.render_rays is not None
+        return self.render_rays is not None or self.render_camera is not None
 
 
 @dataclass
@@ -103,6 +106,10 @@ def find_field(path: Path, scene: SceneData, device: str = "auto") -> FieldSourc
         with lock:
             return tr.render_rays(o, d, z, num_samples=num_samples)["rgb"]
 
+    def render_camera(cameras) -> Tensor:
+        with lock:
+            return tr.render_camera(cameras, 0, downscale=1)["rgb"]
+
     status = f"field: {ckpt.name}, step {tr.step}"
     ev = path / run_files.EVAL
     if ev.is_file():
@@ -113,6 +120,11 @@ def find_field(path: Path, scene: SceneData, device: str = "auto") -> FieldSourc
             status += f", held-out PSNR {psnr:.2f} dB"
         except (ValueError, KeyError, TypeError):
             pass  # eval.json is informative only
+    facts = tr.describe()
+    if "num_gaussians" in facts:
+        status += f", {facts['num_gaussians']} Gaussians"
+    if not tr.renders_rays:  # rasterised models render whole views
+        return FieldSource(None, status, tr, render_camera)
     return FieldSource(render_rays, status, tr)
 
 

@@ -36,8 +36,8 @@ def same_state(a: tuple, b: tuple) -> bool:
 
 def test_registry_names_every_model_and_rejects_unknown_names():
     assert model_class("nerf") is NerfModel and issubclass(NerfModel, SceneModel)
-    assert set(MODELS) >= {"nerf"}
-    with pytest.raises(ValueError, match="unknown model 'splat'.*registered: nerf"):
+    assert set(MODELS) >= {"nerf", "gaussians"}
+    with pytest.raises(ValueError, match="unknown model .splat.*registered: gaussians, nerf"):
         model_class("splat")
 
 

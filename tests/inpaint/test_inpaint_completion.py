@@ -98,9 +98,13 @@ def test_multiview_completion_beats_masked_field_and_depth_loss_helps(removal, t
     assert all(torch.equal(a, b) for a, b in zip(rs.scene.images, before))
 
 
-def test_complete_run_dir_writes_outputs(tmp_path):
+@pytest.mark.parametrize("model", ["nerf", "gaussians"])
+def test_complete_run_dir_writes_outputs(tmp_path, model):
+    """The same completion code path (run folder -> fill masks -> dataset update rounds ->
+    outputs) for every scene model."""
     from sceneforge.core.synthetic import turntable_scene
     from sceneforge.fields.api import TrainConfig, train
+    from sceneforge.fields.gaussian_model import GaussiansConfig
     from sceneforge.inpaint.complete import CompleteConfig, complete
 
     torch.set_num_threads(1)
@@ -109,6 +113,7 @@ def test_complete_run_dir_writes_outputs(tmp_path):
 
     scene = replace(scene, masks=None)
     tcfg = TrainerConfig(
+        model=model,
         max_steps=3,
         batch_rays=64,
         progress=False,
@@ -116,7 +121,10 @@ def test_complete_run_dir_writes_outputs(tmp_path):
         holdout_every=0,
         checkpoint_every=0,
         log_every=0,
+        # Gaussians start uniformly in a bounded box here (10 sparse points are too few)
+        scene_box="bounded" if model == "gaussians" else "auto",
         nerf=NerfConfig(sampler=SamplerConfig(num_samples=16, grid_alpha_threshold=1e-3)),
+        gaussians=GaussiansConfig(num_random=300, sh_degree=0),
     )
     train(None, tmp_path / "run", TrainConfig(trainer=tcfg, save_eval_images=False), scene=scene)
     mesh = scene.metadata["mesh"]
@@ -131,6 +139,8 @@ def test_complete_run_dir_writes_outputs(tmp_path):
     info = complete(tmp_path / "run", tmp_path / "out", cfg, scene=scene)
     out = tmp_path / "out"
     assert info["steps"] == 4 and len(info["rounds"]) == 2
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["model_name"] == model
     assert (out / "checkpoint.pt").is_file() and (out / "complete.json").is_file()
     for sub in ("renders", "before_after", "masks"):
         assert len(list((out / sub).glob("*.png"))) == 4
