@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "### CPU budgets (benchmarks/fields.py)"
+GAUSSIAN_SECTION = "### CPU budgets, 3D Gaussians (benchmarks/fields.py --model gaussians)"
 
 
 def peak_rss_mb() -> float:
@@ -126,6 +127,10 @@ def run(name: str, scene, cfg: TrainerConfig, budgets: list[float], prepare=None
     if prepare is not None:
         prepare(tr)
     setup_s = time.process_time() - c0
+    h, w = tr.view_shape(0)
+    hw = h * w
+    # pixels trained per step: a whole view for Gaussians (images batch), else the ray batch
+    px_per_step = hw if cfg.model == "gaussians" else cfg.batch_rays
     rows, spent = [], 0.0
     for budget in sorted(budgets):
         steps0, spr, tp, c_start = tr.step, [], [], time.process_time()
@@ -147,7 +152,10 @@ def run(name: str, scene, cfg: TrainerConfig, budgets: list[float], prepare=None
             "psnr_cc": round(ev.get("psnr_cc", float("nan")), 2),
             "psnr_masked_cc": round(ev.get("psnr_masked_cc", float("nan")), 2),
             "train_psnr": round(sum(tp[-100:]) / max(len(tp[-100:]), 1), 2),
-            "train_rays_per_s": round((tr.step - steps0) * cfg.batch_rays / max(seg, 1e-9)),
+            "model": cfg.model,
+            "num_gaussians": tr.describe().get("num_gaussians", "-"),
+            "train_rays_per_s": round((tr.step - steps0) * px_per_step / max(seg, 1e-9)),
+            "train_images_per_s": round((tr.step - steps0) * px_per_step / max(seg, 1e-9) / hw, 2),
             "samples_per_ray": round(sum(spr) / max(len(spr), 1), 2),
             "eval_rays_per_s": round(ev["eval_rays_per_s"]),
             "peak_rss_mb": round(peak_rss_mb()),
@@ -163,6 +171,7 @@ def run(name: str, scene, cfg: TrainerConfig, budgets: list[float], prepare=None
 
 COLS = [
     ("scene", "scene"),
+    ("model", "model"),
     ("budget_s", "CPU budget s"),
     ("steps", "steps"),
     ("psnr", "held-out PSNR"),
@@ -172,6 +181,8 @@ COLS = [
     ("psnr_masked_cc", "fg PSNR cc"),
     ("train_psnr", "train PSNR"),
     ("train_rays_per_s", "train rays/s"),
+    ("train_images_per_s", "train images/s"),
+    ("num_gaussians", "Gaussians"),
     ("samples_per_ray", "samples/ray"),
     ("peak_rss_mb", "peak RSS MiB"),
 ]
@@ -184,10 +195,23 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def write_results(rows: list[dict], note: str, path: Path = RESULTS) -> None:
-    """Replace (or add right after the ``## Fields`` introduction) this script's sub-section."""
+def write_results(rows: list[dict], note: str, path: Path = RESULTS, model: str = "nerf") -> None:
+    """Replace (or add right after the ``## Fields`` introduction) this script's sub-section
+    (one per model)."""
     body = "\n".join([note, "", *table(rows)])
-    replace_section(path, SECTION, body, parent="## Fields", first=True)
+    heading = GAUSSIAN_SECTION if model == "gaussians" else SECTION
+    replace_section(path, heading, body, parent="## Fields", first=True)
+
+
+def as_gaussians(scene, cfg: TrainerConfig) -> tuple:
+    """The same scene and budgets with 3D Gaussians instead of NeRF: whole views per step,
+    started from the scene's sparse points or, without them (LLFF blowtorch), uniformly in a
+    bounded box (the contracted NeRF box has no bounds to fill)."""
+    cfg.model = "gaussians"
+    cfg.batch = "auto"
+    if cfg.scene_box == "unbounded":
+        cfg.scene_box = "bounded"
+    return scene, cfg
 
 
 SETUPS = {
@@ -204,6 +228,8 @@ def run_scene(name: str, args: argparse.Namespace) -> list[dict]:
         print(f"skip {name}: {DATA / 'scenes' / 'blowtorch'} not found", file=sys.stderr)
         return []
     scene, cfg, *prepare = SETUPS[name](args)
+    if args.model == "gaussians":
+        scene, cfg = as_gaussians(scene, cfg)
     cfg.num_threads = args.threads
     return run(name, scene, cfg, args.budgets, *prepare)
 
@@ -219,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         help="scenes run in parallel processes (one torch thread each; CPU-time budgets)",
     )
     ap.add_argument("--blowtorch-downscale", type=int, default=8)
+    ap.add_argument("--model", choices=["nerf", "gaussians"], default="nerf")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (budgets assume 1)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-results", action="store_true", help="do not touch RESULTS.md")
@@ -249,9 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             f" cumulative within one run per scene; load average at the end"
             f" {os.getloadavg()[0]:.1f}. Command: `benchmarks/fields.py"
             f" --budgets {' '.join(f'{b:g}' for b in args.budgets)}"
-            f" --scenes {' '.join(args.scenes)} --jobs {args.jobs}`."
+            f" --scenes {' '.join(args.scenes)} --jobs {args.jobs} --model {args.model}`."
         )
-        write_results(rows, note)
+        write_results(rows, note, model=args.model)
     return 0
 
 

@@ -47,9 +47,11 @@ class GaussiansConfig:
     """Highest spherical-harmonics degree of the colours (0-3)."""
     sh_degree_interval: int = 1000
     """Steps between raising the active SH degree by one (3DGS: 1000)."""
-    init: Literal["auto", "points", "random"] = "auto"
-    """Start from the scene's sparse points, uniformly in the scene box, or ``auto`` (points
-    when the scene has at least 100, else random)."""
+    init: Literal["auto", "points", "random", "ply"] = "auto"
+    """Start from the scene's sparse points, uniformly in the scene box, from a 3DGS PLY
+    (``ply``), or ``auto`` (points when the scene has at least 100, else random)."""
+    ply: str | None = None
+    """The 3DGS PLY to start from with ``init ply`` (ours or another 3DGS tool's export)."""
     num_random: int = 20_000
     """Gaussians of a random initialisation."""
     init_opacity: float = 0.1
@@ -136,7 +138,9 @@ class GaussianModel(SceneModel):
         use_points = cfg.init == "points" or (
             cfg.init == "auto" and scene.points is not None and scene.points.shape[0] >= 100
         )
-        if use_points:
+        if cfg.init == "ply":
+            params = self._ply_init()
+        elif use_points:
             if scene.points is None or scene.points.shape[0] == 0:
                 raise ValueError(
                     "gaussians.init points: the scene has no sparse points (run reconstruct, or "
@@ -153,6 +157,25 @@ class GaussianModel(SceneModel):
         self.densifier = Densifier(cfg.densify)
         self._step = 0
         self._last: dict | None = None
+
+    def _ply_init(self) -> dict[str, Tensor]:
+        from sceneforge.fields.gaussian_ply import read_gaussian_ply
+
+        if not self.cfg.ply:
+            raise ValueError("gaussians.init ply needs --trainer.gaussians.ply PATH")
+        g = read_gaussian_ply(self.cfg.ply)
+        k = (self.cfg.sh_degree + 1) ** 2 - 1
+        shN = g.shN[:, :k]
+        if shN.shape[1] < k:  # a lower-degree file: the missing bands start at zero
+            shN = torch.cat([shN, torch.zeros(shN.shape[0], k - shN.shape[1], 3)], 1)
+        return {
+            "means": g.means,
+            "quats": g.quats_wxyz,
+            "scales": g.log_scales,
+            "opacities": g.opacity_logits.reshape(-1),
+            "sh0": g.sh0,
+            "shN": shN,
+        }
 
     def _random_init(self, box: SceneBox, seed: int) -> dict[str, Tensor]:
         if box.contract:

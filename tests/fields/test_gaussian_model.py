@@ -154,3 +154,24 @@ def test_cli_trains_gaussians_and_renders(scene, tmp_path):
     out = tmp_path / "render"
     assert main(["render", str(run), str(out), "--path", "train", "--no-video"]) == 0
     assert len(list((out / "frames").glob("*.png"))) == 8  # views 0 and 8 are held out
+
+
+def test_init_from_a_3dgs_ply_and_a_clear_error_for_a_plain_point_cloud(scene, tmp_path):
+    from sceneforge.fields.export import ExportConfig, export_trainer
+    from sceneforge.fields.gaussian_ply import GaussianPlyError
+
+    tr = Trainer(scene, gs_config(max_steps=3))
+    tr.train()
+    ply = export_trainer(tr, tmp_path / "exp", ExportConfig())["gaussians"]
+    cfg = gs_config()
+    cfg.gaussians.init, cfg.gaussians.ply = "ply", ply
+    again = Trainer(scene, cfg)
+    for k in ("means", "quats", "scales", "opacities", "sh0", "shN"):
+        torch.testing.assert_close(again.model.params[k].detach(), tr.model.params[k].detach())
+    plain = tmp_path / "cloud.ply"
+    header = "ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nproperty float y\n"
+    header += "property float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\n"
+    plain.write_text(header + "end_header\n0 0 0 255 0 0\n")
+    cfg.gaussians.ply = str(plain)
+    with pytest.raises(GaussianPlyError, match="cloud.ply.*f_dc_0"):
+        Trainer(scene, cfg)
