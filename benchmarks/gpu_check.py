@@ -449,10 +449,10 @@ def section_ba(ctx: Context) -> dict:
 
 
 for _s in (
-    Section("pytest_gpu", section_pytest_gpu, 150.0, "pytest -m gpu on the gpu-marked test files"),
-    Section("nerf_cuda_vs_cpu", section_nerf, 170.0, "NeRF training, torch hash grid, CUDA vs CPU"),
-    Section("tcnn_vs_torch", section_tcnn, 60.0, "tinycudann vs torch hash grid"),
-    Section("ba_cuda_vs_cpu", section_ba, 90.0, "bundle adjustment on the small BAL problems"),
+    Section("pytest_gpu", section_pytest_gpu, 280.0, "pytest -m gpu on the gpu-marked test files"),
+    Section("nerf_cuda_vs_cpu", section_nerf, 100.0, "NeRF training, torch hash grid, CUDA vs CPU"),
+    Section("tcnn_vs_torch", section_tcnn, 30.0, "tinycudann vs torch hash grid"),
+    Section("ba_cuda_vs_cpu", section_ba, 60.0, "bundle adjustment on the small BAL problems"),
 ):
     register(_s)
 
