@@ -179,6 +179,18 @@ class NerfModel(SceneModel):
     def stats(self) -> dict[str, float]:
         return {"occupancy": self.grid.occupancy_fraction}
 
+    def resolved_config(self, cfg: NerfConfig) -> NerfConfig:
+        """``encoding`` / ``density`` ``auto`` (device-dependent) and the automatic density-grid
+        resolution as built: a CPU checkpoint then loads as the same model on CUDA."""
+        f = self.field
+        fcfg = dataclasses.replace(
+            cfg.field,
+            encoding=f.encoding_kind,
+            density=f.density_kind,
+            density_grid_resolution=f.cfg.density_grid_resolution,
+        )
+        return dataclasses.replace(cfg, field=fcfg)
+
     def describe(self) -> dict:
         return {"encoding": self.field.encoding_kind, "density": self.field.density_kind}
 

@@ -111,6 +111,11 @@ class SceneModel(nn.Module, metaclass=abc.ABCMeta):
         """The model's settings for object captures (``object_masks``); unchanged by default."""
         return cfg
 
+    def resolved_config(self, cfg):
+        """The model's settings with every ``auto`` choice made at build time written out (the
+        trainer stores these, so a checkpoint rebuilds the same model on any device)."""
+        return cfg
+
     def describe(self) -> dict:
         """Representation facts for eval.json (e.g. the encoding, the number of primitives)."""
         return {}

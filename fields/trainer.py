@@ -126,6 +126,8 @@ class Trainer:
         )
         with self._torch():
             self.model: SceneModel = self._model_cls(getattr(cfg, cfg.model), ctx)
+        resolved = self.model.resolved_config(getattr(cfg, cfg.model))
+        self.cfg = cfg = dataclasses.replace(cfg, **{cfg.model: resolved})
         self.optimizer = self._make_optimizer()
         self.step = 0
         self.wall_s = 0.0

@@ -178,3 +178,15 @@ def test_render_rays_matches_render_camera(scene):
     rays = tr.render_rays(o.float(), d.float(), z.float())
     img = tr.render_camera(cams, 1, downscale=1)
     assert torch.allclose(rays["rgb"].clamp(0, 1).view_as(img["rgb"]), img["rgb"])
+
+
+def test_stored_config_names_the_model_built_so_it_rebuilds_on_any_device(scene, tmp_path):
+    cfg = tiny_config(max_steps=1)
+    cfg.nerf.field.encoding = cfg.nerf.field.density = "auto"
+    cfg.nerf.field.density_grid_resolution = 0
+    tr = Trainer(scene, cfg)
+    f = tr.config.nerf.field
+    assert (f.encoding, f.density) == ("triplane", "grid") and f.density_grid_resolution == 64
+    tr.save_checkpoint(tmp_path / "c.pt")
+    s = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert s["config"]["nerf"]["field"]["encoding"] == "triplane"
