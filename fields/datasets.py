@@ -188,10 +188,8 @@ class RayDataset:
 
     # -- sampling ----------------------------------------------------------------------------
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> RayBatch:
-        """``batch_size`` usable rays drawn uniformly with replacement."""
-        k = torch.randint(self.pool.numel(), (batch_size,), generator=generator)
-        p = self.pool[k]
+    def _batch(self, p: Int[Tensor, " B"], patches: PatchLayout | None = None) -> RayBatch:
+        """The dataset pixels ``p`` as a batch (patch batches also carry the usable mask)."""
         return RayBatch(
             self.origins[p],
             self.directions[p],
@@ -199,7 +197,15 @@ class RayDataset:
             self.image_ids[p],
             p,
             self.z_per_t[p],
+            patches,
+            None if patches is None else self.mask[p],
         )
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> RayBatch:
+        """``batch_size`` usable rays drawn uniformly with replacement."""
+        k = torch.randint(self.pool.numel(), (batch_size,), generator=generator)
+        p = self.pool[k]
+        return self._batch(p)
 
     def sample_patches(self, num_patches: int, size: int, generator: torch.Generator) -> RayBatch:
         """``num_patches`` square ``size x size`` patches: a training view drawn with probability
@@ -212,9 +218,7 @@ class RayDataset:
                 f"(smallest {min(self.shapes)}, after downscale {self.downscale})"
             )
         usable = (
-            torch.stack(
-                [self.mask[self.offsets[j] : self.offsets[j + 1]].sum() for j in range(len(self))]
-            ).double()
+            torch.stack([self.mask[self.pixel_range(j)].sum() for j in range(len(self))]).double()
             * fits.double()
         )
         if float(usable.sum()) <= 0:
@@ -229,16 +233,7 @@ class RayDataset:
         rows = y0[:, None, None] + r[None, :, None]
         cols = x0[:, None, None] + r[None, None, :]
         p = (self.offsets[view][:, None, None] + rows * ws[:, None, None] + cols).reshape(-1)
-        return RayBatch(
-            self.origins[p],
-            self.directions[p],
-            self.rgb[p],
-            self.image_ids[p],
-            p,
-            self.z_per_t[p],
-            PatchLayout(view, y0, x0, size, size),
-            self.mask[p],
-        )
+        return self._batch(p, PatchLayout(view, y0, x0, size, size))
 
     def sample_view(self, generator: torch.Generator) -> RayBatch:
         """One whole training view (uniformly among those with usable pixels) as a one-patch
@@ -250,16 +245,7 @@ class RayDataset:
         h, w = self.shapes[j]
         p = torch.arange(int(self.offsets[j]), int(self.offsets[j + 1]))
         zero = torch.zeros(1, dtype=torch.long)
-        return RayBatch(
-            self.origins[p],
-            self.directions[p],
-            self.rgb[p],
-            self.image_ids[p],
-            p,
-            self.z_per_t[p],
-            PatchLayout(torch.tensor([j]), zero, zero, h, w),
-            self.mask[p],
-        )
+        return self._batch(p, PatchLayout(torch.tensor([j]), zero, zero, h, w))
 
     def border_color(self) -> Float[Tensor, " 3"]:
         """Median colour of the usable border pixels of all images (background initialisation)."""
