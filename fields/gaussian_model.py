@@ -124,6 +124,7 @@ class GaussianModel(SceneModel):
 
     name = "gaussians"
     batch_kind = "images"
+    needs_pinhole = True
 
     def __init__(self, cfg: GaussiansConfig, ctx: ModelContext) -> None:
         super().__init__()

@@ -71,6 +71,9 @@ class SceneModel(nn.Module, metaclass=abc.ABCMeta):
     """Registry name (``nerf``, ...)."""
     batch_kind: ClassVar[Literal["rays", "patches", "images"]] = "rays"
     """What ``train_outputs`` needs by default: independent rays, patches or whole views."""
+    needs_pinhole: ClassVar[bool] = False
+    """Whether the model projects with a pinhole camera only: the trainer then trains it on
+    the undistorted scene (:func:`~sceneforge.core.scene.undistorted_scene`)."""
     renders_rays: ClassVar[bool] = False
     """Whether the model also renders arbitrary rays (``render_rays``; ray-marched models)."""
 

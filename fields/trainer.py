@@ -30,7 +30,7 @@ from torch import Tensor
 from sceneforge.core.cameras import Cameras
 from sceneforge.core.devices import resolve_device
 from sceneforge.core.run_files import CHECKPOINT, TENSORBOARD_DIR
-from sceneforge.core.scene import SceneData
+from sceneforge.core.scene import SceneData, undistorted_scene
 from sceneforge.core.torch_state import TorchStateScope
 from sceneforge.fields.checkpoints import (
     CHECKPOINT_FORMAT,
@@ -98,6 +98,8 @@ class Trainer:
         if cfg.object_masks:
             cfg = self._object_config(cfg, self._model_cls)
             scene = object_scene(scene, background_color(cfg.render.background, None))
+        if self._model_cls.needs_pinhole:
+            scene = undistorted_scene(scene)
         self.cfg, self.scene = cfg, scene
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.device = resolve_device(cfg.device)

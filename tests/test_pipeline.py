@@ -81,3 +81,17 @@ def test_bad_inputs(tmp_path):
         run(tmp_path / "imgs", tmp_path / "out")
     with pytest.raises(ValueError, match="stop_after"):
         run(tmp_path / "imgs", tmp_path / "out", stop_after="nonsense")
+
+
+def test_run_trains_gaussians_from_the_reconstruction(demo_run, tmp_path):
+    """``sceneforge run --model gaussians``: the Gaussians start from the reconstruction's
+    sparse points (sfm/ -> field/), eval.json names the model."""
+    out, _, _ = demo_run
+    base = RunConfig()
+    trainer = replace(base.train.trainer, downscale=4, progress=False, tensorboard=False)
+    cfg = replace(base, model="gaussians", train=replace(base.train, max_steps=10, trainer=trainer))
+    run(out / "input" / "images", tmp_path / "gs", cfg, log=lambda m: None, stop_after="train")
+    ev = json.loads((tmp_path / "gs" / "field" / "eval.json").read_text())
+    sfm = load_scene(tmp_path / "gs" / "sfm")
+    assert ev["model"] == "gaussians" and ev["steps"] == 10
+    assert ev["num_gaussians"] == len(sfm.points)  # no densification within 10 steps

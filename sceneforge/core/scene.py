@@ -163,3 +163,45 @@ class SceneData:
     def to_numpy_image(self, i: int) -> np.ndarray:
         """Image ``i`` as uint8 ``H W 3`` numpy (for OpenCV / pycolmap consumers)."""
         return (self.load_image(i).clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+
+
+def undistorted_scene(scene: SceneData) -> SceneData:
+    """``scene`` on PINHOLE cameras (same ``fx, fy, cx, cy``): images, masks and depth maps
+    resampled in memory (:func:`~sceneforge.core.cameras.undistort_image`), 2D observations
+    dropped (the 3D points stay). A scene whose cameras have no distortion comes back as is.
+    For consumers that project with a pinhole model only (e.g. Gaussian rasterizers)."""
+    from dataclasses import replace
+
+    from sceneforge.core.cameras import Cameras, split_params, undistort_image
+
+    cams = scene.cameras
+    if cams.model in ("PINHOLE", "SIMPLE_PINHOLE"):
+        return scene
+    fx, fy, cx, cy, dist = split_params(cams.model, cams.params)
+    if not bool((dist != 0).any()):
+        k = torch.stack([fx, fy, cx, cy], -1)
+        pin = Cameras("PINHOLE", k, cams.width, cams.height, cams.cam_from_world)
+        return replace(scene, cameras=pin)
+    images, masks, depths, pinhole = [], [], [], []
+    for i in range(len(scene)):
+        p = cams.params[i]
+        img, pin = undistort_image(scene.load_image(i), cams.model, p)
+        images.append((img.clamp(0, 1) * 255 + 0.5).to(torch.uint8))
+        pinhole.append(pin)
+        if scene.has_masks:
+            m = scene.load_mask(i)
+            m = torch.ones(img.shape[:2], dtype=torch.bool) if m is None else m
+            masks.append(undistort_image(m[..., None].float(), cams.model, p)[0][..., 0] > 0.5)
+        if scene.depths is not None:
+            depths.append(undistort_image(scene.depths[i][..., None], cams.model, p)[0][..., 0])
+    new = Cameras("PINHOLE", torch.stack(pinhole), cams.width, cams.height, cams.cam_from_world)
+    return replace(
+        scene,
+        cameras=new,
+        images=images,
+        image_paths=None,
+        masks=masks or None,
+        mask_paths=None,
+        depths=depths or None,
+        observations=None,
+    )

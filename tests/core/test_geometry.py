@@ -267,3 +267,31 @@ def test_quaternion_order_matches_pycolmap():
     q = q if q[0] >= 0 else -q
     torch.testing.assert_close(q, q_wxyz)
     torch.testing.assert_close(conv.quat_wxyz_to_xyzw(q), q_xyzw if q_xyzw[3] >= 0 else -q_xyzw)
+
+
+def test_undistorted_scene_resamples_onto_the_pinhole_camera():
+    from sceneforge.core.scene import SceneData, undistorted_scene
+
+    h, w, f, k1 = 48, 64, 50.0, -0.3
+    params = torch.tensor([[f, w / 2, h / 2, k1]], dtype=torch.float64)
+    pose = torch.eye(3, 4, dtype=torch.float64)[None]
+    cams = cam.Cameras("SIMPLE_RADIAL", params, torch.tensor([w]), torch.tensor([h]), pose)
+
+    def pattern(xn, yn):  # smooth in normalised (undistorted) image coordinates
+        return torch.stack(
+            [0.5 + 0.4 * torch.sin(9 * xn), 0.5 + 0.4 * torch.cos(9 * yn), 0.5 + 0 * xn], -1
+        )
+
+    grid = cam.pixel_centers(h, w, dtype=torch.float64)
+    xy_d = torch.stack([(grid[..., 0] - w / 2) / f, (grid[..., 1] - h / 2) / f], -1)
+    xy = cam.undistort(xy_d, torch.tensor([k1, 0, 0, 0], dtype=torch.float64).expand(h, w, 4))
+    captured = pattern(xy[..., 0], xy[..., 1])  # what the distorted camera sees
+    scene = SceneData(cams, ["a.png"], images=[(captured * 255 + 0.5).to(torch.uint8)])
+    und = undistorted_scene(scene)
+    assert und.cameras.model == "PINHOLE"
+    torch.testing.assert_close(und.cameras.params[0], torch.tensor([f, f, w / 2, h / 2]).double())
+    want = pattern((grid[..., 0] - w / 2) / f, (grid[..., 1] - h / 2) / f).float()
+    got = und.load_image(0)
+    inner = (slice(6, h - 6), slice(6, w - 6))  # the border samples outside the capture
+    assert float((got[inner] - want[inner]).abs().max()) < 0.05
+    assert float((scene.load_image(0)[inner] - want[inner]).abs().max()) > 0.1  # it did move
