@@ -150,7 +150,7 @@ class GaussianModel(SceneModel):
             cols = None if scene.point_colors is None else scene.point_colors.float() / 255.0
             params = init_from_points(scene.points, cols, cfg)
         else:
-            params = self._random_init(ctx.box, ctx.seed)
+            params = self._random_init(ctx)
         self.params = nn.ParameterDict(
             {k: nn.Parameter(v.to(ctx.device)) for k, v in params.items()}
         )
@@ -178,16 +178,48 @@ class GaussianModel(SceneModel):
             "shN": shN,
         }
 
-    def _random_init(self, box: SceneBox, seed: int) -> dict[str, Tensor]:
+    def _random_init(self, ctx: ModelContext) -> dict[str, Tensor]:
+        """``num_random`` points uniform in the bounded scene box — inside the masks' visual
+        hull for object captures — coloured by the training images they project into."""
+        box = ctx.box
         if box.contract:
             raise ValueError(
                 "gaussians without sparse points need a bounded scene box: give the scene points "
                 "(reconstruct), an aabb, or --trainer.scene-box bounded / masks"
             )
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(ctx.seed)
         lo, hi = box.aabb[0].float(), box.aabb[1].float()
-        pts = lo + (hi - lo) * torch.rand(self.cfg.num_random, 3, generator=g)
-        return init_from_points(pts, torch.rand(self.cfg.num_random, 3, generator=g), self.cfg)
+        n = self.cfg.num_random
+        pts = lo + (hi - lo) * torch.rand(n, 3, generator=g)
+        if ctx.object_masks:
+            from sceneforge.fields.masks import in_visual_hull
+
+            scene, idx = ctx.scene, ctx.dataset.indices
+            masks = [scene.load_mask(i) for i in idx]
+            kept = []
+            for _ in range(20):  # rejection sampling into the hull (most of the box is empty)
+                cand = lo + (hi - lo) * torch.rand(8 * n, 3, generator=g)
+                kept.append(cand[in_visual_hull(scene.cameras[idx], masks, cand)])
+                if sum(k.shape[0] for k in kept) >= n:
+                    break
+            inside = torch.cat(kept)
+            if inside.shape[0] > 0:
+                pts = inside[:n]
+        return init_from_points(pts, self._observed_colors(pts, ctx), self.cfg)
+
+    @staticmethod
+    def _observed_colors(pts: Tensor, ctx: ModelContext) -> Tensor:
+        """Mean colour of the training pixels the points project into (grey where unseen)."""
+        cams, ds = ctx.train_cameras, ctx.dataset
+        total, count = torch.zeros(pts.shape[0], 3), torch.zeros(pts.shape[0])
+        for j in range(len(ds)):
+            img = ds.image(j)
+            uv, z = cams[[j]].project(pts.to(cams.dtype))
+            col, row = uv[0, :, 0].long(), uv[0, :, 1].long()
+            ok = (z[0] > 0) & (col >= 0) & (col < img.shape[1]) & (row >= 0) & (row < img.shape[0])
+            total[ok] += img[row[ok], col[ok]]
+            count += ok.float()
+        return torch.where(count[:, None] > 0, total / count.clamp(min=1)[:, None], 0.5)
 
     # -- the seam ------------------------------------------------------------------------------
 

@@ -20,6 +20,32 @@ from sceneforge.core.cameras import Cameras
 from sceneforge.core.scene import SceneData, SceneDataError
 
 
+def in_visual_hull(
+    cameras: Cameras,
+    masks: Sequence[Bool[Tensor, "h w"]],
+    points: Float[Tensor, "N 3"],
+    min_fg: float = 0.95,
+    min_views: int = 10,
+    mask_stride: int = 1,
+) -> Bool[Tensor, " N"]:
+    """Whether each point lies in the foreground's visual hull: at least ``min_fg`` of the (>=
+    ``min(min_views, N)``) cameras that see it show foreground at its projection (``masks[i]``
+    belongs to ``cameras[i]``, subsampled by ``mask_stride``)."""
+    pts = points.to(cameras.dtype)
+    seen = torch.zeros(len(pts))
+    fg = torch.zeros(len(pts))
+    for i, m in enumerate(masks):
+        uv, z = cameras[[i]].project(pts)
+        col = (uv[0, :, 0] / mask_stride).long()
+        row = (uv[0, :, 1] / mask_stride).long()
+        ok = (z[0] > 0) & (col >= 0) & (col < m.shape[1]) & (row >= 0) & (row < m.shape[0])
+        seen += ok.float()
+        hit = torch.zeros(len(pts), dtype=torch.bool)
+        hit[ok] = m[row[ok], col[ok]]
+        fg += hit.float()
+    return (seen >= min(min_views, len(masks))) & (fg >= min_fg * seen)
+
+
 def visual_hull_box(
     cameras: Cameras,
     masks: Sequence[Bool[Tensor, "h w"]],
@@ -45,18 +71,7 @@ def visual_hull_box(
     u = torch.linspace(0, 1, resolution, dtype=dtype)
     lattice = torch.stack(torch.meshgrid(u, u, u, indexing="ij"), -1).reshape(-1, 3)
     pts = box[0] + lattice * (box[1] - box[0])
-    seen = torch.zeros(len(pts))
-    fg = torch.zeros(len(pts))
-    for i, m in enumerate(masks):
-        uv, z = cameras[[i]].project(pts)
-        col = (uv[0, :, 0] / mask_stride).long()
-        row = (uv[0, :, 1] / mask_stride).long()
-        ok = (z[0] > 0) & (col >= 0) & (col < m.shape[1]) & (row >= 0) & (row < m.shape[0])
-        seen += ok.float()
-        hit = torch.zeros(len(pts), dtype=torch.bool)
-        hit[ok] = m[row[ok], col[ok]]
-        fg += hit.float()
-    keep = (seen >= min(min_views, len(masks))) & (fg >= min_fg * seen)
+    keep = in_visual_hull(cameras, masks, pts, min_fg, min_views, mask_stride)
     if not bool(keep.any()):
         raise ValueError(
             "the masks' visual hull is empty: no point is foreground in the masks of the "
@@ -130,6 +145,7 @@ def scene_hull_box(
 
 __all__ = [
     "composite_outside_mask",
+    "in_visual_hull",
     "mask_loss",
     "object_scene",
     "require_masks",

@@ -62,6 +62,8 @@ class ModelContext:
     """Cameras of the training views at dataset resolution (index = training view)."""
     seed: int
     """The trainer's seed (for a model's own random initialisation)."""
+    object_masks: bool = False
+    """The scene's masks mark the foreground of an object capture (``object_masks``)."""
 
 
 class SceneModel(nn.Module, metaclass=abc.ABCMeta):

@@ -125,6 +125,7 @@ class Trainer:
             cfg.render,
             self.view_cameras(),
             cfg.seed,
+            cfg.object_masks,
         )
         with self._torch():
             self.model: SceneModel = self._model_cls(getattr(cfg, cfg.model), ctx)
