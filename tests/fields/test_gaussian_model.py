@@ -181,3 +181,19 @@ def test_init_from_a_3dgs_ply_and_a_clear_error_for_a_plain_point_cloud(scene, t
     cfg.gaussians.ply = str(plain)
     with pytest.raises(GaussianPlyError, match="cloud.ply.*f_dc_0"):
         Trainer(scene, cfg)
+
+
+def test_object_captures_start_inside_the_visual_hull(scene):
+    from sceneforge.fields.masks import in_visual_hull
+
+    bare = dataclasses.replace(scene, points=None, point_colors=None, observations=None)
+    cfg = gs_config(object_masks=True, scene_box="auto")
+    cfg.gaussians.num_random = 400
+    tr = Trainer(bare, cfg)
+    means = tr.model.params["means"].detach().double()
+    idx = tr.train_indices
+    masks = [tr.scene.load_mask(i) for i in idx]
+    assert tr.model.num_gaussians == 400
+    assert bool(in_visual_hull(tr.scene.cameras[idx], masks, means).all())
+    rgb = SH_C0 * tr.model.params["sh0"].detach()[:, 0] + 0.5
+    assert float(rgb.std()) > 0.01  # coloured from the images, not one grey
