@@ -45,9 +45,7 @@ SIBLING_ISOLATED = ("sceneforge.stylize",)
 EDITOR_GLOBS = (
     "inpaint/*.py",
     "stylize/**/*.py",
-    "sceneforge/viewer.py",
     "sceneforge/viewer/**/*.py",
-    "sceneforge/ns_complete.py",
     "sceneforge/nerfstudio/complete.py",
     "fields/api.py",
 )
