@@ -1,9 +1,11 @@
-"""fields: NeRF fields, one renderer and one trainer whose training set can change while it trains.
+"""fields: scene models trained by one trainer whose training set can change while it trains.
 
-Modules: ``encodings`` (hash grid with a tinycudann adapter, tri-plane, frequency, spherical
-harmonics), ``field`` (density / outputs split, scene contraction, appearance embeddings),
-``sampling`` (ray intervals, occupancy grid), ``rendering`` (volume rendering), ``datasets``
-(the updatable ray dataset), ``masks`` (object captures: visual-hull box, mask loss),
-``trainer`` (training, checkpoints, evaluation), ``evaluation`` (colour-corrected metrics)
-and ``api`` (``train`` / ``render`` behind the CLI).
+Modules: ``scene_model`` (the seam every representation plugs into, the model registry),
+``nerf_model`` (radiance field + occupancy grid), ``gaussian_model`` (3D Gaussians) with
+``splatting`` (torch rasterizer, gsplat on CUDA), ``densify`` (3DGS density control) and
+``gaussian_ply`` (the 3DGS PLY); ``encodings``, ``field``, ``sampling``, ``rendering`` (NeRF
+parts); ``datasets`` (the updatable ray / patch / view dataset), ``masks`` (object captures),
+``scene_box``, ``trainer`` + ``trainer_config`` (training, hooks, the editing interface),
+``checkpoints``, ``evaluation`` (held-out and colour-corrected metrics), ``export`` and ``api``
+(``train`` / ``render`` behind the CLI).
 """
