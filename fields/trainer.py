@@ -522,9 +522,9 @@ class Trainer:
         self.step = int(s["step"])
         self.wall_s = float(s["wall_s"])
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Restore a checkpoint written by :meth:`save_checkpoint` (exact resume)."""
-        s = read_checkpoint(path)
+    def _restore(self, s: dict, path: str | Path) -> None:
+        """:meth:`load_state_dict` of checkpoint ``path`` (an error naming the file when it does
+        not fit this trainer)."""
         try:
             self.load_state_dict(s, str(path))
         except (KeyError, RuntimeError, ValueError) as e:
@@ -533,26 +533,28 @@ class Trainer:
             raise CheckpointError(f"{path}: checkpoint does not match this trainer ({e})") from e
         self.last_checkpoint = (Path(path), self.step)
 
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` (exact resume)."""
+        self._restore(read_checkpoint(path), path)
+
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, scene: SceneData, out_dir: str | Path | None = None, **overrides
     ) -> Trainer:
         """A trainer rebuilt from the config stored in ``path`` and restored to its state."""
         s = read_checkpoint(path)
-        try:
-            cfg = config_from_dict(TrainerConfig, s["config"])
-        except (KeyError, TypeError) as e:
-            raise CheckpointError(f"{path}: bad config in checkpoint ({e})") from e
-        cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
-        tr = cls(scene, cfg, out_dir)
-        try:
-            tr.load_state_dict(s, str(path))
-        except (KeyError, RuntimeError, ValueError) as e:
-            if isinstance(e, CheckpointError):
-                raise
-            raise CheckpointError(f"{path}: checkpoint does not match this trainer ({e})") from e
-        tr.last_checkpoint = (Path(path), tr.step)
+        cfg = checkpoint_config(s, path)
+        tr = cls(scene, dataclasses.replace(cfg, **overrides) if overrides else cfg, out_dir)
+        tr._restore(s, path)
         return tr
+
+
+def checkpoint_config(s: dict, path: str | Path) -> TrainerConfig:
+    """The trainer config stored in checkpoint ``s`` (read from ``path``)."""
+    try:
+        return config_from_dict(TrainerConfig, s["config"])
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: bad config in checkpoint ({e})") from e
 
 
 __all__ = [
@@ -561,6 +563,7 @@ __all__ = [
     "TrainingDivergedError",
     "TrainerConfig",
     "auto_scene_box",
+    "checkpoint_config",
     "config_from_dict",
     "config_to_dict",
     "lr_decay_factor",

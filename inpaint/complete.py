@@ -40,7 +40,7 @@ from sceneforge.fields.trainer import (
     CheckpointError,
     Trainer,
     TrainerConfig,
-    config_from_dict,
+    checkpoint_config,
     config_to_dict,
     read_checkpoint,
 )
@@ -187,11 +187,7 @@ def load_run(
     """The scene, trainer config and checkpoint path of a fields run folder."""
     run = Path(run_dir)
     ckpt = run / CHECKPOINT
-    s = read_checkpoint(ckpt)
-    try:
-        tcfg = config_from_dict(TrainerConfig, s["config"])
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{ckpt}: bad config in checkpoint ({e})") from e
+    tcfg = checkpoint_config(read_checkpoint(ckpt), ckpt)
     if scene is None:
         src = run / SOURCE
         if not src.is_file():
