@@ -208,7 +208,7 @@ def _group_of(optimizer: torch.optim.Optimizer, name: str, param: Tensor) -> dic
     return groups[0]
 
 
-def _replace_parameter(
+def replace_parameter(
     params: MutableMapping[str, nn.Parameter],
     optimizer: torch.optim.Optimizer,
     name: str,
@@ -246,6 +246,9 @@ class Densifier:
     (how many times it was visible) and ``radii2d`` (largest normalised projected radius), all
     float32, empty until the first :meth:`update_stats`.
     """
+
+    needs_grad2d = True
+    """The rules read the 2D-mean gradients (the model keeps them for :meth:`update_stats`)."""
 
     def __init__(self, cfg: DensifyConfig | None = None) -> None:
         self.cfg = cfg or DensifyConfig()
@@ -415,14 +418,14 @@ class Densifier:
 
         for name in list(params):
             value = grown(name, params[name].detach())[keep]
-            _replace_parameter(params, optimizer, name, value, moments)
+            replace_parameter(params, optimizer, name, value, moments)
         m = int(keep.sum())
         self.reset_stats(m, device)
         return {"cloned": n_clone, "split": n_split, "pruned": int(prune.sum()), "num_gaussians": m}
 
     def _reset_opacities(self, params, optimizer) -> None:
         value = reset_opacity_logits(self.cfg, params["opacities"].detach())
-        _replace_parameter(params, optimizer, "opacities", value, torch.zeros_like)
+        replace_parameter(params, optimizer, "opacities", value, torch.zeros_like)
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -432,6 +435,11 @@ class Densifier:
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Restore statistics saved by :meth:`state_dict` (clear error for a wrong layout)."""
+        if not state:
+            raise ValueError(
+                "densify: the checkpoint holds no densification statistics (it was trained with "
+                "the mcmc strategy); resume it with --trainer.gaussians.strategy mcmc"
+            )
         if set(state) != set(_STATE_KEYS):
             raise ValueError(
                 f"densify: state must have keys {', '.join(_STATE_KEYS)}; got "
@@ -453,6 +461,7 @@ __all__ = [
     "max_scales",
     "normalized_grad_norms",
     "prune_mask",
+    "replace_parameter",
     "reset_opacity_logits",
     "split_children",
 ]

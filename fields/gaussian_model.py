@@ -25,6 +25,7 @@ from sceneforge.core.cameras import Cameras, to_homogeneous
 from sceneforge.fields.datasets import RayBatch
 from sceneforge.fields.densify import Densifier, DensifyConfig
 from sceneforge.fields.field import SceneBox
+from sceneforge.fields.mcmc import MCMCConfig, MCMCStrategy, mcmc_regularizers
 from sceneforge.fields.rendering import background_color
 from sceneforge.fields.scene_model import (
     ModelContext,
@@ -54,10 +55,12 @@ class GaussiansConfig:
     """The 3DGS PLY to start from with ``init ply`` (ours or another 3DGS tool's export)."""
     num_random: int = 20_000
     """Gaussians of a random initialisation."""
-    init_opacity: float = 0.1
-    """Initial opacity."""
-    init_scale: float = 1.0
-    """Initial scale = this x the mean distance to the 3 nearest initial points."""
+    init_opacity: float | None = None
+    """Initial opacity (None: 0.1 with the default strategy, 0.5 with mcmc, as gsplat's
+    presets)."""
+    init_scale: float | None = None
+    """Initial scale = this x the mean distance to the 3 nearest initial points (None: 1.0,
+    or 0.1 with mcmc)."""
     means_lr: float = 1.6e-4
     """Learning rate of the means (times the scene scale), decayed to 1% at ``max_steps``."""
     scales_lr: float = 5e-3
@@ -74,8 +77,22 @@ class GaussiansConfig:
     """Rasterizer: gsplat's CUDA kernels, our torch one, or ``auto`` (gsplat on CUDA)."""
     antialiased: bool = False
     """Mip-splatting's antialiased rasterization (opacity compensation)."""
+    strategy: Literal["default", "mcmc"] = "default"
+    """How the set changes: 3DGS's clone / split / prune / opacity reset (``default``) or
+    3DGS-MCMC's relocation, growth to ``mcmc.cap_max`` and position noise (``mcmc``)."""
     densify: DensifyConfig = dataclasses.field(default_factory=DensifyConfig)
-    """Adaptive density control (clone / split / prune / opacity reset)."""
+    """The default strategy's adaptive density control."""
+    mcmc: MCMCConfig = dataclasses.field(default_factory=MCMCConfig)
+    """The mcmc strategy's settings (its opacity / scale L1 losses included)."""
+
+    def resolved(self) -> GaussiansConfig:
+        """A copy with the strategy-dependent ``None`` defaults written out."""
+        mcmc = self.strategy == "mcmc"
+        return dataclasses.replace(
+            self,
+            init_opacity=(0.5 if mcmc else 0.1) if self.init_opacity is None else self.init_opacity,
+            init_scale=(0.1 if mcmc else 1.0) if self.init_scale is None else self.init_scale,
+        )
 
 
 def init_from_points(
@@ -128,6 +145,7 @@ class GaussianModel(SceneModel):
 
     def __init__(self, cfg: GaussiansConfig, ctx: ModelContext) -> None:
         super().__init__()
+        cfg = cfg.resolved()
         if not 0 <= cfg.sh_degree <= 3:
             raise ValueError(f"gaussians.sh_degree must be 0..3, got {cfg.sh_degree}")
         self.cfg, self.render_cfg = cfg, ctx.render
@@ -155,7 +173,7 @@ class GaussianModel(SceneModel):
             {k: nn.Parameter(v.to(ctx.device)) for k, v in params.items()}
         )
         self.bg_param = learned_background(ctx)
-        self.densifier = Densifier(cfg.densify)
+        self.strategy = MCMCStrategy(cfg.mcmc) if cfg.strategy == "mcmc" else Densifier(cfg.densify)
         self._step = 0
         self._last: dict | None = None
 
@@ -270,6 +288,15 @@ class GaussianModel(SceneModel):
     def before_step(self, step: int, generator: torch.Generator) -> None:
         self._step = step
 
+    def regularizers(self, batch: RayBatch, out: dict, step: int) -> dict[str, Tensor]:
+        if self.cfg.strategy != "mcmc":
+            return {}
+        return mcmc_regularizers(self.cfg.mcmc, self.params["opacities"], self.params["scales"])
+
+    def resolved_config(self, cfg: GaussiansConfig) -> GaussiansConfig:
+        """The strategy-dependent initial opacity and scale written out."""
+        return cfg.resolved()
+
     def _render(
         self, T: Tensor, K: Tensor, width: int, height: int, keep_means2d: bool
     ) -> dict[str, Tensor]:
@@ -316,7 +343,7 @@ class GaussianModel(SceneModel):
             K = K.clone()
             K[0, 2] -= float(lay.x0[k])
             K[1, 2] -= float(lay.y0[k])
-            r = self._render(T, K, lay.width, lay.height, keep_means2d=True)
+            r = self._render(T, K, lay.width, lay.height, self.strategy.needs_grad2d)
             outs["rgb"].append(r["rgb"].reshape(-1, 3))
             outs["depth"].append(r["depth"].reshape(-1))
             outs["accumulation"].append(r["alpha"].reshape(-1))
@@ -333,10 +360,11 @@ class GaussianModel(SceneModel):
         if last is None:
             return
         w, h = last["size"]
-        grads = [m.grad if m.grad is not None else torch.zeros_like(m) for m in last["means2d"]]
-        # one call for the batch's C views: the statistics undo the loss' mean over them (x C)
-        self.densifier.update_stats(torch.stack(grads), torch.stack(last["radii"]), w, h)
-        self.densifier.step(step, self.params, optimizer, self.scene_scale, generator)
+        if self.strategy.needs_grad2d:
+            grads = [m.grad if m.grad is not None else torch.zeros_like(m) for m in last["means2d"]]
+            # one call for the batch's C views: the statistics undo the loss' mean over them (xC)
+            self.strategy.update_stats(torch.stack(grads), torch.stack(last["radii"]), w, h)
+        self.strategy.step(step, self.params, optimizer, self.scene_scale, generator)
 
     def stats(self) -> dict[str, float]:
         return {"num_gaussians": float(self.num_gaussians), "sh_degree": float(self.sh_degree_now)}
@@ -344,6 +372,7 @@ class GaussianModel(SceneModel):
     def describe(self) -> dict:
         return {
             "num_gaussians": self.num_gaussians,
+            "strategy": self.cfg.strategy,
             "sh_degree": self.cfg.sh_degree,
             "rasterizer": self.rasterizer,
         }
@@ -367,10 +396,10 @@ class GaussianModel(SceneModel):
     # -- state: the number of Gaussians changes while training -------------------------------
 
     def get_extra_state(self) -> dict:
-        return {"densifier": self.densifier.state_dict(), "step": self._step}
+        return {"densifier": self.strategy.state_dict(), "step": self._step}
 
     def set_extra_state(self, state: dict) -> None:
-        self.densifier.load_state_dict(state["densifier"])
+        self.strategy.load_state_dict(state["densifier"])
         self._step = int(state["step"])
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
