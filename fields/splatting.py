@@ -22,9 +22,9 @@ z forward; pixel centres at ``+0.5`` as in COLMAP and gsplat):
   ``depth = sum w_i z_i`` (not divided by alpha: ``depth / alpha`` is the surface depth, as
   for the NeRF renderer).
 
-:func:`rasterize_gaussians` is the pure-torch rasterizer (autograd through ordinary torch ops;
-tiles processed in bounded chunks whose forward pass stops once every pixel is done and whose
-backward pass recomputes only the Gaussians that were used);
+:func:`rasterize_gaussians` is the pure-torch rasterizer (tiles processed in bounded chunks
+by :mod:`~sceneforge.fields.splat_compositing`: a forward pass that stops once every pixel is
+done and an analytic backward pass over only the Gaussians that were used);
 :func:`rasterize_reference` is its per-pixel loop reference (tests only). On CUDA,
 :func:`render_gaussians` calls gsplat's kernels (same outputs), elsewhere the torch path.
 """
@@ -42,13 +42,14 @@ from torch import Tensor
 
 from sceneforge.core.rotations import quat_wxyz_to_matrix
 from sceneforge.fields.encodings import spherical_harmonics
+from sceneforge.fields.splat_compositing import (
+    ALPHA_MAX,
+    ALPHA_MIN,
+    TRANSMITTANCE_MIN,
+    CompositeChunk,
+    composite,
+)
 
-ALPHA_MIN = 1.0 / 255.0
-"""Smallest alpha that is composited (3DGS / gsplat)."""
-ALPHA_MAX = 0.999
-"""Largest alpha of one Gaussian (3DGS / gsplat)."""
-TRANSMITTANCE_MIN = 1e-4
-"""Compositing stops before the Gaussian that would bring the transmittance to this or below."""
 SIGMA_EXTENT = 3.33
 """Screen-space radius of a Gaussian in standard deviations (gsplat)."""
 
@@ -159,97 +160,6 @@ def _effective_opacities(proj: Projection, opacities: Tensor) -> Tensor:
     return opacities * proj.opacity_compensation
 
 
-def _composite(
-    px: Tensor,
-    py: Tensor,
-    mean: Tensor,
-    conic: Tensor,
-    op: Tensor,
-    feat: Tensor,
-    block: int,
-    early_exit: bool = False,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Front-to-back compositing of ``G`` depth-sorted Gaussians at ``P`` pixels of ``T`` tiles,
-    ``block`` Gaussians at a time (the transmittance carried from block to block).
-
-    px, py: (T, P); mean (T, G, 2); conic (T, G, 3); op (T, G) (0 for padding); feat (T, G, C).
-    Returns the weighted feature sums (T, P, C), the final transmittance (T, P) and, with
-    ``early_exit`` (no grad: stops once every pixel is done), the number of leading Gaussians
-    each tile needs (T,): those after a tile's last contribution change neither its values nor
-    its gradients."""
-    nt, npx = px.shape
-    acc = px.new_zeros(nt, npx, feat.shape[-1])
-    trans = px.new_ones(nt, npx)
-    done = torch.zeros(nt, npx, dtype=torch.bool, device=px.device)
-    nconic = conic * conic.new_tensor([-0.5, -1.0, -0.5])
-    need = torch.zeros(nt, npx, dtype=torch.long, device=px.device) if early_exit else None
-    for g0 in range(0, mean.shape[1], block):
-        sl = slice(g0, g0 + block)
-        dx = px[:, :, None] - mean[:, None, sl, 0]
-        dy = py[:, :, None] - mean[:, None, sl, 1]
-        a, b, c = (nconic[:, None, sl, k] for k in range(3))
-        nsigma = dx * (a * dx + b * dy) + c * dy * dy  # -sigma, in fewer operations
-        alpha = (op[:, None, sl] * torch.exp(nsigma)).clamp_max(ALPHA_MAX)
-        keep = (nsigma <= 0) & (alpha >= ALPHA_MIN)
-        alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-        one_minus = 1.0 - alpha
-        after = trans[..., None] * torch.cumprod(one_minus, dim=-1)  # transmittance after each
-        # the stop: transmittance never grows, so the composited Gaussians are a prefix
-        live = (after.detach() > TRANSMITTANCE_MIN) & ~done[..., None]
-        before = torch.cat([trans[..., None], after[..., :-1]], -1)
-        w = torch.where(live, alpha * before, torch.zeros_like(alpha))
-        acc = acc + torch.bmm(w, feat[:, sl])
-        trans = trans * torch.where(live, one_minus, torch.ones_like(one_minus)).prod(-1)
-        done = done | (keep & ~live).any(-1)
-        if need is not None:
-            with torch.no_grad():
-                pos = torch.arange(1, w.shape[-1] + 1, device=px.device)
-                last = ((w > 0) * pos).amax(-1)
-                need = torch.where(last > 0, g0 + last, need)
-            if bool(done.all()):
-                break
-    return acc, trans, None if need is None else need.amax(-1)
-
-
-class _CompositeChunk(torch.autograd.Function):
-    """:func:`_composite` of one chunk: the forward pass (no graph) stops early; the backward
-    pass recomputes it with autograd on the Gaussians the chunk's tiles needed."""
-
-    @staticmethod
-    def forward(ctx, mean, conic, op, feat, px, py, block):
-        with torch.no_grad():
-            acc, trans, need = _composite(px, py, mean, conic, op, feat, block, True)
-        ctx.save_for_backward(mean, conic, op, feat, px, py)
-        ctx.block, ctx.used = block, max(int(need.max()), 1)
-        return acc, trans
-
-    @staticmethod
-    def backward(ctx, g_acc, g_trans):
-        full = ctx.saved_tensors[:4]
-        px, py = ctx.saved_tensors[4:]
-        n, wants = ctx.used, ctx.needs_input_grad[:4]
-        ins = [t[:, :n].detach().requires_grad_(w) for t, w in zip(full, wants)]
-        with torch.enable_grad():
-            acc, trans, _ = _composite(px, py, *ins, ctx.block)
-            pairs = [(o, g) for o, g in ((acc, g_acc), (trans, g_trans)) if o.requires_grad]
-            wanted = [t for t in ins if t.requires_grad]
-            grads = iter(
-                torch.autograd.grad(
-                    [o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True
-                )
-            )
-        out = []
-        for t, w in zip(full, wants):
-            g = None
-            if w:
-                g = t.new_zeros(t.shape)
-                gi = next(grads)
-                if gi is not None:
-                    g[:, :n] = gi
-            out.append(g)
-        return (*out, None, None, None)
-
-
 def _box(radii: Tensor, conics: Tensor) -> tuple[Tensor, Tensor]:
     """Half sides of the bounding rectangle inside the square ``+- radii``: the ellipse's x / y
     extents are ``sigma_x / sigma_max`` and ``sigma_y / sigma_max`` of its largest one
@@ -306,8 +216,8 @@ def rasterize_gaussians(
     composited in chunks of at most ``chunk_elements`` (pixel, Gaussian) pairs, each tile with
     only the Gaussians whose bounding box overlaps it, sorted by depth, ``block`` Gaussians at a
     time. The forward pass keeps no graph and stops a chunk once all its pixels are done; the
-    backward pass recomputes each chunk with autograd on the Gaussians it used, so memory stays
-    bounded by one chunk. Returns ``rgb`` (H, W, D), ``alpha`` (H, W) and ``depth`` (H, W)
+    backward pass recomputes each chunk's weights and applies the analytic gradients to the
+    Gaussians it used, so memory stays bounded by one chunk. Returns ``rgb`` (H, W, D), ``alpha`` (H, W) and ``depth`` (H, W)
     (``sum w_i z_i``, see the module docstring)."""
     dev, dtype = colors.device, colors.dtype
     d = colors.shape[1]
@@ -371,9 +281,9 @@ def rasterize_gaussians(
         opg = torch.where(real, op[gid], torch.zeros((), dtype=op.dtype, device=dev))
         args = (proj.means2d[gid], proj.conics[gid], opg, feats[gid])
         if need_grad:
-            s, tr = _CompositeChunk.apply(*args, px, py, block)
+            s, tr = CompositeChunk.apply(*args, px, py, block)
         else:
-            s, tr, _ = _composite(px, py, *args, block, early_exit=True)
+            s, tr, _ = composite(px, py, *args, block, early_exit=True)
         pix_ids.append(pix)
         acc_parts.append(s.reshape(-1, d + 1)[inside])
         t_parts.append(tr.reshape(-1)[inside])
@@ -558,6 +468,9 @@ def render_gaussians(
 
 
 __all__ = [
+    "ALPHA_MAX",
+    "ALPHA_MIN",
+    "TRANSMITTANCE_MIN",
     "Projection",
     "gsplat_available",
     "project_gaussians",
