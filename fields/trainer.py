@@ -50,6 +50,7 @@ from sceneforge.fields.datasets import (
 )
 from sceneforge.fields.evaluation import evaluate_heldout
 from sceneforge.fields.field import SceneBox
+from sceneforge.fields.losses import photometric_loss
 from sceneforge.fields.masks import mask_loss, object_scene, require_masks, scene_hull_box
 from sceneforge.fields.rendering import background_color
 from sceneforge.fields.scene_box import auto_scene_box
@@ -131,6 +132,9 @@ class Trainer:
             self.model: SceneModel = self._model_cls(getattr(cfg, cfg.model), ctx)
         resolved = self.model.resolved_config(getattr(cfg, cfg.model))
         self.cfg = cfg = dataclasses.replace(cfg, **{cfg.model: resolved})
+        self.photometric = cfg.photometric
+        if cfg.photometric == "auto":
+            self.photometric = "l1-ssim" if self.model.batch_kind == "images" else "mse"
         self.optimizer = self._make_optimizer()
         self.step = 0
         self.wall_s = 0.0
@@ -288,13 +292,9 @@ class Trainer:
         batch = self._sample_batch()
         out = model.train_outputs(batch, self.generator)
         target = batch.rgb.to(out["rgb"].device)
-        err = (out["rgb"] - target).pow(2)
-        if batch.valid is None:
-            mse = err.mean()
-        else:
-            valid = batch.valid.to(err.device)
-            mse = (err * valid[:, None]).sum() / (3 * valid.sum()).clamp(min=1)
-        loss = mse
+        loss, mse = photometric_loss(
+            self.photometric, out["rgb"], target, batch.valid, batch.patches, cfg.ssim_lambda
+        )
         for term in model.regularizers(batch, out, self.step).values():
             loss = loss + term
         if cfg.object_masks and cfg.mask_loss_weight > 0:

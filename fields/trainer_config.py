@@ -27,6 +27,12 @@ class TrainerConfig:
     batch: Literal["auto", "rays", "patches", "images"] = "auto"
     """Independent rays, whole ``patch_size`` patches, or one whole training view per step;
     ``auto`` = what the model needs (rays for NeRF, images for Gaussians)."""
+    photometric: Literal["auto", "mse", "l1-ssim"] = "auto"
+    """Photometric loss: squared error, or 3DGS's ``(1 - ssim_lambda) L1 + ssim_lambda
+    (1 - SSIM)`` on patch / view batches; ``auto``: l1-ssim for models trained on whole views
+    (gaussians, as 3DGS / gsplat / splatfacto), mse otherwise."""
+    ssim_lambda: float = 0.2
+    """Weight of the D-SSIM term of the l1-ssim loss."""
     patch_size: int = 32
     """Side of a patch (``batch_rays / patch_size^2`` patches per step, at least one)."""
     lr_final_factor: float = 0.1
