@@ -220,7 +220,9 @@ class BAOptions:
     scale_camera: int | None = None
     """Camera with one translation coordinate fixed (default: farthest from gauge_camera)."""
     num_threads: int | None = None
-    """torch CPU threads during the solve (None: all cores)."""
+    """torch CPU threads during the solve (None: every core of this process's CPU affinity
+    mask, never chosen from the load). Threads change only the order of float sums: the
+    solution moves in its last bits."""
     implicit_exact_hessian: bool = True
     """Backward solves with the exact Hessian (CG, GN-preconditioned) instead of Gauss-Newton."""
     implicit_cg_tolerance: float = 1e-12
@@ -857,8 +859,12 @@ def _flat_norm(params) -> float:
 
 @contextmanager
 def _threads(n: int | None):
+    """torch threads ``n`` inside the block (None: :func:`available_cores`, see
+    :attr:`BAOptions.num_threads`), the previous count after."""
+    from sceneforge.recon.features import available_cores
+
     old = torch.get_num_threads()
-    torch.set_num_threads(n if n is not None else (os.cpu_count() or 1))
+    torch.set_num_threads(n if n is not None else available_cores())
     try:
         yield torch.get_num_threads()
     finally:

