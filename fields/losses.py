@@ -40,7 +40,8 @@ def patch_ssim(
         )
     shape = (layout.view.shape[0], layout.height, layout.width, 3)
     p, t = pred.reshape(shape), target.reshape(shape)
-    maps = torch.stack([ssim_map(p[k], t[k]) for k in range(shape[0])]).reshape(-1)
+    maps = [ssim_map(p[k], t[k], dtype=torch.float32) for k in range(shape[0])]
+    maps = torch.stack(maps).reshape(-1)
     return masked_mean(maps[:, None], valid)
 
 

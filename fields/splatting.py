@@ -247,7 +247,9 @@ def rasterize_gaussians(
         isect = order[g[perm]]
         per_tile = torch.bincount(tile, minlength=tw * th)
         start = torch.cumsum(per_tile, 0) - per_tile
-        busy = torch.nonzero(per_tile).squeeze(1).tolist()
+        busy_t = torch.nonzero(per_tile).squeeze(1)
+        # tiles of similar lengths share a chunk (each chunk pads its tiles to its longest)
+        busy = busy_t[torch.argsort(per_tile[busy_t], stable=True)].tolist()
         sizes = per_tile.tolist()
     if not busy:
         return _finish(acc, t_final, background, width, height, d)

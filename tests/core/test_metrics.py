@@ -116,3 +116,27 @@ def test_psnr_and_ssim_hand_values():
     assert M.ssim(c, a, mask) > M.ssim(c, a)
     with pytest.raises(ValueError, match="mask selects no pixel"):
         M.psnr(a, a, torch.zeros(16, 16, dtype=torch.bool))
+
+
+def test_ssim_map_separable_filter_equals_the_2d_window():
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(20, 17, 3, generator=gen, dtype=torch.float64)
+    y = (x + 0.1 * torch.randn(20, 17, 3, generator=gen, dtype=torch.float64)).clamp(0, 1)
+    # the textbook form: one 11x11 Gaussian window (sigma 1.5), reflect-padded
+    t = torch.arange(11, dtype=torch.float64) - 5
+    g = torch.exp(-(t * t) / (2 * 1.5**2))
+    w2 = (g[:, None] * g[None, :]) / (g.sum() ** 2)
+    a, b = x.permute(2, 0, 1)[None], y.permute(2, 0, 1)[None]
+
+    def filt(z):
+        return F.conv2d(F.pad(z, (5, 5, 5, 5), mode="reflect"), w2.expand(3, 1, 11, 11), groups=3)
+
+    mx, my = filt(a), filt(b)
+    sxx, syy, sxy = filt(a * a) - mx**2, filt(b * b) - my**2, filt(a * b) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    ref = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    torch.testing.assert_close(M.ssim_map(x, y), ref[0].mean(0), rtol=1e-12, atol=1e-12)
+    f32 = M.ssim_map(x.float(), y.float(), dtype=torch.float32)
+    torch.testing.assert_close(f32.double(), ref[0].mean(0), rtol=0, atol=1e-4)

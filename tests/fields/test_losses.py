@@ -24,7 +24,8 @@ def test_l1_ssim_is_3dgs_loss_and_masks_count():
     pred = torch.rand(p * h * w, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     target = torch.rand(p * h * w, 3, generator=gen, dtype=torch.float64)
     loss, mse = photometric_loss("l1-ssim", pred, target, None, _layout(p, h, w), 0.2)
-    maps = [ssim_map(pred.reshape(p, h, w, 3)[k], target.reshape(p, h, w, 3)[k]) for k in range(p)]
+    pr, ta = pred.reshape(p, h, w, 3), target.reshape(p, h, w, 3)
+    maps = [ssim_map(pr[k], ta[k], dtype=torch.float32) for k in range(p)]
     expected = 0.8 * (pred - target).abs().mean() + 0.2 * (1 - torch.stack(maps).mean())
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(mse, (pred - target).pow(2).mean())
