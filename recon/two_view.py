@@ -1,39 +1,184 @@
-"""Batched robust two-view geometry: essential / fundamental matrices by RANSAC.
+"""Batched robust two-view geometry: essential, fundamental and homography matrices by
+LO-RANSAC, with model selection between epipolar geometry and a homography.
 
 Every pair of images is a row of a padded batch: ``x1, x2`` are ``(P, M, 2)`` with a
-``valid`` mask ``(P, M)``. RANSAC draws ``H`` minimal samples per pair at once, fits them
-with the (normalised) 8-point algorithm as one batched eigen-decomposition, scores all
-hypotheses of all pairs against all correspondences by the Sampson error (MSAC), keeps the
-best per pair and refines it on its inliers (iteratively reweighted 8-point). The essential
-matrix is decomposed into ``(R, t)`` by cheirality (points in front of both cameras).
+``valid`` mask ``(P, M)``. All pairs are estimated at once by the batched LO-RANSAC of
+:mod:`sceneforge.recon.lo_ransac` (rounds of minimal samples for every still active pair,
+preemptive scoring on a subset, local optimisation of every new best model, adaptive
+termination per pair, final refinement on the inliers; seeded, so results depend on the inputs
+and the config only).
+
+Models and their pieces:
+
+- essential matrix (calibrated, ``focal`` given): minimal samples of 5 solved by the 5-point
+  algorithm (:func:`sceneforge.recon.five_point.five_point`, up to 10 real solutions, all
+  scored) after the chirality test of the sample (a solution must put its five points in front
+  of both cameras for one of its four poses: this removes about a third of the solutions and,
+  on planar scenes, most twisted interpretations); scored by the Sampson distance; local
+  optimisation and final refinement are Levenberg-Marquardt on ``(R, t)`` (5 DoF, analytic
+  Jacobian) of the Cauchy-robustified Sampson error on the inliers (re-estimated between the
+  passes of the final refinement). That *is* the non-minimal fit: a linear 8-point refit on
+  the inliers would be degenerate on planar scenes, where the 5-point solver is not. The pose
+  comes from the essential matrix by cheirality (points in front of both cameras).
+- fundamental matrix (``focal=None``, pixels): the 7-point solver (up to 3 solutions) on
+  coordinates normalised per pair by one similarity per image with a *common* scale, so the
+  Sampson threshold just scales; local optimisation is the iteratively reweighted normalised
+  8-point algorithm (weights: the robust weight over the Sampson denominator of the previous
+  iterate, i.e. reweighted towards the Sampson error), rank 2 enforced by SVD. The 8-point
+  functions stay public (:func:`fundamental_8pt`, :func:`essential_8pt`).
+- homography (model selection): the 4-point DLT, scored by the homography Sampson error (first
+  order geometric distance, comparable with the epipolar one under one threshold), refined by
+  the iteratively reweighted normalised DLT. It only needs as many samples as it takes to find
+  a homography with ``h_inlier_ratio`` times the epipolar inliers (a weaker one changes
+  nothing), which keeps it cheap on general scenes.
+
+Sampling schedule: rounds of ``round_size`` samples per active pair, at least
+``min_hypotheses`` and at most ``num_hypotheses``; a pair stops once it drew ``trials_factor``
+times the samples that ``confidence`` asks for at the inlier ratio of its best model (as
+poselib's dynamic trial count; noisy all-inlier samples do not always lead to the best model,
+which on real pairs with 30-60 % inliers is what decides). Easy pairs stop after one round.
+
+Model selection (``model_selection``), in the spirit of COLMAP's two-view geometry: a pair
+whose homography inliers exceed ``h_inlier_ratio`` (0.8, COLMAP's ``max_H_inlier_ratio``) of the
+epipolar inliers is explained by a homography: a planar scene or a camera that only rotates.
+It is *panoramic* when a rotation alone (``H = R`` in calibrated coordinates, fitted by weighted
+Kabsch on the viewing rays of the homography inliers) still explains ``panoramic_ratio`` of the
+homography inliers, else *planar*. Without intrinsics the two cannot be told apart
+(``planar_or_panoramic``). The Sampson errors of both models are first-order distances in the
+joint image space (codimension 1 and 2), so one threshold counts inliers of both comparably.
+
+- planar pairs keep the 5-point pose when enough inliers lie off the plane (epipolar inliers
+  beyond ``1 / h_pose_ratio`` times the homography inliers): those points condition the
+  essential matrix, and on real scenes with a dominant plane the epipolar pose was the more
+  accurate one. When (almost) every inlier is on the plane, the essential matrix is poorly
+  conditioned (a valley of nearly equal Sampson cost; on the synthetic planar benchmark the
+  median rotation error was twice that of the homography route), so the pose comes from
+  :func:`pose_from_homography`: the decompositions of ``H`` with most points in front and,
+  where two remain (a plane seen from two views often has two interpretations with every point
+  in front, which no epipolar score can separate), the one closest to the 5-point pose.
+- panoramic pairs take the rotation of the rotation-only fit (refined by reweighting); their
+  translation is not observable: ``t`` stays the (unit, arbitrary) epipolar estimate, the
+  median triangulation angle is about 0, ``t_reliable`` is False and the epipolar inliers are
+  not filtered by cheirality (depths are meaningless without a baseline).
+
+Where the pose is replaced (homography pose, panoramic rotation), ``matrix`` becomes
+``[t]x R`` of that pose and the inliers are re-counted with it, so matrix, pose and inliers
+stay consistent.
 
 Conventions: the relative pose is ``cam2_from_cam1`` (``X2 = R X1 + t``); the epipolar
 constraint is ``x2^T E x1 = 0`` with calibrated (``K^-1``-normalised) coordinates and
-``p2^T F p1 = 0`` with pixels.
+``p2^T F p1 = 0`` with pixels; homographies map image 1 to image 2 (``x2 ~ H x1``) in the
+same coordinates as the inputs.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import IntEnum
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from sceneforge.core.rotations import skew
+from sceneforge.recon.epipolar import (
+    _apply_h,
+    _sampson_terms,
+    decompose_essential,
+    eight_point,
+    essential_8pt,
+    essential_from_pose,
+    fundamental_8pt,
+    hartley_normalization,
+    pose_from_essential,
+    refine_relative_pose,
+    sampson_error,
+    triangulation_angles_deg,
+    two_view_depths,
+)
+from sceneforge.recon.five_point import cheiral_sample, five_point, seven_point
+from sceneforge.recon.homography import (
+    homography_4pt,
+    homography_dlt,
+    homography_sampson_error,
+    pose_from_homography,
+    rotation_from_bearings,
+)
+from sceneforge.recon.lo_ransac import (
+    RansacModel,
+    RansacOptions,
+    lo_ransac,
+    required_samples,
+    select_masked,
+)
+
+# The epipolar primitives live in :mod:`sceneforge.recon.epipolar`; re-exported here.
+__all__ = [
+    "PairConfig",
+    "TwoViewConfig",
+    "TwoViewGeometry",
+    "decompose_essential",
+    "eight_point",
+    "essential_8pt",
+    "essential_from_pose",
+    "estimate_per_image_focals",
+    "estimate_shared_focal",
+    "estimate_two_view",
+    "fundamental_8pt",
+    "hartley_normalization",
+    "pose_from_essential",
+    "pose_from_homography",
+    "ransac_two_view",
+    "refine_relative_pose",
+    "sampson_error",
+    "shared_focal_contrast",
+    "triangulation_angles_deg",
+    "two_view_depths",
+]
+
+
+class PairConfig(IntEnum):
+    """What explains a pair's correspondences (``TwoViewGeometry.config``)."""
+
+    DEGENERATE = 0
+    """Too few correspondences or inliers."""
+    CALIBRATED = 1
+    """General epipolar geometry with known intrinsics (essential matrix)."""
+    UNCALIBRATED = 2
+    """General epipolar geometry in pixels (fundamental matrix)."""
+    PLANAR = 3
+    """A homography with parallax: a planar scene (pose from the essential matrix)."""
+    PANORAMIC = 4
+    """A pure rotation: the translation is not observable."""
+    PLANAR_OR_PANORAMIC = 5
+    """A homography without intrinsics to tell planar and panoramic apart."""
 
 
 @dataclass
 class TwoViewConfig:
     """Robust two-view estimation settings."""
 
-    num_hypotheses: int = 256
-    """RANSAC hypotheses drawn per pair (all evaluated at once)."""
+    num_hypotheses: int = 1024
+    """Minimal samples drawn per pair at most (adaptive termination usually stops earlier)."""
+    min_hypotheses: int = 32
+    """Minimal samples drawn per pair at least."""
+    round_size: int = 32
+    """Minimal samples drawn per pair and round (all solved and scored at once)."""
+    confidence: float = 0.9999
+    """Probability of an all-inlier sample that stops the sampling of a pair."""
+    trials_factor: float = 3.0
+    """Factor on the samples adaptive termination asks for (noisy all-inlier samples do not
+    always lead to the best model)."""
     threshold_px: float = 1.5
     """Inlier threshold on the Sampson distance, in pixels."""
     refine_iterations: int = 6
-    """Re-fits of the best hypotheses on their inliers (local optimisation)."""
+    """Levenberg-Marquardt / reweighting iterations of a local optimisation."""
+    refine_passes: int = 1
+    """Passes of a local optimisation (the inliers are re-estimated between passes)."""
+    final_iterations: int = 6
+    """Iterations of each pass of the final refinement on the inliers."""
+    final_passes: int = 2
+    """Passes of the final refinement (the inliers are re-estimated between passes)."""
     min_inliers: int = 20
     """Pairs with fewer inliers are reported as failed."""
     min_inlier_ratio: float = 0.2
@@ -41,13 +186,34 @@ class TwoViewConfig:
     preemptive_subset: int = 256
     """Correspondences per pair on which all hypotheses are first scored."""
     num_verified: int = 4
-    """Best hypotheses per pair (on the subset) that are then scored on all correspondences."""
+    """Best hypotheses per pair and round (on the subset) then scored on all correspondences."""
+    num_local: int = 1
+    """Best verified hypotheses per pair and round that get a local optimisation."""
     refine_subset: int = 128
-    """Correspondences per pair on which the candidate poses are refined (essential only)."""
-    max_elements: int = 65_536
-    """Upper bound on pairs x hypotheses x correspondences scored at once. Small enough that
-    the float64 temporaries of the scoring stay in cache: 6x faster than 4M elements per
-    chunk (measured, one thread)."""
+    """Inliers per pair a local optimisation uses (essential matrix)."""
+    final_subset: int = 1024
+    """Inliers per pair the final refinement uses (essential matrix)."""
+    max_elements: int = 262_144
+    """Upper bound on hypotheses x correspondences scored at once (memory, cache)."""
+    model_selection: bool = True
+    """Also estimate a homography and classify pairs as planar / panoramic."""
+    h_max_hypotheses: int = 256
+    """Minimal samples per pair at most for the homography; fewer where enough to find one
+    with ``h_inlier_ratio`` times the epipolar inliers (all that model selection needs)."""
+    h_subset: int = 512
+    """Correspondences per pair (spread over the row) the homography is estimated on; its
+    inliers are then counted on all."""
+    h_min_hypotheses: int = 32
+    """Minimal samples per pair at least for the homography."""
+    h_refine_iterations: int = 3
+    """Reweighted DLT iterations of a homography local optimisation (twice that at the end)."""
+    h_inlier_ratio: float = 0.8
+    """Homography inliers / epipolar inliers above which a homography explains the pair."""
+    h_pose_ratio: float = 0.95
+    """Planar pairs take the pose of the homography when its inliers reach this fraction of
+    the epipolar inliers (else too few points off the plane condition the essential matrix)."""
+    panoramic_ratio: float = 0.95
+    """Rotation-only inliers / homography inliers above which the pair is panoramic."""
     seed: int = 0
     """Seed of the sampler (deterministic results)."""
 
@@ -64,6 +230,13 @@ class TwoViewGeometry:
         R: ``P 3 3`` relative rotation ``cam2_from_cam1`` (essential only, else identity).
         t: ``P 3`` unit relative translation (essential only, else zeros).
         median_angle_deg: ``P`` median triangulation angle of the inliers (essential only).
+        homography: ``P 3 3`` homography ``x2 ~ H x1`` in the input coordinates (zeros without
+            model selection).
+        h_inliers: ``P M`` its inliers.
+        num_h_inliers: ``P`` their counts.
+        config: ``P`` :class:`PairConfig` codes; :attr:`config_names` gives the names.
+        t_reliable: ``P`` False where the translation is not observable (panoramic) or no
+            pose was estimated (fundamental matrix, failed pairs).
     """
 
     matrix: Float[Tensor, "P 3 3"]
@@ -73,305 +246,21 @@ class TwoViewGeometry:
     R: Float[Tensor, "P 3 3"]
     t: Float[Tensor, "P 3"]
     median_angle_deg: Float[Tensor, " P"]
+    homography: Float[Tensor, "P 3 3"] | None = None
+    h_inliers: Bool[Tensor, "P M"] | None = None
+    num_h_inliers: Int[Tensor, " P"] | None = None
+    config: Int[Tensor, " P"] | None = None
+    t_reliable: Bool[Tensor, " P"] | None = None
+
+    @property
+    def config_names(self) -> list[str]:
+        """``config`` as lower-case names (``"calibrated"``, ``"planar"``, ...)."""
+        if self.config is None:
+            return []
+        return [PairConfig(int(c)).name.lower() for c in self.config]
 
 
-# ----------------------------------------------------------------------------- linear solvers
-
-
-def hartley_normalization(
-    x: Float[Tensor, "*B M 2"], weights: Float[Tensor, "*B M"]
-) -> Float[Tensor, "*B 3 3"]:
-    """Similarity ``T`` moving the weighted centroid to 0 and the mean distance to sqrt(2)."""
-    w = weights / weights.sum(-1, keepdim=True).clamp(min=1e-12)
-    mu = (w[..., None] * x).sum(-2)
-    d = ((x - mu[..., None, :]).norm(dim=-1) * w).sum(-1).clamp(min=1e-12)
-    s = math.sqrt(2.0) / d
-    T = torch.zeros(*x.shape[:-2], 3, 3, dtype=x.dtype, device=x.device)
-    T[..., 0, 0] = s
-    T[..., 1, 1] = s
-    T[..., 0, 2] = -s * mu[..., 0]
-    T[..., 1, 2] = -s * mu[..., 1]
-    T[..., 2, 2] = 1.0
-    return T
-
-
-def _apply_h(T: Tensor, x: Tensor) -> Tensor:
-    """Apply an affine 3x3 ``T`` (last row 0 0 1) to 2D points."""
-    return (x @ T[..., :2, :2].transpose(-1, -2)) + T[..., None, :2, 2]
-
-
-def eight_point(
-    x1: Float[Tensor, "*B M 2"],
-    x2: Float[Tensor, "*B M 2"],
-    weights: Float[Tensor, "*B M"] | None = None,
-) -> Float[Tensor, "*B 3 3"]:
-    """Weighted linear solve of ``x2^T F x1 = 0`` (smallest eigenvector of ``A^T W A``).
-
-    No normalisation and no rank constraint: see :func:`fundamental_8pt` and
-    :func:`essential_8pt`.
-    """
-    a1 = torch.cat([x1, torch.ones_like(x1[..., :1])], dim=-1)
-    a2 = torch.cat([x2, torch.ones_like(x2[..., :1])], dim=-1)
-    A = (a2[..., :, None] * a1[..., None, :]).flatten(-2)  # (..., M, 9), row-major F
-    Aw = A if weights is None else A * weights[..., None]
-    AtA = Aw.transpose(-1, -2) @ A
-    _, vecs = torch.linalg.eigh(AtA)
-    return vecs[..., 0].reshape(*A.shape[:-2], 3, 3)
-
-
-def fundamental_8pt(
-    p1: Float[Tensor, "*B M 2"],
-    p2: Float[Tensor, "*B M 2"],
-    weights: Float[Tensor, "*B M"] | None = None,
-) -> Float[Tensor, "*B 3 3"]:
-    """Hartley-normalised 8-point fundamental matrix from pixels, rank 2 enforced."""
-    w = torch.ones_like(p1[..., 0]) if weights is None else weights
-    T1, T2 = hartley_normalization(p1, w), hartley_normalization(p2, w)
-    Fn = eight_point(_apply_h(T1, p1), _apply_h(T2, p2), w)
-    U, S, Vh = torch.linalg.svd(Fn)
-    S = torch.stack([S[..., 0], S[..., 1], torch.zeros_like(S[..., 2])], dim=-1)
-    Fn = U @ torch.diag_embed(S) @ Vh
-    Fm = T2.transpose(-1, -2) @ Fn @ T1
-    return Fm / Fm.flatten(-2).norm(dim=-1)[..., None, None].clamp(min=1e-300)
-
-
-def essential_8pt(
-    x1: Float[Tensor, "*B M 2"],
-    x2: Float[Tensor, "*B M 2"],
-    weights: Float[Tensor, "*B M"] | None = None,
-) -> Float[Tensor, "*B 3 3"]:
-    """8-point essential matrix from calibrated coordinates, projected onto the essential
-    manifold (singular values ``(1, 1, 0)``)."""
-    w = torch.ones_like(x1[..., 0]) if weights is None else weights
-    T1, T2 = hartley_normalization(x1, w), hartley_normalization(x2, w)
-    En = eight_point(_apply_h(T1, x1), _apply_h(T2, x2), w)
-    E = T2.transpose(-1, -2) @ En @ T1
-    U, _, Vh = torch.linalg.svd(E)
-    S = torch.tensor([1.0, 1.0, 0.0], dtype=E.dtype, device=E.device)
-    return U @ torch.diag_embed(S.expand(*E.shape[:-2], 3)) @ Vh
-
-
-def sampson_error(
-    M: Float[Tensor, "*B 3 3"], x1: Float[Tensor, "*B N 2"], x2: Float[Tensor, "*B N 2"]
-) -> Float[Tensor, "*B N"]:
-    """Squared Sampson distance of each correspondence to ``x2^T M x1 = 0``."""
-    m = [[M[..., i, j, None] for j in range(3)] for i in range(3)]  # broadcast over N
-    u1, v1, u2, v2 = x1[..., 0], x1[..., 1], x2[..., 0], x2[..., 1]
-    a0 = m[0][0] * u1 + m[0][1] * v1 + m[0][2]  # (M x1)_0
-    a1 = m[1][0] * u1 + m[1][1] * v1 + m[1][2]
-    a2 = m[2][0] * u1 + m[2][1] * v1 + m[2][2]
-    b0 = m[0][0] * u2 + m[1][0] * v2 + m[2][0]  # (M^T x2)_0
-    b1 = m[0][1] * u2 + m[1][1] * v2 + m[2][1]
-    num = u2 * a0 + v2 * a1 + a2
-    den = a0 * a0 + a1 * a1 + b0 * b0 + b1 * b1
-    return num * num / den.clamp(min=1e-300)
-
-
-# ----------------------------------------------------------------------------- decomposition
-
-
-def decompose_essential(
-    E: Float[Tensor, "*B 3 3"],
-) -> tuple[Float[Tensor, "*B 4 3 3"], Float[Tensor, "*B 4 3"]]:
-    """The four ``(R, t)`` candidates of an essential matrix (``t`` unit)."""
-    U, _, Vh = torch.linalg.svd(E)
-    U = U * torch.linalg.det(U)[..., None, None].sign()
-    Vh = Vh * torch.linalg.det(Vh)[..., None, None].sign()
-    W = torch.tensor(
-        [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=E.dtype, device=E.device
-    )
-    R1 = U @ W @ Vh
-    R2 = U @ W.T @ Vh
-    t = U[..., :, 2]
-    Rs = torch.stack([R1, R1, R2, R2], dim=-3)
-    ts = torch.stack([t, -t, t, -t], dim=-2)
-    return Rs, ts
-
-
-def two_view_depths(
-    R: Float[Tensor, "*B 3 3"],
-    t: Float[Tensor, "*B 3"],
-    x1: Float[Tensor, "*B N 2"],
-    x2: Float[Tensor, "*B N 2"],
-) -> tuple[Float[Tensor, "*B N"], Float[Tensor, "*B N"]]:
-    """Depths of the midpoint triangulation in both cameras (``X2 = R X1 + t``).
-
-    Solves ``l1 R d1 - l2 d2 = -t`` in least squares with ``d = (x, y, 1)``, so ``l`` are
-    z-depths; used for cheirality.
-    """
-    d1 = torch.cat([x1, torch.ones_like(x1[..., :1])], dim=-1)
-    d2 = torch.cat([x2, torch.ones_like(x2[..., :1])], dim=-1)
-    a = d1 @ R.transpose(-1, -2)  # R d1
-    b = -d2
-    c = -t[..., None, :].expand_as(a)
-    aa, ab, bb = (a * a).sum(-1), (a * b).sum(-1), (b * b).sum(-1)
-    ac, bc = (a * c).sum(-1), (b * c).sum(-1)
-    det = aa * bb - ab * ab
-    det = torch.where(det.abs() < 1e-15, torch.full_like(det, 1e-15), det)
-    l1 = (bb * ac - ab * bc) / det
-    l2 = (aa * bc - ab * ac) / det
-    return l1, l2
-
-
-def pose_from_essential(
-    E: Float[Tensor, "*B 3 3"],
-    x1: Float[Tensor, "*B N 2"],
-    x2: Float[Tensor, "*B N 2"],
-    mask: Bool[Tensor, "*B N"] | None = None,
-) -> tuple[Float[Tensor, "*B 3 3"], Float[Tensor, "*B 3"], Int[Tensor, "*B"]]:
-    """Pick the ``(R, t)`` of ``E`` that puts most (masked) points in front of both cameras.
-
-    Returns ``R``, unit ``t`` and the number of points in front.
-    """
-    Rs, ts = decompose_essential(E)
-    l1, l2 = two_view_depths(Rs, ts, x1[..., None, :, :], x2[..., None, :, :])
-    front = (l1 > 0) & (l2 > 0)
-    if mask is not None:
-        front = front & mask[..., None, :]
-    count = front.sum(-1)  # (..., 4)
-    best = count.argmax(-1)
-    R = torch.gather(Rs, -3, best[..., None, None, None].expand(*best.shape, 1, 3, 3)).squeeze(-3)
-    t = torch.gather(ts, -2, best[..., None, None].expand(*best.shape, 1, 3)).squeeze(-2)
-    return R, t, count.max(-1).values
-
-
-def triangulation_angles_deg(
-    R: Float[Tensor, "*B 3 3"],
-    t: Float[Tensor, "*B 3"],
-    x1: Float[Tensor, "*B N 2"],
-    x2: Float[Tensor, "*B N 2"],
-) -> Float[Tensor, "*B N"]:
-    """Angle at the triangulated point between the two viewing rays (degrees)."""
-    l1, _ = two_view_depths(R, t, x1, x2)
-    X1 = torch.cat([x1, torch.ones_like(x1[..., :1])], dim=-1) * l1[..., None]
-    c2 = -(R.transpose(-1, -2) @ t[..., None])[..., 0]  # centre of camera 2 in frame 1
-    r1 = X1
-    r2 = X1 - c2[..., None, :]
-    cos = (r1 * r2).sum(-1) / (r1.norm(dim=-1) * r2.norm(dim=-1)).clamp(min=1e-300)
-    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
-
-
-def essential_from_pose(
-    R: Float[Tensor, "*B 3 3"], t: Float[Tensor, "*B 3"]
-) -> Float[Tensor, "*B 3 3"]:
-    """``E = [t]_x R`` for ``X2 = R X1 + t``."""
-    return skew(t) @ R
-
-
-def _tangent_basis(t: Tensor) -> tuple[Tensor, Tensor]:
-    """Two unit vectors orthogonal to unit ``t`` (and to each other)."""
-    a = torch.zeros_like(t)
-    idx = t.abs().argmin(-1, keepdim=True)
-    a.scatter_(-1, idx, 1.0)
-    b1 = torch.nn.functional.normalize(torch.linalg.cross(t, a, dim=-1), dim=-1)
-    b2 = torch.linalg.cross(t, b1, dim=-1)
-    return b1, b2
-
-
-def _signed_sampson(E: Tensor, x1: Tensor, x2: Tensor) -> Tensor:
-    m = [[E[..., i, j, None] for j in range(3)] for i in range(3)]
-    u1, v1, u2, v2 = x1[..., 0], x1[..., 1], x2[..., 0], x2[..., 1]
-    a0 = m[0][0] * u1 + m[0][1] * v1 + m[0][2]
-    a1 = m[1][0] * u1 + m[1][1] * v1 + m[1][2]
-    a2 = m[2][0] * u1 + m[2][1] * v1 + m[2][2]
-    b0 = m[0][0] * u2 + m[1][0] * v2 + m[2][0]
-    b1 = m[0][1] * u2 + m[1][1] * v2 + m[2][1]
-    num = u2 * a0 + v2 * a1 + a2
-    den = a0 * a0 + a1 * a1 + b0 * b0 + b1 * b1
-    return num / den.clamp(min=1e-300).sqrt()
-
-
-def refine_relative_pose(
-    R: Float[Tensor, "B 3 3"],
-    t: Float[Tensor, "B 3"],
-    x1: Float[Tensor, "B M 2"],
-    x2: Float[Tensor, "B M 2"],
-    valid: Bool[Tensor, "B M"],
-    threshold2: Float[Tensor, " B"],
-    iterations: int = 10,
-) -> tuple[Float[Tensor, "B 3 3"], Float[Tensor, "B 3"]]:
-    """Levenberg-Marquardt on the Cauchy-robustified Sampson error over ``(R, t)`` (5 DoF:
-    ``R <- exp(w) R``, ``t`` on the unit sphere), all ``B`` problems at once.
-
-    ``threshold2`` is the squared Cauchy scale (the inlier threshold). Jacobians by central
-    differences (5 directions shared by all problems).
-    """
-    from sceneforge.core.rotations import angle_axis_to_matrix
-
-    lam = torch.full((R.shape[0],), 1e-3, dtype=R.dtype)
-
-    def residual(d: Tensor, R0: Tensor, t0: Tensor) -> Tensor:
-        b1, b2 = _tangent_basis(t0)
-        Rn = angle_axis_to_matrix(d[..., :3]) @ R0
-        tn = torch.nn.functional.normalize(t0 + d[..., 3:4] * b1 + d[..., 4:5] * b2, dim=-1)
-        return _signed_sampson(essential_from_pose(Rn, tn), x1, x2)
-
-    def cost(r: Tensor) -> Tensor:
-        return torch.where(valid, c2 * torch.log1p(r * r / c2), torch.zeros_like(r)).sum(-1)
-
-    zero = torch.zeros(R.shape[0], 5, dtype=R.dtype)
-    for it in range(iterations):
-        # Graduated non-convexity: a wide Cauchy scale first widens the basin of convergence.
-        c2 = threshold2[:, None] * (9.0 if it < iterations // 2 else 1.0)
-        r = residual(zero, R, t)
-        cur = cost(r)
-        # Central differences over the 5 shared directions (B, M, 5): as accurate as forward
-        # mode here in float64, and torch.func would pull in torch._dynamo (seconds of import).
-        eps = 1e-6
-        J = torch.stack(
-            [
-                (residual(zero + eps * e, R, t) - residual(zero - eps * e, R, t)) / (2 * eps)
-                for e in torch.eye(5, dtype=R.dtype)
-            ],
-            -1,
-        )
-        w = torch.where(valid, 1.0 / (1.0 + r * r / c2), torch.zeros_like(r))
-        Jw = J * w[..., None]
-        A = Jw.transpose(-1, -2) @ J
-        g = (Jw * r[..., None]).sum(-2)
-        improved = torch.zeros_like(cur, dtype=torch.bool)
-        for _try in range(4):
-            diag = torch.diagonal(A, dim1=-2, dim2=-1).clamp(min=1e-12)
-            Ad = A + torch.diag_embed(lam[:, None] * diag)
-            d = -torch.linalg.solve(Ad + 1e-30 * torch.eye(5, dtype=R.dtype), g[..., None])[..., 0]
-            d = torch.nan_to_num(d)
-            b1, b2 = _tangent_basis(t)
-            Rn = angle_axis_to_matrix(d[:, :3]) @ R
-            tn = torch.nn.functional.normalize(t + d[:, 3:4] * b1 + d[:, 4:5] * b2, dim=-1)
-            new = cost(_signed_sampson(essential_from_pose(Rn, tn), x1, x2))
-            ok = (new < cur) & ~improved
-            R = torch.where(ok[:, None, None], Rn, R)
-            t = torch.where(ok[:, None], tn, t)
-            cur = torch.where(ok, new, cur)
-            improved = improved | ok
-            lam = torch.where(ok, lam * 0.3, lam * 10.0)
-            if bool(improved.all()):
-                break
-        lam = lam.clamp(1e-9, 1e9)
-    return R, t
-
-
-# ----------------------------------------------------------------------------- RANSAC
-
-
-def _sample_indices(
-    counts: Int[Tensor, " P"], num_hyp: int, k: int, gen: torch.Generator
-) -> Int[Tensor, "P H k"]:
-    """``k`` distinct-in-expectation indices below ``counts[p]`` per hypothesis (uniform).
-
-    Drawn as ``floor(u * count)``; the rare repeated index only yields a degenerate
-    hypothesis that scores poorly.
-    """
-    u = torch.rand(counts.shape[0], num_hyp, k, generator=gen, dtype=torch.float64)
-    u = u.to(counts.device)  # a CPU generator may drive CUDA data
-    idx = (u * counts[:, None, None].double()).floor().long()
-    return torch.minimum(idx, (counts[:, None, None] - 1).clamp(min=0))
-
-
-def _gather(x: Tensor, idx: Tensor) -> Tensor:
-    """``x (P, M, 2)`` at ``idx (P, H, k)`` -> ``(P, H, k, 2)``."""
-    P, H, k = idx.shape
-    return torch.gather(x, 1, idx.reshape(P, H * k, 1).expand(-1, -1, 2)).reshape(P, H, k, 2)
+# ----------------------------------------------------------------------------- RANSAC models
 
 
 def _compact(x1: Tensor, x2: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -381,10 +270,178 @@ def _compact(x1: Tensor, x2: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Ten
     return torch.gather(x1, 1, g), torch.gather(x2, 1, g), torch.gather(valid, 1, order), order
 
 
-def _msac(M: Tensor, x1: Tensor, x2: Tensor, valid: Tensor, thr2: Tensor) -> Tensor:
-    """MSAC score (sum of truncated squared Sampson errors; lower is better)."""
-    err = torch.nan_to_num(sampson_error(M, x1, x2), nan=math.inf)
-    return torch.where(valid, torch.minimum(err, thr2), torch.zeros_like(err)).sum(-1)
+def _uncompact(mask: Tensor, order: Tensor) -> Tensor:
+    out = torch.zeros_like(mask)
+    out.scatter_(1, order, mask)
+    return out
+
+
+def _spread(mask: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Up to ``n`` masked entries per row, spread over the row by a fixed scrambled order
+    (deterministic, no generator): indices and which are real."""
+    M = mask.shape[1]
+    order = torch.argsort((torch.arange(M, device=mask.device) * 2654435761) % 4294967296)
+    return select_masked(mask, order.expand_as(mask), n)
+
+
+def _take(x: Tensor, idx: Tensor) -> Tensor:
+    return torch.gather(x, 1, idx[..., None].expand(-1, -1, 2))
+
+
+def _robust_weights(err: Tensor, mask: Tensor, thr2: Tensor) -> Tensor:
+    """Cauchy weights of the correspondences under ``thr2`` (zero elsewhere)."""
+    inl = mask & (err < thr2[:, None])
+    return torch.where(inl, 1.0 / (1.0 + err / thr2[:, None]), torch.zeros_like(err))
+
+
+def _five_point_cheiral(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+    """5-point solutions that can put their sample in front of both cameras."""
+    batch = x1.shape[:-2]
+    x1, x2 = x1.reshape(-1, 5, 2), x2.reshape(-1, 5, 2)
+    E, real = five_point(x1, x2)
+    n, k = real.nonzero(as_tuple=True)  # test the real solutions only (about half)
+    front = cheiral_sample(E[n, k][:, None], x1[n], x2[n])[:, 0]
+    real = real.clone()
+    real[n, k] = front
+    E = torch.where(real[..., None, None], E, torch.zeros_like(E))
+    return E.reshape(*batch, 10, 3, 3), real.reshape(*batch, 10)
+
+
+def _essential_model(cfg: TwoViewConfig) -> RansacModel:
+    def fit(n: int, iters: int, passes: int):
+        def run(E: Tensor, x1: Tensor, x2: Tensor, valid: Tensor, inl: Tensor, thr2: Tensor):
+            R, t, _ = pose_from_essential(E, x1, x2, inl)
+            for p in range(passes):
+                if p:  # re-estimate the inliers of the refined model
+                    inl = valid & (sampson_error(essential_from_pose(R, t), x1, x2) < thr2[:, None])
+                idx, ok = _spread(inl, n)
+                R, t = refine_relative_pose(R, t, _take(x1, idx), _take(x2, idx), ok, thr2, iters)
+            return essential_from_pose(R, t)
+
+        return run
+
+    return RansacModel(
+        5,
+        _five_point_cheiral,
+        sampson_error,
+        fit(cfg.refine_subset, cfg.refine_iterations, cfg.refine_passes),
+        fit(cfg.final_subset, cfg.final_iterations, cfg.final_passes),
+    )
+
+
+def _fundamental_model(cfg: TwoViewConfig) -> RansacModel:
+    def fit(iters: int):
+        def run(Fm: Tensor, x1: Tensor, x2: Tensor, valid: Tensor, inl: Tensor, thr2: Tensor):
+            for _ in range(iters):
+                num, den = _sampson_terms(Fm, x1, x2)
+                err = num * num / den.clamp(min=1e-300)
+                w = _robust_weights(err, inl, thr2) / den.clamp(min=1e-12)
+                enough = (w > 0).sum(1) >= 8
+                new = torch.nan_to_num(fundamental_8pt(x1, x2, w))
+                Fm = torch.where(enough[:, None, None], new, Fm)
+                inl = valid & (err < thr2[:, None])
+            return Fm
+
+        return run
+
+    return RansacModel(
+        7, seven_point, sampson_error, fit(cfg.refine_iterations), fit(cfg.final_iterations)
+    )
+
+
+def _homography_model(cfg: TwoViewConfig) -> RansacModel:
+    def fit(iters: int):
+        def run(Hm: Tensor, x1: Tensor, x2: Tensor, valid: Tensor, inl: Tensor, thr2: Tensor):
+            for _ in range(iters):
+                err = homography_sampson_error(Hm, x1, x2)
+                w = _robust_weights(err, inl, thr2)
+                enough = (w > 0).sum(1) >= 4
+                new = torch.nan_to_num(homography_dlt(x1, x2, w + 1e-12 * inl))
+                Hm = torch.where(enough[:, None, None], new, Hm)
+                inl = valid & (err < thr2[:, None])
+            return Hm
+
+        return run
+
+    return RansacModel(
+        4,
+        homography_4pt,
+        homography_sampson_error,
+        fit(cfg.h_refine_iterations),
+        fit(2 * cfg.h_refine_iterations),
+    )
+
+
+def _options(cfg: TwoViewConfig, max_hypotheses: int, min_hypotheses: int) -> RansacOptions:
+    return RansacOptions(
+        round_size=cfg.round_size,
+        min_hypotheses=min(min_hypotheses, max_hypotheses),
+        max_hypotheses=max_hypotheses,
+        confidence=cfg.confidence,
+        trials_factor=cfg.trials_factor,
+        preemptive_subset=cfg.preemptive_subset,
+        num_verified=cfg.num_verified,
+        num_local=cfg.num_local,
+        max_elements=cfg.max_elements,
+    )
+
+
+def _h_samples(inl: Tensor, valid: Tensor, cfg: TwoViewConfig) -> Tensor:
+    """Homography samples needed to find, with ``cfg.confidence``, one that has
+    ``h_inlier_ratio`` times the epipolar inliers (a weaker homography changes nothing)."""
+    ratio = cfg.h_inlier_ratio * inl.sum(1).double() / valid.sum(1).clamp(min=1)
+    need = required_samples(ratio, 4, cfg.confidence).clamp(max=1e9)
+    return need.ceil().long()
+
+
+def _homography(
+    x1: Tensor,
+    x2: Tensor,
+    valid: Tensor,
+    inl: Tensor,
+    thr2: Tensor,
+    cfg: TwoViewConfig,
+    opts: RansacOptions,
+    gen: torch.Generator,
+) -> tuple[Tensor, Tensor]:
+    """Homography of every pair by LO-RANSAC on up to ``h_subset`` of its correspondences
+    (spread over the row), then its inliers among all of them."""
+    idx, ok = _spread(valid, cfg.h_subset)
+    H, _, _ = lo_ransac(
+        _homography_model(cfg),
+        _take(x1, idx),
+        _take(x2, idx),
+        ok,
+        thr2,
+        opts,
+        gen,
+        _h_samples(inl, valid, cfg),
+    )
+    return H, valid & (homography_sampson_error(H, x1, x2) < thr2[:, None])
+
+
+def _pixel_normalisation(x1: Tensor, x2: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per pair, a similarity for each image with a common scale (centroids to 0, mean
+    distance sqrt(2)): ``T1, T2`` and the scale (Sampson distances scale by it)."""
+    w = valid.double()
+    n = w.sum(1).clamp(min=1)
+    mu1 = (x1 * w[..., None]).sum(1) / n[:, None]
+    mu2 = (x2 * w[..., None]).sum(1) / n[:, None]
+    d = ((x1 - mu1[:, None]).norm(dim=-1) + (x2 - mu2[:, None]).norm(dim=-1)) * w
+    s = math.sqrt(2.0) / (0.5 * d.sum(1) / n).clamp(min=1e-12)
+    Ts = []
+    for mu in (mu1, mu2):
+        T = torch.zeros(x1.shape[0], 3, 3, dtype=x1.dtype, device=x1.device)
+        T[:, 0, 0] = s
+        T[:, 1, 1] = s
+        T[:, :2, 2] = -s[:, None] * mu
+        T[:, 2, 2] = 1.0
+        Ts.append(T)
+    return Ts[0], Ts[1], s
+
+
+def _unit(M: Tensor) -> Tensor:
+    return M / M.flatten(-2).norm(dim=-1).clamp(min=1e-300)[..., None, None]
 
 
 def ransac_two_view(
@@ -395,116 +452,48 @@ def ransac_two_view(
     kind: str = "essential",
     config: TwoViewConfig | None = None,
 ) -> tuple[Float[Tensor, "P 3 3"], Bool[Tensor, "P M"]]:
-    """Batched MSAC over ``P`` pairs; ``threshold`` is on the Sampson distance in the units of
-    ``x1, x2`` (pixels for ``fundamental``, normalised coordinates for ``essential``).
+    """Batched LO-RANSAC of one model over ``P`` pairs: ``essential`` (5-point, calibrated
+    coordinates), ``fundamental`` (7-point, pixels) or ``homography`` (4-point); ``threshold``
+    is on the Sampson distance in the units of ``x1, x2``.
 
     Returns the refined matrix and the inlier mask of every pair.
     """
-    if kind not in ("essential", "fundamental"):
-        raise ValueError(f"kind must be 'essential' or 'fundamental', got {kind!r}")
+    if kind not in ("essential", "fundamental", "homography"):
+        raise ValueError(f"kind must be 'essential', 'fundamental' or 'homography', got {kind!r}")
     cfg = config or TwoViewConfig()
-    fit = essential_8pt if kind == "essential" else fundamental_8pt
     x1, x2 = x1.double(), x2.double()
-    P, M = valid.shape
+    P = valid.shape[0]
     if P == 0:
         return torch.zeros(0, 3, 3, dtype=x1.dtype), valid.clone()
     x1c, x2c, vc, order = _compact(x1, x2, valid)
-    counts = vc.sum(1)
+    thr = torch.as_tensor(threshold, dtype=x1.dtype).expand(P).clone()
     gen = torch.Generator().manual_seed(cfg.seed)
-    H = cfg.num_hypotheses
-    idx = _sample_indices(counts, H, 8, gen)
-    thr2 = torch.as_tensor(threshold, dtype=x1.dtype).expand(P).clone().pow(2)
-
-    # Preemptive scoring: every hypothesis on a random subset of each pair's correspondences,
-    # then the best few on all of them (keeps memory and time at P x H x S, not P x H x M).
-    S = min(M, cfg.preemptive_subset)
-    sub = _sample_indices(counts, 1, S, gen)[:, 0]  # (P, S)
-    sub_valid = torch.gather(vc, 1, sub)
-    x1s = torch.gather(x1c, 1, sub[..., None].expand(-1, -1, 2))
-    x2s = torch.gather(x2c, 1, sub[..., None].expand(-1, -1, 2))
-    k_top = min(H, cfg.num_verified)
-    top_M = torch.zeros(P, k_top, 3, 3, dtype=x1.dtype)
-    chunk = max(1, cfg.max_elements // max(1, H * S))
-    hyp_all = torch.nan_to_num(fit(_gather(x1c, idx), _gather(x2c, idx)))  # (P, H, 3, 3)
-    for s in range(0, P, chunk):
-        sl = slice(s, min(P, s + chunk))
-        hyp = hyp_all[sl]
-        score = _msac(hyp, x1s[sl, None], x2s[sl, None], sub_valid[sl, None], thr2[sl, None, None])
-        top = score.topk(k_top, dim=1, largest=False).indices
-        top_M[sl] = torch.gather(hyp, 1, top[..., None, None].expand(-1, -1, 3, 3))
     if kind == "essential":
-        # Local optimisation on the manifold: decompose each candidate, refine (R, t) by robust
-        # Gauss-Newton on the Sampson error (the linear 8-point refit is too noise-sensitive
-        # for narrow fields of view), keep the best by MSAC.
-        # Candidates are refined on the preemptive subset, the winner then on all points.
-        S2 = min(S, cfg.refine_subset)
-        x1s, x2s, sub_valid = x1s[:, :S2], x2s[:, :S2], sub_valid[:, :S2]
-        shape = (P, k_top, S2, 2)
-        Rk, tk, _ = pose_from_essential(
-            top_M, x1s[:, None].expand(shape), x2s[:, None].expand(shape), sub_valid[:, None]
+        M, inl, _ = lo_ransac(
+            _essential_model(cfg),
+            x1c,
+            x2c,
+            vc,
+            thr**2,
+            _options(cfg, cfg.num_hypotheses, cfg.min_hypotheses),
+            gen,
         )
-        Rk, tk = refine_relative_pose(
-            Rk.flatten(0, 1),
-            tk.flatten(0, 1),
-            x1s[:, None].expand(shape).flatten(0, 1),
-            x2s[:, None].expand(shape).flatten(0, 1),
-            sub_valid[:, None].expand(P, k_top, S2).flatten(0, 1),
-            thr2[:, None].expand(P, k_top).flatten(),
-            cfg.refine_iterations,
+        return M, _uncompact(inl, order)
+    T1, T2, s = _pixel_normalisation(x1c, x2c, vc)
+    x1n, x2n = _apply_h(T1, x1c), _apply_h(T2, x2c)
+    if kind == "fundamental":
+        model, opts = _fundamental_model(cfg), _options(cfg, cfg.num_hypotheses, cfg.min_hypotheses)
+    else:
+        model, opts = (
+            _homography_model(cfg),
+            _options(cfg, cfg.h_max_hypotheses, cfg.h_min_hypotheses),
         )
-        Ek = essential_from_pose(Rk, tk).reshape(P, k_top, 3, 3)
-        Mbest = torch.zeros(P, 3, 3, dtype=x1.dtype)
-        Rb = torch.zeros(P, 3, 3, dtype=x1.dtype)
-        tb = torch.zeros(P, 3, dtype=x1.dtype)
-        Rk, tk = Rk.reshape(P, k_top, 3, 3), tk.reshape(P, k_top, 3)
-        chunk = max(1, cfg.max_elements // max(1, k_top * M))
-        for s in range(0, P, chunk):
-            sl = slice(s, min(P, s + chunk))
-            sc = _msac(Ek[sl], x1c[sl, None], x2c[sl, None], vc[sl, None], thr2[sl, None, None])
-            b = sc.argmin(1)
-            ar = torch.arange(b.shape[0])
-            Rb[sl], tb[sl] = Rk[sl][ar, b], tk[sl][ar, b]
-        Rb, tb = refine_relative_pose(
-            Rb, tb, x1c, x2c, vc, thr2, max(2, cfg.refine_iterations // 2)
-        )
-        Mbest = essential_from_pose(Rb, tb)
-        err = sampson_error(Mbest, x1c, x2c)
-        inliers = torch.zeros_like(valid)
-        inliers.scatter_(1, order, vc & (err < thr2[:, None]))
-        return Mbest, inliers
-
-    # Local optimisation of the best few hypotheses of every pair at once: iteratively
-    # reweighted 8-point on their inliers (a wider threshold first, as in LO-RANSAC), then the
-    # best by MSAC on all correspondences.
-    cand = top_M
-    chunk = max(1, cfg.max_elements // max(1, k_top * M * 4))
-    for s in range(0, P, chunk):
-        sl = slice(s, min(P, s + chunk))
-        Mk = cand[sl]
-        x1k, x2k, vk = x1c[sl, None], x2c[sl, None], vc[sl, None]
-        t2 = thr2[sl, None, None]
-        cur = _msac(Mk, x1k, x2k, vk, t2)
-        for it in range(cfg.refine_iterations):
-            scale = 9.0 if it == 0 else (4.0 if it == 1 else 1.0)
-            err = torch.nan_to_num(sampson_error(Mk, x1k, x2k), nan=math.inf)
-            inl = vk & (err < scale * t2)
-            w = inl.double() / (1.0 + err / (scale * t2))
-            enough = inl.sum(-1) >= 8
-            shape = (-1, k_top, -1, -1)
-            new = torch.nan_to_num(fit(x1k.expand(shape), x2k.expand(shape), w))
-            sc = _msac(new, x1k, x2k, vk, t2)
-            better = enough & (sc < cur)
-            Mk = torch.where(better[..., None, None], new, Mk)
-            cur = torch.where(better, sc, cur)
-        cand[sl] = Mk
-        b = cur.argmin(1)
-        cand[sl, 0] = Mk[torch.arange(b.shape[0]), b]
-    Mbest = cand[:, 0]
-    err = sampson_error(Mbest, x1c, x2c)
-    inl_c = vc & (err < thr2[:, None])
-    inliers = torch.zeros_like(valid)
-    inliers.scatter_(1, order, inl_c)
-    return Mbest, inliers
+    Mn, inl, _ = lo_ransac(model, x1n, x2n, vc, (thr * s) ** 2, opts, gen)
+    if kind == "fundamental":
+        M = T2.transpose(-1, -2) @ Mn @ T1
+    else:
+        M = torch.linalg.solve(T2, Mn @ T1)
+    return _unit(M), _uncompact(inl, order)
 
 
 def estimate_two_view(
@@ -514,36 +503,102 @@ def estimate_two_view(
     focal: Float[Tensor, " P"] | float | None = None,
     config: TwoViewConfig | None = None,
 ) -> TwoViewGeometry:
-    """Essential-matrix geometry and relative pose for calibrated coordinates.
+    """Two-view geometry of ``P`` pairs: relative pose from the essential matrix for
+    calibrated coordinates, plus a homography and the pair's configuration.
 
     ``x1, x2`` are normalised image coordinates (``K^-1 p``); ``focal`` (pixels, per pair or
     one value) converts the pixel threshold. With ``focal=None`` the inputs are pixels and a
     fundamental matrix is estimated (no pose: ``R = I``, ``t = 0``).
     """
     cfg = config or TwoViewConfig()
-    P = valid.shape[0]
+    P, M = valid.shape
     x1, x2 = x1.double(), x2.double()
     eye = torch.eye(3, dtype=torch.float64).expand(P, 3, 3).clone()
+    zeros3 = torch.zeros(P, 3, dtype=torch.float64)
+    x1c, x2c, vc, order = _compact(x1, x2, valid)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opts, h_opts = (
+        _options(cfg, cfg.num_hypotheses, cfg.min_hypotheses),
+        _options(cfg, cfg.h_max_hypotheses, cfg.h_min_hypotheses),
+    )
+    H = torch.zeros(P, 3, 3, dtype=torch.float64)
+    h_inl = torch.zeros_like(vc)
     if focal is None:
-        Fm, inl = ransac_two_view(x1, x2, valid, cfg.threshold_px, "fundamental", cfg)
-        R, t = eye, torch.zeros(P, 3, dtype=torch.float64)
-        angle = torch.zeros(P, dtype=torch.float64)
-        mat = Fm
+        T1, T2, s = _pixel_normalisation(x1c, x2c, vc)
+        x1n, x2n = _apply_h(T1, x1c), _apply_h(T2, x2c)
+        thr2 = (cfg.threshold_px * s) ** 2
+        Fn, inl, _ = lo_ransac(_fundamental_model(cfg), x1n, x2n, vc, thr2, opts, gen)
+        mat = _unit(T2.transpose(-1, -2) @ Fn @ T1)
+        R, t, angle = eye, zeros3, torch.zeros(P, dtype=torch.float64)
+        config = torch.full((P,), int(PairConfig.UNCALIBRATED))
+        if cfg.model_selection and P:
+            Hn, h_inl = _homography(x1n, x2n, vc, inl, thr2, cfg, h_opts, gen)
+            H = _unit(torch.linalg.solve(T2, Hn @ T1))
+            h_dom = h_inl.sum(1) > cfg.h_inlier_ratio * inl.sum(1)
+            config[h_dom] = int(PairConfig.PLANAR_OR_PANORAMIC)
+        t_ok = torch.zeros(P, dtype=torch.bool)
     else:
         f = torch.as_tensor(focal, dtype=torch.float64).expand(P)
-        E, inl = ransac_two_view(x1, x2, valid, cfg.threshold_px / f, "essential", cfg)
-        R, t, _ = pose_from_essential(E, x1, x2, inl)
-        # Points behind a camera are outliers of the chosen pose.
-        l1, l2 = two_view_depths(R, t, x1, x2)
-        inl = inl & (l1 > 0) & (l2 > 0)
-        ang = triangulation_angles_deg(R, t, x1, x2)
+        thr2 = (cfg.threshold_px / f) ** 2
+        E, inl, _ = lo_ransac(_essential_model(cfg), x1c, x2c, vc, thr2, opts, gen)
+        R, t, _ = pose_from_essential(E, x1c, x2c, inl)
+        pano = torch.zeros(P, dtype=torch.bool)
+        config = torch.full((P,), int(PairConfig.CALIBRATED))
+        if cfg.model_selection and P:
+            H, h_inl = _homography(x1c, x2c, vc, inl, thr2, cfg, h_opts, gen)
+            n_h = h_inl.sum(1)
+            h_dom = n_h > cfg.h_inlier_ratio * inl.sum(1)
+            # A rotation alone (H = R) on the homography inliers, reweighted twice.
+            w = h_inl.double()
+            for _ in range(3):
+                Rr = rotation_from_bearings(x1c, x2c, w)
+                err = homography_sampson_error(Rr, x1c, x2c)
+                w = _robust_weights(err, vc, thr2)
+            n_rot = (vc & (err < thr2[:, None])).sum(1)
+            pano = h_dom & (n_rot >= cfg.panoramic_ratio * n_h)
+            R = torch.where(pano[:, None, None], Rr, R)
+            planar = h_dom & ~pano
+            # The epipolar pose is ill-conditioned only when (almost) no inlier lies off the
+            # plane: then the homography's decomposition is used.
+            h_pose = planar & (n_h >= cfg.h_pose_ratio * inl.sum(1))
+            if bool(h_pose.any()):
+                Rh, th = pose_from_homography(
+                    H[h_pose], x1c[h_pose], x2c[h_pose], h_inl[h_pose], R[h_pose], t[h_pose]
+                )
+                R[h_pose], t[h_pose] = Rh, th
+            config[planar] = int(PairConfig.PLANAR)
+            config[pano] = int(PairConfig.PANORAMIC)
+            # Keep matrix, pose and inliers consistent where the pose was replaced.
+            rep = (h_pose | pano)[:, None, None]
+            E = torch.where(rep, essential_from_pose(R, t), E)
+            inl = torch.where(rep[:, :, 0], vc & (sampson_error(E, x1c, x2c) < thr2[:, None]), inl)
+        # Points behind a camera are outliers of the chosen pose (not for a pure rotation,
+        # whose depths are meaningless).
+        l1, l2 = two_view_depths(R, t, x1c, x2c)
+        inl = inl & (((l1 > 0) & (l2 > 0)) | pano[:, None])
+        ang = triangulation_angles_deg(R, t, x1c, x2c)
         ang = torch.where(inl, ang, torch.full_like(ang, math.nan))
-        angle = torch.nan_to_num(ang.nanmedian(dim=1).values, nan=0.0)
+        angle = torch.nan_to_num(ang.nanmedian(dim=1).values, nan=0.0) if M else ang.sum(1)
         mat = E
+        t_ok = ~pano
     n_in = inl.sum(1)
-    n_valid = valid.sum(1).clamp(min=1)
+    n_valid = vc.sum(1).clamp(min=1)
     ok = (n_in >= cfg.min_inliers) & (n_in.double() / n_valid >= cfg.min_inlier_ratio)
-    return TwoViewGeometry(mat, inl, n_in, ok, R, t, angle)
+    config = torch.where(ok, config, torch.zeros_like(config))
+    return TwoViewGeometry(
+        mat,
+        _uncompact(inl, order),
+        n_in,
+        ok,
+        R,
+        t,
+        angle,
+        homography=H,
+        h_inliers=_uncompact(h_inl, order),
+        num_h_inliers=h_inl.sum(1),
+        config=config,
+        t_reliable=t_ok & ok,
+    )
 
 
 def _shared_focal_cost(
