@@ -57,14 +57,13 @@ from sceneforge.recon.global_sfm import (
     translation_averaging,
 )
 from sceneforge.recon.incremental import IncrementalConfig, incremental_registration
-from sceneforge.recon.tracks import Tracks
-from sceneforge.recon.two_view import (
-    TwoViewConfig,
+from sceneforge.recon.self_calibration import (
     estimate_per_image_focals,
     estimate_shared_focal,
-    estimate_two_view,
     shared_focal_contrast,
 )
+from sceneforge.recon.tracks import Tracks
+from sceneforge.recon.two_view import TwoViewConfig, estimate_two_view
 
 
 class SfMError(ValueError):

@@ -6,15 +6,14 @@ import pytest
 import torch
 
 from sceneforge.core.rotations import angle_axis_to_matrix, rotation_angle_deg, skew
+from sceneforge.recon.self_calibration import estimate_shared_focal, shared_focal_contrast
 from sceneforge.recon.two_view import (
     TwoViewConfig,
     decompose_essential,
     essential_8pt,
-    estimate_shared_focal,
     estimate_two_view,
     fundamental_8pt,
     sampson_error,
-    shared_focal_contrast,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -159,7 +158,7 @@ def test_empty_batch(P):
 def test_per_image_focals_mixed_cameras():
     """Different focal lengths and image sizes (internet photos): each image's focal length is
     recovered from exact fundamental matrices, where one shared value cannot fit them all."""
-    from sceneforge.recon.two_view import estimate_per_image_focals
+    from sceneforge.recon.self_calibration import estimate_per_image_focals
 
     g = torch.Generator().manual_seed(3)
     n = 6
