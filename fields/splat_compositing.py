@@ -15,6 +15,8 @@ gradcheck.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -24,6 +26,57 @@ ALPHA_MAX = 0.999
 """Largest alpha of one Gaussian (3DGS / gsplat)."""
 TRANSMITTANCE_MIN = 1e-4
 """Compositing stops before the Gaussian that would bring the transmittance to this or below."""
+
+
+class _Block(NamedTuple):
+    """One block of Gaussians at every pixel of a chunk (shapes (T, P, g)): the offsets
+    ``dx, dy``, the conic scaled by ``(-1/2, -1, -1/2)`` as ``a, b, c`` (``nsigma = dx (a dx +
+    b dy) + c dy^2``), ``gauss = exp(nsigma)``, ``raw = op gauss``, ``one_minus = 1 - alpha`` of
+    the composited alphas, which pairs are ``keep`` (above ALPHA_MIN) and ``live`` (before the
+    stop), the transmittance ``before`` each Gaussian and the weights ``w``."""
+
+    dx: Tensor
+    dy: Tensor
+    a: Tensor
+    b: Tensor
+    c: Tensor
+    gauss: Tensor
+    raw: Tensor
+    keep: Tensor
+    one_minus: Tensor
+    live: Tensor
+    before: Tensor
+    w: Tensor
+
+
+def _block(
+    px: Tensor,
+    py: Tensor,
+    mean: Tensor,
+    nconic: Tensor,
+    op: Tensor,
+    sl: slice,
+    trans: Tensor,
+    done: Tensor,
+) -> _Block:
+    """The weights of the Gaussians ``sl`` given the incoming transmittance ``trans`` and the
+    pixels already ``done`` (the one computation the forward and backward passes share)."""
+    dx = px[:, :, None] - mean[:, None, sl, 0]
+    dy = py[:, :, None] - mean[:, None, sl, 1]
+    a, b, c = (nconic[:, None, sl, k] for k in range(3))
+    nsigma = dx * (a * dx + b * dy) + c * dy * dy  # -sigma, in fewer operations
+    gauss = torch.exp(nsigma)
+    raw = op[:, None, sl] * gauss
+    alpha = raw.clamp_max(ALPHA_MAX)
+    keep = (nsigma <= 0) & (alpha >= ALPHA_MIN)
+    alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
+    one_minus = 1.0 - alpha
+    after = trans[..., None] * torch.cumprod(one_minus, dim=-1)  # transmittance after each
+    # the stop: transmittance never grows, so the composited Gaussians are a prefix
+    live = (after.detach() > TRANSMITTANCE_MIN) & ~done[..., None]
+    before = torch.cat([trans[..., None], after[..., :-1]], -1)
+    w = torch.where(live, alpha * before, torch.zeros_like(alpha))
+    return _Block(dx, dy, a, b, c, gauss, raw, keep, one_minus, live, before, w)
 
 
 def composite(
@@ -56,22 +109,11 @@ def composite(
         sl = slice(g0, g0 + block)
         if starts is not None:
             starts.append((trans, done))
-        dx = px[:, :, None] - mean[:, None, sl, 0]
-        dy = py[:, :, None] - mean[:, None, sl, 1]
-        a, b, c = (nconic[:, None, sl, k] for k in range(3))
-        nsigma = dx * (a * dx + b * dy) + c * dy * dy  # -sigma, in fewer operations
-        alpha = (op[:, None, sl] * torch.exp(nsigma)).clamp_max(ALPHA_MAX)
-        keep = (nsigma <= 0) & (alpha >= ALPHA_MIN)
-        alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-        one_minus = 1.0 - alpha
-        after = trans[..., None] * torch.cumprod(one_minus, dim=-1)  # transmittance after each
-        # the stop: transmittance never grows, so the composited Gaussians are a prefix
-        live = (after.detach() > TRANSMITTANCE_MIN) & ~done[..., None]
-        before = torch.cat([trans[..., None], after[..., :-1]], -1)
-        w = torch.where(live, alpha * before, torch.zeros_like(alpha))
+        k = _block(px, py, mean, nconic, op, sl, trans, done)
+        w = k.w
         acc = acc + torch.bmm(w, feat[:, sl])
-        trans = trans * torch.where(live, one_minus, torch.ones_like(one_minus)).prod(-1)
-        done = done | (keep & ~live).any(-1)
+        trans = trans * torch.where(k.live, k.one_minus, torch.ones_like(k.one_minus)).prod(-1)
+        done = done | (k.keep & ~k.live).any(-1)
         if need is not None:
             with torch.no_grad():
                 pos = torch.arange(1, w.shape[-1] + 1, device=px.device)
@@ -109,29 +151,17 @@ def composite_backward(
     for b in reversed(range(len(starts))):
         trans, done = starts[b]
         sl = slice(b * block, (b + 1) * block)
-        dx = px[:, :, None] - mean[:, None, sl, 0]
-        dy = py[:, :, None] - mean[:, None, sl, 1]
-        a, bb, c = (nconic[:, None, sl, k] for k in range(3))
-        nsigma = dx * (a * dx + bb * dy) + c * dy * dy
-        gauss = torch.exp(nsigma)
-        raw = op[:, None, sl] * gauss
-        alpha = raw.clamp_max(ALPHA_MAX)
-        keep = (nsigma <= 0) & (alpha >= ALPHA_MIN)
-        alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-        one_minus = 1.0 - alpha
-        after = trans[..., None] * torch.cumprod(one_minus, dim=-1)
-        live = (after > TRANSMITTANCE_MIN) & ~done[..., None]
-        before = torch.cat([trans[..., None], after[..., :-1]], -1)
-        w = torch.where(live, alpha * before, torch.zeros_like(alpha))
+        k = _block(px, py, mean, nconic, op, sl, trans, done)
+        dx, dy, a, bb, c = k.dx, k.dy, k.a, k.b, k.c
         fg = torch.bmm(g_acc, feat[:, sl].transpose(1, 2))  # (T, P, G): f_i . g at each pixel
-        contrib = w * fg
+        contrib = k.w * fg
         later = suffix[..., None] + contrib.flip(-1).cumsum(-1).flip(-1) - contrib
         suffix = suffix + contrib.sum(-1)
-        d_alpha = torch.where(live, before * fg - later / one_minus, torch.zeros_like(fg))
-        d_raw = torch.where(keep & (raw <= ALPHA_MAX), d_alpha, torch.zeros_like(d_alpha))
-        g_feat[:, sl] = torch.bmm(w.transpose(1, 2), g_acc)
-        d_ns = d_raw * raw  # raw = op exp(nsigma)
-        g_op[:, sl] = (d_raw * gauss).sum(1)
+        d_alpha = torch.where(k.live, k.before * fg - later / k.one_minus, torch.zeros_like(fg))
+        d_raw = torch.where(k.keep & (k.raw <= ALPHA_MAX), d_alpha, torch.zeros_like(d_alpha))
+        g_feat[:, sl] = torch.bmm(k.w.transpose(1, 2), g_acc)
+        d_ns = d_raw * k.raw  # raw = op exp(nsigma)
+        g_op[:, sl] = (d_raw * k.gauss).sum(1)
         g_mean[:, sl, 0] = -(d_ns * (2 * a * dx + bb * dy)).sum(1)
         g_mean[:, sl, 1] = -(d_ns * (bb * dx + 2 * c * dy)).sum(1)
         g_conic[:, sl, 0] = -0.5 * (d_ns * dx * dx).sum(1)
