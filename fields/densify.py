@@ -233,6 +233,28 @@ def replace_parameter(
     optimizer.state[new] = state
 
 
+def check_rows(
+    params: MutableMapping[str, nn.Parameter], optimizer: torch.optim.Optimizer, who: str
+) -> int:
+    """The number of Gaussians in ``params``, after checking (before anything changes) that
+    it holds the :data:`ROW_PARAMS`, that every entry has that many rows and that every
+    trainable entry has its optimizer group; errors name ``who``."""
+    missing = [k for k in ROW_PARAMS if k not in params]
+    if missing:
+        raise ValueError(f"{who}: params lacks {', '.join(missing)}")
+    n = int(params["means"].shape[0])
+    wrong = [f"{k} {tuple(p.shape)}" for k, p in params.items() if p.shape[:1] != (n,)]
+    if wrong:
+        raise ValueError(f"{who}: params must all have {n} rows; got {', '.join(wrong)}")
+    for name, p in params.items():
+        if _group_of(optimizer, name, p) is None and p.requires_grad:
+            raise ValueError(
+                f"{who}: params[{name!r}] is trainable but the optimizer has no param group "
+                f"named {name!r}"
+            )
+    return n
+
+
 # --------------------------------------------------------------------------- the densifier
 
 
@@ -341,19 +363,7 @@ class Densifier:
 
         Returns the counts ``cloned``, ``split`` (parents), ``pruned`` and ``num_gaussians``.
         """
-        missing = [k for k in ROW_PARAMS if k not in params]
-        if missing:
-            raise ValueError(f"densify: params lacks {', '.join(missing)}")
-        n = int(params["means"].shape[0])
-        wrong = [f"{k} {tuple(p.shape)}" for k, p in params.items() if p.shape[:1] != (n,)]
-        if wrong:
-            raise ValueError(f"densify: params must all have {n} rows; got {', '.join(wrong)}")
-        for name, p in params.items():  # check every group before changing anything
-            if _group_of(optimizer, name, p) is None and p.requires_grad:
-                raise ValueError(
-                    f"densify: params[{name!r}] is trainable but the optimizer has no param "
-                    f"group named {name!r}"
-                )
+        n = check_rows(params, optimizer, "densify")
         counts = {"cloned": 0, "split": 0, "pruned": 0, "num_gaussians": n}
         if self.is_refine_step(step):
             counts = self._refine(step, params, optimizer, scene_scale, generator)
@@ -453,6 +463,7 @@ class Densifier:
 
 __all__ = [
     "ROW_PARAMS",
+    "check_rows",
     "DensifyConfig",
     "Densifier",
     "grow_masks",

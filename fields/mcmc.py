@@ -36,7 +36,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from sceneforge.fields.densify import ROW_PARAMS, replace_parameter
+from sceneforge.fields.densify import check_rows, replace_parameter
 from sceneforge.fields.splatting import quat_scale_to_covariance
 
 N_MAX = 51
@@ -202,13 +202,7 @@ class MCMCStrategy:
         group per key named for it; the noise scale is the ``means`` group's current ``lr``).
         ``scene_scale`` is unused (MCMC has no size thresholds). Returns the counts
         ``relocated``, ``added`` and ``num_gaussians``."""
-        missing = [k for k in ROW_PARAMS if k not in params]
-        if missing:
-            raise ValueError(f"mcmc: params lacks {', '.join(missing)}")
-        n = int(params["means"].shape[0])
-        wrong = [f"{k} {tuple(p.shape)}" for k, p in params.items() if p.shape[:1] != (n,)]
-        if wrong:
-            raise ValueError(f"mcmc: params must all have {n} rows; got {', '.join(wrong)}")
+        n = check_rows(params, optimizer, "mcmc")
         means_groups = [g for g in optimizer.param_groups if g.get("name") == "means"]
         if len(means_groups) != 1:
             raise ValueError("mcmc: the optimizer needs one param group named 'means'")
