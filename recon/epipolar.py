@@ -42,7 +42,7 @@ def hartley_normalization(
     return T
 
 
-def _apply_h(T: Tensor, x: Tensor) -> Tensor:
+def apply_affine(T: Tensor, x: Tensor) -> Tensor:
     """Apply an affine 3x3 ``T`` (last row 0 0 1) to 2D points."""
     return (x @ T[..., :2, :2].transpose(-1, -2)) + T[..., None, :2, 2]
 
@@ -74,7 +74,7 @@ def fundamental_8pt(
     """Hartley-normalised 8-point fundamental matrix from pixels, rank 2 enforced."""
     w = torch.ones_like(p1[..., 0]) if weights is None else weights
     T1, T2 = hartley_normalization(p1, w), hartley_normalization(p2, w)
-    Fn = eight_point(_apply_h(T1, p1), _apply_h(T2, p2), w)
+    Fn = eight_point(apply_affine(T1, p1), apply_affine(T2, p2), w)
     U, S, Vh = torch.linalg.svd(Fn)
     S = torch.stack([S[..., 0], S[..., 1], torch.zeros_like(S[..., 2])], dim=-1)
     Fn = U @ torch.diag_embed(S) @ Vh
@@ -91,7 +91,7 @@ def essential_8pt(
     manifold (singular values ``(1, 1, 0)``)."""
     w = torch.ones_like(x1[..., 0]) if weights is None else weights
     T1, T2 = hartley_normalization(x1, w), hartley_normalization(x2, w)
-    En = eight_point(_apply_h(T1, x1), _apply_h(T2, x2), w)
+    En = eight_point(apply_affine(T1, x1), apply_affine(T2, x2), w)
     E = T2.transpose(-1, -2) @ En @ T1
     U, _, Vh = torch.linalg.svd(E)
     S = torch.tensor([1.0, 1.0, 0.0], dtype=E.dtype, device=E.device)

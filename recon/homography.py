@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from sceneforge.recon.epipolar import two_view_depths
+from sceneforge.recon.epipolar import apply_affine, hartley_normalization, two_view_depths
 from sceneforge.recon.five_point import null_space
 
 
@@ -67,35 +67,14 @@ def homography_4pt(
     return H[..., None, :, :], ok[..., None]
 
 
-def hartley_similarity(
-    x: Float[Tensor, "*B M 2"], weights: Float[Tensor, "*B M"]
-) -> Float[Tensor, "*B 3 3"]:
-    """Similarity moving the weighted centroid to 0 and the mean distance to sqrt(2)."""
-    w = weights / weights.sum(-1, keepdim=True).clamp(min=1e-12)
-    mu = (w[..., None] * x).sum(-2)
-    d = ((x - mu[..., None, :]).norm(dim=-1) * w).sum(-1).clamp(min=1e-12)
-    s = 2.0**0.5 / d
-    T = torch.zeros(*x.shape[:-2], 3, 3, dtype=x.dtype, device=x.device)
-    T[..., 0, 0] = s
-    T[..., 1, 1] = s
-    T[..., 0, 2] = -s * mu[..., 0]
-    T[..., 1, 2] = -s * mu[..., 1]
-    T[..., 2, 2] = 1.0
-    return T
-
-
-def _apply(T: Tensor, x: Tensor) -> Tensor:
-    return x @ T[..., :2, :2].transpose(-1, -2) + T[..., None, :2, 2]
-
-
 def homography_dlt(
     x1: Float[Tensor, "*B M 2"],
     x2: Float[Tensor, "*B M 2"],
     weights: Float[Tensor, "*B M"],
 ) -> Float[Tensor, "*B 3 3"]:
     """Weighted, Hartley-normalised DLT (unit Frobenius norm)."""
-    T1, T2 = hartley_similarity(x1, weights), hartley_similarity(x2, weights)
-    A = dlt_rows(_apply(T1, x1), _apply(T2, x2))
+    T1, T2 = hartley_normalization(x1, weights), hartley_normalization(x2, weights)
+    A = dlt_rows(apply_affine(T1, x1), apply_affine(T2, x2))
     w2 = weights.repeat_interleave(2, dim=-1)
     AtA = (A * w2[..., None]).transpose(-1, -2) @ A
     _, vecs = torch.linalg.eigh(AtA)

@@ -82,8 +82,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from sceneforge.recon.epipolar import (
-    _apply_h,
     _sampson_terms,
+    apply_affine,
     decompose_essential,
     eight_point,
     essential_8pt,
@@ -477,7 +477,7 @@ def ransac_two_view(
         )
         return M, _uncompact(inl, order)
     T1, T2, s = _pixel_normalisation(x1c, x2c, vc)
-    x1n, x2n = _apply_h(T1, x1c), _apply_h(T2, x2c)
+    x1n, x2n = apply_affine(T1, x1c), apply_affine(T2, x2c)
     if kind == "fundamental":
         model, opts = _fundamental_model(cfg), _options(cfg, cfg.num_hypotheses, cfg.min_hypotheses)
     else:
@@ -522,7 +522,7 @@ def estimate_two_view(
     h_inl = torch.zeros_like(vc)
     if focal is None:
         T1, T2, s = _pixel_normalisation(x1c, x2c, vc)
-        x1n, x2n = _apply_h(T1, x1c), _apply_h(T2, x2c)
+        x1n, x2n = apply_affine(T1, x1c), apply_affine(T2, x2c)
         thr2 = (cfg.threshold_px * s) ** 2
         Fn, inl, _ = lo_ransac(_fundamental_model(cfg), x1n, x2n, vc, thr2, opts, gen)
         mat = _unit(T2.transpose(-1, -2) @ Fn @ T1)
