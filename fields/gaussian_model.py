@@ -294,8 +294,8 @@ class GaussianModel(SceneModel):
         return mcmc_regularizers(self.cfg.mcmc, self.params["opacities"], self.params["scales"])
 
     def resolved_config(self, cfg: GaussiansConfig) -> GaussiansConfig:
-        """The strategy-dependent initial opacity and scale written out."""
-        return cfg.resolved()
+        """The strategy-dependent initial opacity and scale written out (as built)."""
+        return self.cfg
 
     def _render(
         self, T: Tensor, K: Tensor, width: int, height: int, keep_means2d: bool

@@ -184,9 +184,6 @@ class MCMCStrategy:
         """Whether ``step`` relocates and grows."""
         return is_refine_step(self.cfg, step)
 
-    def update_stats(self, *args, **kwargs) -> None:
-        """No statistics: MCMC decides from opacities alone."""
-
     @torch.no_grad()
     def step(
         self,
