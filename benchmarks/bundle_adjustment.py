@@ -33,7 +33,7 @@ import torch
 from _sections import replace_section
 
 from sceneforge.recon.bal import bal_cost, read_bal, write_bal
-from sceneforge.recon.bundle_adjustment import (
+from sceneforge.recon.ba import (
     BAOptions,
     BAProblem,
     bundle_adjust,
@@ -153,7 +153,7 @@ def run_scipy(problem: BAProblem, cap_s: float) -> dict:
 
     def fun(x):
         q = unpack(x)
-        from sceneforge.recon.bundle_adjustment import project_observations
+        from sceneforge.recon.ba import project_observations
 
         c, k = q.cam_idx, q.point_idx
         pix, _ = project_observations(

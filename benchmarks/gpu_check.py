@@ -394,7 +394,7 @@ BA_SMALL_OBSERVATIONS = 50_000
 
 def _solve(problem, device: str, max_iterations: int) -> dict:
     from sceneforge.recon.bal import bal_cost
-    from sceneforge.recon.bundle_adjustment import BAOptions, bundle_adjust
+    from sceneforge.recon.ba import BAOptions, bundle_adjust
 
     p = problem.to(device=device)
     bundle_adjust(p, BAOptions(max_iterations=2))  # warm-up (CUDA context, kernels)

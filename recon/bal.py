@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from sceneforge.core.atomic import atomic_write_text
-from sceneforge.recon.bundle_adjustment import BAProblem
+from sceneforge.recon.ba import BAProblem
 
 
 class BALFormatError(ValueError):

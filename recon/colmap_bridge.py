@@ -26,7 +26,7 @@ from sceneforge.core.rotations import (
     matrix_to_quat_wxyz,
     quat_wxyz_to_angle_axis,
 )
-from sceneforge.recon.bundle_adjustment import BAProblem
+from sceneforge.recon.ba import BAProblem
 
 
 def _pycolmap():

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from sceneforge.core.cameras import Cameras, project, unproject
 from sceneforge.core.rotations import matrix_to_angle_axis
-from sceneforge.recon.bundle_adjustment import project_with_jacobians
+from sceneforge.recon.ba import project_with_jacobians
 
 
 @dataclass

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS: dict[str, tuple[str, frozenset[str]]] = {
     "sceneforge.core": ("core", frozenset({"recon", "fields", "inpaint", "stylize", "app"})),
     "sceneforge.recon": ("recon", frozenset({"fields", "inpaint", "stylize", "app"})),
+    "sceneforge.recon.ba": ("recon", frozenset({"fields", "inpaint", "stylize", "app"})),
     "sceneforge.fields": ("fields", frozenset({"recon", "inpaint", "stylize", "app"})),
     "sceneforge.inpaint": ("inpaint", frozenset({"stylize", "app"})),
     "sceneforge.stylize": ("stylize", frozenset({"inpaint", "app"})),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sceneforge.recon.bal import BALFormatError, bal_cost, read_bal, write_bal
-from sceneforge.recon.bundle_adjustment import evaluate_cost, make_synthetic_problem
+from sceneforge.recon.ba import evaluate_cost, make_synthetic_problem
 
 GOOD = """2 2 3
 0 0 1.5 -2.0

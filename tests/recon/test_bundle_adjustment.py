@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sceneforge.core.cameras import MODEL_PARAMS
-from sceneforge.recon.bundle_adjustment import (
+from sceneforge.recon.ba import (
     BAOptions,
     bundle_adjust,
     evaluate_cost,
@@ -87,11 +87,11 @@ def test_noise_free_problem_reaches_zero_cost(model):
 def _scipy_reference(problem, opts):
     """Independent solve with scipy's TRF on the free parameters (gauge fixed identically)."""
     scipy_opt = pytest.importorskip("scipy.optimize")
-    from sceneforge.recon.bundle_adjustment import _gauge_scale_coordinate
+    from sceneforge.recon.ba.structure import gauge_scale_coordinate
 
     free_pose = torch.ones(problem.num_cameras, 6, dtype=torch.bool)
     free_pose[opts.gauge_camera] = False
-    k, coord = _gauge_scale_coordinate(problem, opts)
+    k, coord = gauge_scale_coordinate(problem, opts)
     free_pose[k, 3 + coord] = False
     free_intr = torch.ones_like(problem.intrinsics, dtype=torch.bool)
     free_intr[:, 1:3] = False  # cx, cy constant

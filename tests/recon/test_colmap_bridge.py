@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sceneforge.recon.bal import bal_cost, read_bal
-from sceneforge.recon.bundle_adjustment import (
+from sceneforge.recon.ba import (
     BAOptions,
     bundle_adjust,
     evaluate_cost,
@@ -40,7 +40,7 @@ def test_bal_round_trip_preserves_problem():
     uv = cam.img_from_cam(img.cam_from_world() * rec.points3D[pid].xyz)
     sel = (p.cam_idx == 0).nonzero()[0, 0]
     c, k = p.cam_idx[sel], p.point_idx[sel]
-    from sceneforge.recon.bundle_adjustment import project_observations
+    from sceneforge.recon.ba import project_observations
 
     ref, _ = project_observations(
         "BAL", p.rotation[c][None], p.translation[c][None], p.intrinsics[c][None], p.points[k][None]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sceneforge.core.cameras import Cameras
-from sceneforge.recon.bundle_adjustment import make_synthetic_problem
+from sceneforge.recon.ba import make_synthetic_problem
 from sceneforge.recon.triangulation import (
     TriangulationOptions,
     triangulate,
