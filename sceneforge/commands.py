@@ -17,7 +17,7 @@ from sceneforge.fields.api import RenderConfig, TrainConfig
 from sceneforge.fields.export import ExportConfig
 from sceneforge.inpaint.complete import CompleteConfig
 from sceneforge.pipeline import RunConfig
-from sceneforge.recon.sfm import ReconstructConfig
+from sceneforge.recon.reconstruct import ReconstructConfig
 from sceneforge.viewer import ViewerConfig
 
 Pos = tyro.conf.Positional
@@ -72,8 +72,8 @@ class BundleAdjust:
     """Write a PNG of the cost per iteration here."""
 
     def run(self) -> int:
+        from sceneforge.recon.ba import BAOptions, bundle_adjust, plot_cost
         from sceneforge.recon.bal import bal_cost, read_bal, write_bal
-        from sceneforge.recon.bundle_adjustment import BAOptions, bundle_adjust, plot_cost
 
         if self.out is not None and self.out.resolve() == self.bal_file.resolve():
             raise SystemExit(f"{self.out}: refusing to overwrite the input problem")
@@ -206,7 +206,7 @@ class Reconstruct:
         import dataclasses
         import json
 
-        from sceneforge.recon.sfm import reconstruct
+        from sceneforge.recon.reconstruct import reconstruct
 
         cfg = self.config
         camera = cfg.sfm.camera

@@ -27,7 +27,7 @@ from sceneforge.core.timing import cpu_seconds
 from sceneforge.fields.api import RenderConfig, TrainConfig
 from sceneforge.fields.trainer import TrainerConfig
 from sceneforge.inpaint.complete import CompleteConfig
-from sceneforge.recon.sfm import ReconstructConfig
+from sceneforge.recon.reconstruct import ReconstructConfig
 
 STAGES = ("reconstruct", "train", "complete", "render", "report")
 
@@ -130,7 +130,7 @@ def run(
     complete_dir = out / run_files.COMPLETE_DIR
 
     def do_reconstruct() -> dict:
-        from sceneforge.recon.sfm import reconstruct
+        from sceneforge.recon.reconstruct import reconstruct
 
         if sfm_dir.exists():  # an interrupted attempt: SfM has no partial state worth keeping
             shutil.rmtree(sfm_dir)

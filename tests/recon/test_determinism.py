@@ -34,9 +34,9 @@ from pathlib import Path
 
 import torch
 
-from sceneforge.recon.sfm import (
-    RefinementConfig, ReconstructConfig, SfMConfig, reconstruct, reconstruct_from_tracks,
-)
+from sceneforge.recon.mapping import RefinementConfig
+from sceneforge.recon.reconstruct import ReconstructConfig, reconstruct
+from sceneforge.recon.sfm import SfMConfig, reconstruct_from_tracks
 from sceneforge.recon.tracks import Tracks
 
 threads, tracks_file, images, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])

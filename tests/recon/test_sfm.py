@@ -9,16 +9,11 @@ import torch
 
 import sceneforge.core.synthetic as S
 from sceneforge.core.metrics import pose_metrics
-from sceneforge.recon.sfm import (
-    CameraConfig,
-    ReconstructConfig,
-    RefinementConfig,
-    SfMConfig,
-    SfMError,
-    reconstruct,
-    reconstruct_from_tracks,
-    tracks_from_observations,
-)
+from sceneforge.recon.intrinsics import CameraConfig
+from sceneforge.recon.mapping import RefinementConfig
+from sceneforge.recon.reconstruct import ReconstructConfig, reconstruct
+from sceneforge.recon.sfm import SfMConfig, reconstruct_from_tracks, tracks_from_observations
+from sceneforge.recon.sfm_error import SfMError
 
 
 def _synthetic(rig: str, num_views: int = 8, noise_px: float = 0.0, seed: int = 0):

@@ -130,7 +130,7 @@ def test_scale_linked_edge_groups_detects_two_view_only_chains():
     """A chain of images whose tracks are each seen in two images only leaves the relative
     scale of every pair free (the indoor-walk failure); tracks through three images, or a
     verified triangle, tie the pairs together."""
-    from sceneforge.recon.sfm import scale_linked_edge_groups
+    from sceneforge.recon.view_graph import scale_linked_edge_groups
 
     n = 5
     edges = torch.tensor([[0, 1], [1, 2], [2, 3], [3, 4]])

@@ -13,7 +13,9 @@ from sceneforge.core.cameras import make_rigid
 from sceneforge.core.metrics import pose_metrics
 from sceneforge.core.rotations import angle_axis_to_matrix, rotation_angle_deg
 from sceneforge.recon.global_sfm import p3p, pnp_dlt, pnp_ransac, refine_pose
-from sceneforge.recon.sfm import CameraConfig, SfMConfig, reconstruct_from_tracks
+from sceneforge.recon.intrinsics import CameraConfig
+from sceneforge.recon.sfm import SfMConfig, reconstruct_from_tracks
+from sceneforge.recon.sfm_error import SfMError
 
 
 def _random_poses(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,8 +180,9 @@ def test_blowtorch_wrong_global_poses_are_replaced(shared_data):
 def test_reconstruct_retracks_all_pairs_when_in_doubt(shared_data, tmp_path, monkeypatch):
     """Global poses in doubt: ``reconstruct`` tracks again with every image as a query frame
     (reusing the extracted features) and keeps the second reconstruction."""
+    import sceneforge.recon.reconstruct as folder
     import sceneforge.recon.tracking as tracking
-    from sceneforge.recon.sfm import ReconstructConfig, reconstruct
+    from sceneforge.recon.reconstruct import ReconstructConfig, reconstruct
 
     imgs = fern_images(shared_data, tmp_path / "images", 6, 4)
     calls: list[list[int]] = []
@@ -199,7 +202,7 @@ def test_reconstruct_retracks_all_pairs_when_in_doubt(shared_data, tmp_path, mon
         extracted.append(1)
         return real_extract(*a, **k)
 
-    monkeypatch.setattr(sfm, "reconstruct_from_tracks", doubting)
+    monkeypatch.setattr(folder, "reconstruct_from_tracks", doubting)
     monkeypatch.setattr(tracking, "extract_features", counting)
     cfg = ReconstructConfig(features="sift", progress=False, num_query_frames=2)
     summary = reconstruct(imgs, tmp_path / "out", cfg)
@@ -215,14 +218,14 @@ def test_reconstruct_retracks_all_pairs_when_in_doubt(shared_data, tmp_path, mon
     def failing_first(tracks, cfg, log=None):
         calls.append(list(tracks.info["query_frames"]))
         if len(calls) == 1:
-            raise sfm.SfMError("no image pair shares 30 tracks (for the test)")
+            raise SfMError("no image pair shares 30 tracks (for the test)")
         return real(tracks, cfg, log)
 
-    monkeypatch.setattr(sfm, "reconstruct_from_tracks", failing_first)
+    monkeypatch.setattr(folder, "reconstruct_from_tracks", failing_first)
     summary = reconstruct(imgs, tmp_path / "out3", cfg)
     assert calls == [[0, 5], list(range(6))] and summary["num_registered"] == 6
     assert summary["stats"]["retracked"] is True and "first_pass" not in summary["stats"]
-    monkeypatch.setattr(sfm, "reconstruct_from_tracks", doubting)
+    monkeypatch.setattr(folder, "reconstruct_from_tracks", doubting)
     # Off: one tracking, one reconstruction.
     calls.clear()
     cfg = ReconstructConfig(

@@ -11,18 +11,16 @@ from PIL import Image
 from sceneforge.core.cameras import Cameras, make_rigid, project, transform_points
 from sceneforge.core.rotations import angle_axis_to_matrix
 from sceneforge.core.synthetic import make_cameras, orbit_rig
-from sceneforge.recon.sfm import (
-    CameraConfig,
+from sceneforge.recon.intrinsics import CameraConfig
+from sceneforge.recon.mapping import RefinementConfig
+from sceneforge.recon.reconstruct import (
     ReconstructConfig,
-    RefinementConfig,
-    SfMConfig,
-    SfMError,
     _load_inputs,
     make_summary,
     reconstruct,
-    reconstruct_from_tracks,
-    tracks_from_observations,
 )
+from sceneforge.recon.sfm import SfMConfig, reconstruct_from_tracks, tracks_from_observations
+from sceneforge.recon.sfm_error import SfMError
 
 FAST = SfMConfig(refinement=RefinementConfig(rounds=2, ba_iterations=10))
 
@@ -105,8 +103,8 @@ def test_an_image_with_too_few_points_is_left_unregistered(one_thread):
     listed as unregistered instead of shipped with a weakly supported pose."""
     from dataclasses import replace
 
-    from sceneforge.recon.sfm import PairsConfig
     from sceneforge.recon.two_view import TwoViewConfig
+    from sceneforge.recon.view_graph import PairsConfig
 
     cams, pts = orbit_scene(6, seed=0)
     i, p, xy = observe(cams, pts, 0.3)
