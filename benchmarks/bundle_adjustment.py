@@ -3,9 +3,11 @@
 Runs every BAL problem in ``../shared/data/bal`` (relative to the repo root), any BAL files on
 the command line and, unless ``--synthetic`` is empty, larger generated BAL problems (a ring of
 cameras around a point cloud, 0.5 px noise, perturbed start; the shared problems have at most
-36k observations, too few for two threads to pay off even for Ceres), in one process. Every solution is scored with the BAL formula
-(:func:`sceneforge.recon.bal.bal_cost`), because COLMAP zeroes residuals of points at
-non-positive depth. Prints a table, rewrites the ``## Bundle adjustment`` section of
+36k observations, too few for two threads to pay off even for Ceres), in one process. Every
+solution is scored on two objectives: the BAL formula (:func:`sceneforge.recon.bal.bal_cost`)
+and COLMAP's, which gives points at depth < eps a zero residual. Where the two differ on a
+problem (the ladybug file has 31 observations behind their camera), ours is also run on
+COLMAP's objective (``BAOptions.behind_camera="zero"``) and only like is compared with like. Prints a table, rewrites the ``## Bundle adjustment`` section of
 ``benchmarks/RESULTS.md`` and, with ``--json PATH``, writes one JSON object per
 (problem, solver, threads).
 
@@ -32,14 +34,16 @@ import numpy as np
 import torch
 from _sections import replace_section
 
-from sceneforge.recon.bal import bal_cost, read_bal, write_bal
 from sceneforge.recon.ba import (
     BAOptions,
     BAProblem,
     bundle_adjust,
+    evaluate_cost,
     make_synthetic_problem,
     perturb_problem,
+    project_observations,
 )
+from sceneforge.recon.bal import bal_cost, read_bal, write_bal
 from sceneforge.recon.colmap_bridge import colmap_bundle_adjust
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +51,8 @@ TOL = dict(function_tolerance=1e-6, gradient_tolerance=1e-10, parameter_toleranc
 COST_TARGET = 1e-5  # ours <= Ceres * (1 + COST_TARGET)
 ROUNDOFF = 1e-15  # costs below ROUNDOFF * initial cost are zero to round-off (both solvers)
 SPEEDUP_TARGET = 1.3  # 2 threads vs 1 on problems with >= LARGE_OBS observations
-TIME_TARGET = 1.5  # ours / Ceres wall time at the same thread count, >= LARGE_OBS observations
+TIME_TARGET_1T = 1.2  # ours / Ceres wall time on one thread, >= LARGE_OBS observations
+TIME_TARGET_2T = 1.5  # the same on two threads
 LARGE_OBS = 10_000
 
 
@@ -66,10 +71,35 @@ def synthetic_bal(spec: str, folder: Path) -> Path:
     return path
 
 
-def run_ours(problem: BAProblem, threads: int | None, repeats: int, device: str = "cpu") -> dict:
+def scores(problem: BAProblem) -> dict:
+    """A solution's cost on both objectives, BAL's and COLMAP's (points at depth < eps give a
+    zero residual), and how many observations are behind their camera."""
+    p = problem.to(device="cpu")
+    _, depth = project_observations(
+        p.model,
+        p.rotation[p.cam_idx],
+        p.translation[p.cam_idx],
+        p.camera_intrinsics()[p.cam_idx],
+        p.points[p.point_idx],
+    )
+    return dict(
+        final_cost=bal_cost(p),
+        final_cost_colmap=float(evaluate_cost(p, behind_camera="zero")),
+        behind_camera=int((depth < torch.finfo(depth.dtype).eps).sum()),
+    )
+
+
+def run_ours(
+    problem: BAProblem,
+    threads: int | None,
+    repeats: int,
+    device: str = "cpu",
+    objective: str = "bal",
+) -> dict:
     """Best wall time of ``repeats`` solves after a warm-up (the solution is deterministic)."""
     p = problem.to(device=device)
-    opts = BAOptions(**TOL, max_iterations=100, num_threads=threads)
+    behind = "zero" if objective == "colmap" else "keep"
+    opts = BAOptions(**TOL, max_iterations=100, num_threads=threads, behind_camera=behind)
     bundle_adjust(p, BAOptions(max_iterations=2, num_threads=threads))  # warm-up
     walls = []
     for _ in range(repeats):
@@ -81,7 +111,8 @@ def run_ours(problem: BAProblem, threads: int | None, repeats: int, device: str 
             torch.cuda.synchronize()
         walls.append(time.perf_counter() - t0)
     return dict(
-        final_cost=bal_cost(res),
+        **scores(res),
+        objective=objective,
         iterations=summ.iterations,
         wall_s=min(walls),
         note=summ.termination,
@@ -100,7 +131,8 @@ def run_ceres(problem: BAProblem, threads: int, repeats: int) -> dict:
     cs = summ.ceres_summary
     iters = cs.num_successful_steps + cs.num_unsuccessful_steps
     return dict(
-        final_cost=bal_cost(res),
+        **scores(res),
+        objective="colmap",
         iterations=iters,
         wall_s=wall,
         note=str(summ.termination_type).split(".")[-1],
@@ -153,8 +185,6 @@ def run_scipy(problem: BAProblem, cap_s: float) -> dict:
 
     def fun(x):
         q = unpack(x)
-        from sceneforge.recon.ba import project_observations
-
         c, k = q.cam_idx, q.point_idx
         pix, _ = project_observations(
             "BAL", q.rotation[c], q.translation[c], q.intrinsics[c], q.points[k]
@@ -185,7 +215,7 @@ def run_scipy(problem: BAProblem, cap_s: float) -> dict:
     except _TimeUp:
         x, iters, note = best["x"], best["nfev"], f"time cap {cap_s:.0f}s hit"
     wall = time.perf_counter() - t0
-    return dict(final_cost=bal_cost(unpack(x)), iterations=iters, wall_s=wall, note=note)
+    return dict(**scores(unpack(x)), objective="bal", iterations=iters, wall_s=wall, note=note)
 
 
 def main() -> None:
@@ -227,22 +257,34 @@ def main() -> None:
             runs.append(("sceneforge", "cpu", t, run_ours(prob, t, args.repeats)))
         if torch.cuda.is_available():
             runs.append(("sceneforge", "cuda", 0, run_ours(prob, None, args.repeats, "cuda")))
+        # COLMAP zeroes the residual of points behind their camera. Where that changes a cost
+        # (at the start or at any solution), the objectives differ: ours is also run on
+        # COLMAP's objective, and each row is compared with Ceres on its own objective.
+        differ = scores(prob)["behind_camera"] > 0 or any(r["behind_camera"] for *_, r in runs)
+        if differ:
+            for t in args.threads:
+                runs.append(
+                    ("sceneforge", "cpu", t, run_ours(prob, t, args.repeats, "cpu", "colmap"))
+                )
         if not args.no_scipy:
             torch.set_num_threads(1)
             runs.append(("scipy", "cpu", 1, run_scipy(prob, args.scipy_cap)))
         ceres = {t: r for s, d, t, r in runs if s == "ceres"}
         for solver, dev, t, r in runs:
             ref = ceres.get(t) or ceres[min(ceres)]
+            key = "final_cost_colmap" if r["objective"] == "colmap" else "final_cost"
             row = dict(
                 problem=name,
                 solver=solver,
                 device=dev,
                 threads=t,
                 num_observations=prob.num_observations,
+                objective=r["objective"],
+                objectives_differ=differ,
                 initial_cost=init,
                 final_cost=r["final_cost"],
-                rel_diff_to_ceres=(r["final_cost"] - ref["final_cost"])
-                / max(abs(ref["final_cost"]), 1e-300),
+                final_cost_colmap=r["final_cost_colmap"],
+                rel_diff_to_ceres=(r[key] - ref[key]) / max(abs(ref[key]), 1e-300),
                 iterations=r["iterations"],
                 wall_s=r["wall_s"],
                 ratio_to_ceres=r["wall_s"] / ref["wall_s"],
@@ -255,27 +297,32 @@ def main() -> None:
                 flush=True,
             )
     header = (
-        "| problem | obs | solver | device | threads | initial cost | final cost (BAL) | rel. diff to Ceres "
-        "| cost target | iterations | wall (s) | time / Ceres | note |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| problem | obs | solver | objective | device | threads | initial cost (BAL) | final cost "
+        "(BAL) | final cost (COLMAP's) | rel. diff to Ceres (same objective) | cost target | "
+        "iterations | wall (s) | time / Ceres | note |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     for r in rows:
+        if r["objectives_differ"] and r["objective"] != "colmap":
+            r["cost_ok"] = None  # Ceres optimises another objective: no like-for-like target
+            continue
+        key = "final_cost_colmap" if r["objective"] == "colmap" else "final_cost"
         ref = next(
-            q["final_cost"]
+            q[key]
             for q in rows
             if q["problem"] == r["problem"]
             and q["solver"] == "ceres"
             and q["threads"] in (r["threads"], 1)
         )
         r["cost_ok"] = bool(
-            r["final_cost"] <= ref * (1 + COST_TARGET)
-            or r["final_cost"] <= ROUNDOFF * r["initial_cost"]
+            r[key] <= ref * (1 + COST_TARGET) or r[key] <= ROUNDOFF * r["initial_cost"]
         )
+    verdict = {True: "met", False: "MISSED", None: "n/a (other objective)"}
     table = header + "".join(
-        f"| {r['problem']} | {r['num_observations']} | {r['solver']} | {r['device']} | {r['threads']} | "
-        f"{r['initial_cost']:.6e} | {r['final_cost']:.9e} | {r['rel_diff_to_ceres']:+.2e} | "
-        f"{'met' if r['cost_ok'] else 'MISSED'} | {r['iterations']} | "
-        f"{r['wall_s']:.3f} | {r['ratio_to_ceres']:.2f} | {r['note']} |\n"
+        f"| {r['problem']} | {r['num_observations']} | {r['solver']} | {r['objective']} | "
+        f"{r['device']} | {r['threads']} | {r['initial_cost']:.6e} | {r['final_cost']:.9e} | "
+        f"{r['final_cost_colmap']:.9e} | {r['rel_diff_to_ceres']:+.2e} | {verdict[r['cost_ok']]} | "
+        f"{r['iterations']} | {r['wall_s']:.3f} | {r['ratio_to_ceres']:.2f} | {r['note']} |\n"
         for r in rows
     )
     summary = speedup_table(rows, args.threads)
@@ -292,7 +339,7 @@ def main() -> None:
             f"`benchmarks/bundle_adjustment.py` on {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores, torch {torch.__version__}, load average at the end {load:.1f} "
             "(this benchmark's own 2-thread runs account for up to ~2; clearly above that, other jobs "
-            "shared the cores and the times, above all the 2-thread ones, are inflated). All costs are the BAL formula 0.5·Σ|r|² from our own scorer. Tolerances for both LM "
+            f"shared the cores and the times, above all the 2-thread ones, are inflated). Costs are scored by our own scorer on two objectives: the BAL formula 0.5·Σ|r|² and COLMAP's (residual zero where the depth is below machine epsilon); where they differ on a problem, ours also runs on COLMAP's objective, the cost target and the speed-up table compare that run with Ceres, and ours on the BAL objective gets no cost verdict. Time targets (>= 10k observations): ours/Ceres <= {TIME_TARGET_1T} on one thread, <= {TIME_TARGET_2T} on two. Tolerances for both LM "
             f"solvers: {TOL}. sceneforge times include problem setup and follow one warm-up run; "
             f"Ceres times are the pycolmap solve only (conversion excluded); both best of {args.repeats} "
             "runs. OMP_WAIT_POLICY=PASSIVE is set by the script. scipy: trf with a "
@@ -317,10 +364,13 @@ def speedup_table(rows: list[dict], threads: list[int]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     for name in dict.fromkeys(r["problem"] for r in rows):
+        # Ours on Ceres' objective where the two objectives differ on this problem.
         w = {
             (r["solver"], r["threads"]): r["wall_s"]
             for r in rows
-            if r["problem"] == name and r["device"] == "cpu"
+            if r["problem"] == name
+            and r["device"] == "cpu"
+            and (r["objective"] == "colmap" or not r["objectives_differ"])
         }
         obs = next(r["num_observations"] for r in rows if r["problem"] == name)
         s1, s2 = w[("sceneforge", 1)], w[("sceneforge", 2)]
@@ -328,8 +378,8 @@ def speedup_table(rows: list[dict], threads: list[int]) -> str:
         if obs >= LARGE_OBS:
             checks = [
                 f"speed-up {'met' if s1 / s2 >= SPEEDUP_TARGET else 'missed'}",
-                f"time 1t {'met' if s1 / c1 <= TIME_TARGET else 'missed'}",
-                f"time 2t {'met' if s2 / c2 <= TIME_TARGET else 'missed'}",
+                f"time 1t {'met' if s1 / c1 <= TIME_TARGET_1T else 'missed'}",
+                f"time 2t {'met' if s2 / c2 <= TIME_TARGET_2T else 'missed'}",
             ]
             verdict = ", ".join(checks)
         else:

@@ -9,15 +9,18 @@ its time cap; the caps add up to at most ``TOTAL_CAP_S``):
   density) on CUDA and on CPU: steps/s, held-out PSNR and their ratios;
 - ``tcnn_vs_torch``: the tinycudann hash grid against the torch one with the same parameters
   (max |difference| of the features, forward and backward speed), when tinycudann imports;
-- ``ba_cuda_vs_cpu``: bundle adjustment of the small shared BAL problems on CUDA and on CPU
-  (final cost of each, their ratio, wall times); skipped when ``--bal-dir`` is absent.
+- ``ba_cuda_vs_cpu``: bundle adjustment of the small shared BAL problems and the benchmark's
+  largest generated one (438k observations) on CUDA, on our CPU path (1 thread) and with Ceres
+  (pycolmap, 1 thread and all cores, when importable): final costs, wall times, speed-ups;
+  target on the largest: CUDA >= 10x Ceres-CPU; skipped when ``--bal-dir`` is absent.
 
 Each section returns a dict of figures or skips with a reason; without CUDA every CUDA
 section skips and the script exits 0. It exits 1 when a section fails or passes its cap.
 Another module adds a section with ``register(Section(...))`` (run it with
 ``--extra-module NAME``). Only the standard library is imported at module level, and the
-sections import nothing optional (tyro, pycolmap, diffusers, trimesh, viser), so the script
-runs on a bare GPU machine through ``benchmarks/gpu_check.sh``:
+sections need nothing optional (tyro, pycolmap, diffusers, trimesh, viser), so the script
+runs on a bare GPU machine through ``benchmarks/gpu_check.sh`` (the BA section adds Ceres'
+figures only where pycolmap happens to import):
 
     python3 benchmarks/gpu_check.py                    # JSON summary on stdout
     python3 benchmarks/gpu_check.py --json --out gpu_check.json   # one JSON row per section
@@ -392,15 +395,22 @@ BA_SMALL_OBSERVATIONS = 50_000
 """Problems up to this many observations are run (the shared ones have at most 36k)."""
 
 
-def _solve(problem, device: str, max_iterations: int) -> dict:
-    from sceneforge.recon.bal import bal_cost
+BA_LARGE = (128, 30000, 0.1)
+"""The generated problem of the BA benchmark's largest row (cameras, points, visibility)."""
+BA_CERES_TARGET = 10.0
+"""Target: CUDA at least this many times faster than Ceres on the CPU, on the largest."""
+
+
+def _solve(problem, device: str, max_iterations: int, threads: int | None = None) -> dict:
     from sceneforge.recon.ba import BAOptions, bundle_adjust
+    from sceneforge.recon.bal import bal_cost
 
     p = problem.to(device=device)
-    bundle_adjust(p, BAOptions(max_iterations=2))  # warm-up (CUDA context, kernels)
+    bundle_adjust(p, BAOptions(max_iterations=2, num_threads=threads))  # warm-up
     _sync(device)
     t0 = time.perf_counter()
-    res, summ = bundle_adjust(p, BAOptions(**BA_TOLERANCES, max_iterations=max_iterations))
+    opts = BAOptions(**BA_TOLERANCES, max_iterations=max_iterations, num_threads=threads)
+    res, summ = bundle_adjust(p, opts)
     _sync(device)
     wall = time.perf_counter() - t0
     return {
@@ -409,6 +419,29 @@ def _solve(problem, device: str, max_iterations: int) -> dict:
         "wall_s": round(wall, 3),
         "termination": summ.termination,
     }
+
+
+def _ceres(problem, threads: int, max_iterations: int) -> dict | str:
+    """Ceres (pycolmap) on the CPU, or why it cannot run here."""
+    from sceneforge.recon.bal import bal_cost
+
+    try:
+        from sceneforge.recon.colmap_bridge import colmap_bundle_adjust
+
+        res, _, wall = colmap_bundle_adjust(
+            problem, num_threads=threads, max_iterations=max_iterations, **BA_TOLERANCES
+        )
+    except ImportError as e:  # pycolmap is optional on a bare GPU machine
+        return f"pycolmap not importable: {e}"
+    return {"final_cost": bal_cost(res), "wall_s": round(wall, 3), "threads": threads}
+
+
+def _large_problem():
+    from sceneforge.recon.ba import make_synthetic_problem, perturb_problem
+
+    cams, pts, vis = BA_LARGE
+    p = make_synthetic_problem("BAL", cams, pts, noise_px=0.5, visibility=vis, seed=0)
+    return perturb_problem(p, 1e-2), f"synthetic-ring-{cams}-{pts}-{vis:g}"
 
 
 def section_ba(ctx: Context) -> dict:
@@ -425,12 +458,16 @@ def section_ba(ctx: Context) -> dict:
     problems = [(p, n) for p, n in problems if p.num_observations <= BA_SMALL_OBSERVATIONS]
     if ctx.quick:
         problems = problems[:1]
+    else:
+        problems.append(_large_problem())
     rows = []
     for prob, name in problems:
         iters = 5 if ctx.quick else 100
         init = bal_cost(prob)
         gpu = _solve(prob, dev, iters)
-        cpu = _solve(prob, "cpu", iters)
+        cpu = _solve(prob, "cpu", iters, threads=1)
+        ceres = _ceres(prob, 1, iters)
+        ceres_all = _ceres(prob, os.cpu_count() or 1, iters)
         rows.append(
             {
                 "problem": name,
@@ -443,16 +480,36 @@ def section_ba(ctx: Context) -> dict:
                 "cost_diff_over_initial": abs(gpu["final_cost"] - cpu["final_cost"])
                 / max(init, 1e-300),
                 "speedup": round(cpu["wall_s"] / max(gpu["wall_s"], 1e-9), 2),
+                "ceres_cpu_1t": ceres,
+                "ceres_cpu_all_cores": ceres_all,
+                "speedup_vs_ceres_1t": _ratio(ceres, gpu),
+                "speedup_vs_ceres_all_cores": _ratio(ceres_all, gpu),
             }
         )
+    large = rows[-1]
+    if not ctx.quick and isinstance(large["speedup_vs_ceres_1t"], float):
+        large["ceres_target"] = f">= {BA_CERES_TARGET:g}x Ceres-CPU (1 thread)"
+        large["ceres_target_met"] = large["speedup_vs_ceres_1t"] >= BA_CERES_TARGET
     return {"bal_dir": str(bal_dir), "problems": rows}
 
 
+def _ratio(ceres: dict | str, gpu: dict) -> float | str:
+    if isinstance(ceres, str):
+        return ceres
+    return round(ceres["wall_s"] / max(gpu["wall_s"], 1e-9), 2)
+
+
 for _s in (
-    Section("pytest_gpu", section_pytest_gpu, 280.0, "pytest -m gpu on the gpu-marked test files"),
+    Section("pytest_gpu", section_pytest_gpu, 260.0, "pytest -m gpu on the gpu-marked test files"),
     Section("nerf_cuda_vs_cpu", section_nerf, 100.0, "NeRF training, torch hash grid, CUDA vs CPU"),
     Section("tcnn_vs_torch", section_tcnn, 30.0, "tinycudann vs torch hash grid"),
-    Section("ba_cuda_vs_cpu", section_ba, 60.0, "bundle adjustment on the small BAL problems"),
+    Section(
+        "ba_cuda_vs_cpu",
+        section_ba,
+        80.0,
+        "bundle adjustment: shared BAL problems and the largest generated one, CUDA vs our CPU "
+        "and Ceres' (pycolmap, when importable)",
+    ),
 ):
     register(_s)
 

@@ -261,7 +261,7 @@ BROKEN = [
     ("sceneforge.core", True, "from .. import cli", "app layer"),
     ("sceneforge.recon.sfm", False, "def f():\n    from ..fields import trainer", "fields layer"),
     ("sceneforge.recon.sfm", False, "import importlib\nimportlib.import_module('sceneforge.inpaint')", "inpaint layer"),
-    ("sceneforge.fields.api", False, "from sceneforge.recon.sfm import reconstruct", "recon layer"),
+    ("sceneforge.fields.api", False, "from sceneforge.recon.reconstruct import reconstruct", "recon layer"),
     ("sceneforge.fields.api", False, "from sceneforge.viewer.app import view", "app layer"),
     ("sceneforge.inpaint.complete", False, "from sceneforge.stylize import x", "stylize layer"),
     ("sceneforge.inpaint.complete", False, "from ..pipeline import run", "app layer"),

@@ -6,15 +6,16 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from sceneforge.core.atomic import atomic_open
+from sceneforge.core.heap import keep_freed_memory
 from sceneforge.recon.ba.implicit import ImplicitBA
 from sceneforge.recon.ba.lm import solve, solver_threads
 from sceneforge.recon.ba.problem import BAOptions, BAProblem, BASummary
 from sceneforge.recon.ba.residuals import project_observations, robust_cost
+from sceneforge.recon.ba.structure import CHUNK, pad_by_camera
 
 
 def bundle_adjust(
@@ -30,10 +31,10 @@ def bundle_adjust(
     options = options or BAOptions()
     if problem.num_observations == 0:
         raise ValueError("bundle_adjust: the problem has no observations")
-    # Sort observations by camera so that per-camera sums are contiguous segments.
-    perm = torch.from_numpy(np.argsort(problem.cam_idx.cpu().numpy(), kind="stable")).to(
-        problem.device
-    )
+    # Observations sorted by camera, each camera's run padded to whole GEMM chunks, so that
+    # per-camera sums are batched GEMMs over views (the padding slots contribute zero).
+    src, pad_rows = pad_by_camera(problem.cam_idx.cpu().numpy(), CHUNK)
+    perm = torch.from_numpy(src).to(problem.device)
     work = replace(
         problem,
         cam_idx=problem.cam_idx[perm],
@@ -41,9 +42,11 @@ def bundle_adjust(
         observations=problem.observations[perm],
         weights=None if problem.weights is None else problem.weights[perm],
     )
-    with solver_threads(options.num_threads if problem.device.type == "cpu" else None):
-        with torch.no_grad():
-            params, summary, st = solve(work.detach(), options)
+    cpu = problem.device.type == "cpu"
+    if cpu and options.keep_freed_memory:
+        keep_freed_memory()
+    with solver_threads(options.num_threads if cpu else None), torch.no_grad():
+        params, summary, st = solve(work.detach(), options, pad_rows)
     rot, trans, intr, pts = params
     needs_grad = torch.is_grad_enabled() and (
         problem.observations.requires_grad
@@ -70,11 +73,19 @@ def bundle_adjust(
     return result, summary
 
 
-def evaluate_cost(problem: BAProblem, loss: str = "trivial", loss_scale: float = 1.0) -> Tensor:
-    """``0.5 * sum rho(|r|^2)`` with the core projection (differentiable reference)."""
+def evaluate_cost(
+    problem: BAProblem,
+    loss: str = "trivial",
+    loss_scale: float = 1.0,
+    behind_camera: str = "keep",
+) -> Tensor:
+    """``0.5 * sum rho(|r|^2)`` with the core projection (differentiable reference).
+
+    ``behind_camera="zero"`` scores COLMAP's objective (see :attr:`BAOptions.behind_camera`).
+    """
     cam = problem.cam_idx.long()
     intr = problem.camera_intrinsics()[cam]
-    pix, _ = project_observations(
+    pix, depth = project_observations(
         problem.model,
         problem.rotation[cam],
         problem.translation[cam],
@@ -84,6 +95,10 @@ def evaluate_cost(problem: BAProblem, loss: str = "trivial", loss_scale: float =
     r = pix - problem.observations
     if problem.weights is not None:
         r = r * problem.weights[:, None]
+    if behind_camera == "zero":
+        r = r * (depth.detach() >= torch.finfo(r.dtype).eps).to(r.dtype)[:, None]
+    elif behind_camera != "keep":
+        raise ValueError(f"unknown behind_camera {behind_camera!r}; use 'keep' or 'zero'")
     return robust_cost(loss, loss_scale, r)
 
 

@@ -27,10 +27,14 @@ def _free_params_grad(problem, st, options, params, obs, weights, create_graph: 
 def _reference_residuals(problem: BAProblem, st: Structure, params) -> Tensor:
     rot, trans, intr, pts = params
     r_o, t_o, k_o, x_o = gather_params(problem, st, rot, trans, intr, pts)
-    pix, _ = project_observations(problem.model, r_o, t_o, k_o, x_o)
+    pix, depth = project_observations(problem.model, r_o, t_o, k_o, x_o)
     r = pix - problem.observations
     if problem.weights is not None:
         r = r * problem.weights[:, None]
+    if st.zero_behind:
+        r = r * (depth.detach() >= torch.finfo(r.dtype).eps).to(r.dtype)[:, None]
+    if st.pad_rows is not None:
+        r = r.index_fill(0, st.pad_rows, 0.0)
     return r
 
 

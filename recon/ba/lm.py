@@ -6,6 +6,7 @@ import math
 import time
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,7 +25,7 @@ from sceneforge.recon.ba.structure import Structure, build_structure
 
 def _cost_terms(problem: BAProblem, st: Structure, params, options: BAOptions) -> Tensor:
     """Per-observation ``0.5 * rho(|r|^2)``."""
-    r = residuals(problem, st, params, False)[0]
+    r = residuals(problem, st, params)
     return 0.5 * robust_rho(options.loss, (r * r).sum(-1), options.loss_scale)[0]
 
 
@@ -62,11 +63,11 @@ def solver_threads(n: int | None):
 
 
 def solve(
-    problem: BAProblem, options: BAOptions
+    problem: BAProblem, options: BAOptions, pad_rows: np.ndarray | None = None
 ) -> tuple[tuple[Tensor, ...], BASummary, Structure]:
     """Run LM on a detached problem; returns the optimised parameters and summary."""
     t0 = time.perf_counter()
-    st = build_structure(problem, options)
+    st = build_structure(problem, options, pad_rows)
     intr0 = problem.intrinsics
     if st.ni == 1 and intr0.shape[0] > 1:
         if not bool((intr0 == intr0[:1]).all()):
@@ -127,9 +128,8 @@ def solve(
             radii.append(radius)
             break
         # Predicted decrease of the undamped quadratic model.
-        jd = (lin.jc * gather_vector(st, xc)[:, None, :]).sum(-1) + (
-            lin.jp * xp[st.pt][:, None, :]
-        ).sum(-1)
+        jd = torch.bmm(lin.jc, gather_vector(st, xc)[:, :, None])[:, :, 0]
+        jd.add_(torch.bmm(lin.jp, xp.index_select(0, st.pt)[:, :, None])[:, :, 0])
         model_decrease = -float((jd * (lin.r + 0.5 * jd)).sum())
         cand = _apply_step(params, st, xc, xp)
         new_terms = _cost_terms(problem, st, cand, options)

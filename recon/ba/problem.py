@@ -171,6 +171,10 @@ class BAOptions:
     """Robust loss rho(s) on the squared residual norm s of each observation."""
     loss_scale: float = 1.0
     """Scale ``a`` of the robust loss (pixels)."""
+    behind_camera: Literal["keep", "zero"] = "keep"
+    """Observations whose point is at (near) zero or negative depth: keep their residual (the
+    BAL objective) or give them a zero residual and Jacobian, as COLMAP's cost functions do
+    (depth below the dtype's machine epsilon)."""
     robust_method: Literal["triggs", "irls"] = "triggs"
     """Ceres' corrector (Triggs, applied where rho'' > 0) or plain IRLS sqrt(rho') weighting."""
     intrinsics: Literal["per_camera", "shared", "fixed"] = "per_camera"
@@ -192,6 +196,10 @@ class BAOptions:
     """torch CPU threads during the solve (None: every core of this process's CPU affinity
     mask, never chosen from the load). Threads change only the order of float sums: the
     solution moves in its last bits."""
+    keep_freed_memory: bool = True
+    """On glibc, let the process keep freed memory for reuse (once per process; see
+    sceneforge.core.heap): the solver's temporaries are then not page-faulted in again every
+    iteration (~20% of a solve on the shared BAL problems). Timing only."""
     implicit_exact_hessian: bool = True
     """Backward solves with the exact Hessian (CG, GN-preconditioned) instead of Gauss-Newton."""
     implicit_cg_tolerance: float = 1e-12

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from sceneforge.core.cameras import MODEL_PARAMS, project, split_params
+from sceneforge.core.cameras import MODEL_PARAMS, project
 from sceneforge.core.rotations import angle_axis_to_matrix, rotate_angle_axis, skew
 
 # Generic intrinsics g = (fx, fy, cx, cy, k1, k2, p1, p2); each model's parameter feeding them.
@@ -41,14 +43,6 @@ def project_observations(
     return project(pc, model, intrinsics)
 
 
-def _small_mm(a: Tensor, b: Tensor) -> Tensor:
-    """Batched product of tiny matrices, elementwise (much faster than bmm for 2x3 @ 3x3)."""
-    out = a[..., :, 0, None] * b[..., None, 0, :]
-    for k in range(1, a.shape[-1]):
-        out = out + a[..., :, k, None] * b[..., None, k, :]
-    return out
-
-
 def _left_jacobian(rotation: Tensor) -> Tensor:
     """SO(3) left Jacobian ``J_l(w) = I + b [w]_x + c [w]_x^2`` (stable at zero)."""
     theta2 = (rotation * rotation).sum(-1)
@@ -59,7 +53,194 @@ def _left_jacobian(rotation: Tensor) -> Tensor:
     c = torch.where(small, 1.0 / 6.0 - theta2 / 120.0, (th - torch.sin(th)) / (th2s * th))
     K = skew(rotation)
     eye = torch.eye(3, dtype=rotation.dtype, device=rotation.device)
-    return eye + b[..., None, None] * K + c[..., None, None] * _small_mm(K, K)
+    return eye + b[..., None, None] * K + c[..., None, None] * (K @ K)
+
+
+@dataclass
+class ProjectionColumns:
+    """Projection and Jacobians per observation as contiguous ``(M,)`` vectors.
+
+    One vector per matrix entry ("structure of arrays"): every operation is a contiguous
+    elementwise kernel instead of a strided one on tiny trailing dimensions, and the
+    entries that are zero for a camera model are never computed. ``cam_u``/``cam_v`` hold
+    the rows of ``d pixel / d [angle-axis, translation, model intrinsics]``, ``point_u`` /
+    ``point_v`` those of ``d pixel / d X``; None where not requested.
+    """
+
+    u: Tensor
+    v: Tensor
+    depth: Tensor
+    cam_u: list[Tensor] | None = None
+    cam_v: list[Tensor] | None = None
+    point_u: list[Tensor] | None = None
+    point_v: list[Tensor] | None = None
+
+
+def _rows(table: Tensor, index: Tensor | None) -> list[Tensor]:
+    """``(N, K)`` table (rows gathered by ``index``) as K contiguous vectors."""
+    t = table.T.contiguous()
+    if index is not None:
+        t = t.index_select(1, index)
+    return list(t.unbind(0))
+
+
+def _sum(*terms: Tensor | None) -> Tensor | None:
+    """Sum of the terms that exist (None: structurally zero)."""
+    live = [t for t in terms if t is not None]
+    if not live:
+        return None
+    out = live[0]
+    for t in live[1:]:
+        out = out + t
+    return out
+
+
+def _mul(*factors: Tensor | float | None) -> Tensor | float | None:
+    """Product, None if any factor is structurally zero."""
+    out: Tensor | float = 1.0
+    for f in factors:
+        if f is None:
+            return None
+        out = out * f
+    return out
+
+
+def projection_columns(
+    model: str,
+    rotation: Tensor,
+    translation: Tensor,
+    intrinsics: Tensor,
+    points: Tensor,
+    cam_index: Tensor | None = None,
+    camera_jacobian: bool = False,
+    point_jacobian: bool = False,
+    point_index: Tensor | None = None,
+    chunk: int = 0,
+) -> ProjectionColumns:
+    """Pixels, depth and (optionally) analytic Jacobians as per-entry vectors.
+
+    Shapes and conventions as :func:`project_with_jacobians`, which stacks these columns;
+    with ``point_index (M,)`` the points are given per point ``(Np, 3)`` and gathered here.
+    With ``chunk > 0`` the observations come in runs of ``chunk`` that share a camera and
+    ``cam_index`` holds one camera per run (``M / chunk`` entries): per-camera values are
+    then broadcast over each run instead of being gathered per observation.
+    """
+    sign = -1.0 if model == "BAL" else 1.0
+    src = _GENERIC_SOURCES[model]
+    need_jl = camera_jacobian
+    need_R = need_jl or point_jacobian
+    per_cam = [angle_axis_to_matrix(rotation).reshape(-1, 9), translation]
+    if need_jl:
+        per_cam.append(_left_jacobian(rotation).reshape(-1, 9))
+    used = sorted({p for p in src if p is not None})
+    per_cam.append(intrinsics[:, used])
+    cols = _rows(torch.cat(per_cam, 1), cam_index)
+    if chunk:
+        cols = [c[:, None] for c in cols]
+    R, t = cols[:9], cols[9:12]
+    jl = cols[12:21] if need_jl else None
+    intr = dict(zip(used, cols[21 if need_jl else 12 :]))
+    fx, fy, cx, cy, k1, k2, p1, p2 = (None if p is None else intr[p] for p in src)
+    X, Y, Z = _rows(points, point_index)
+    if chunk:
+        X, Y, Z = (c.view(-1, chunk) for c in (X, Y, Z))
+    rx = [
+        torch.addcmul(torch.addcmul(R[3 * i] * X, R[3 * i + 1], Y), R[3 * i + 2], Z)
+        for i in range(3)
+    ]
+    pc = [rx[i] + t[i] for i in range(3)]
+    depth = pc[2] if sign > 0 else -pc[2]
+    inv_d = depth.reciprocal()
+    x, y = pc[0] * inv_d, pc[1] * inv_d
+    x2, y2, xy = x * x, y * y, x * y
+    r2 = x2 + y2
+    k_sum = _sum(k1, _mul(k2, r2))
+    radial = None if k_sum is None else 1.0 + r2 * k_sum
+    xd = _sum(x if radial is None else x * radial, _mul(2.0, p1, xy), _mul(p2, r2 + 2.0 * x2))
+    yd = _sum(y if radial is None else y * radial, _mul(p1, r2 + 2.0 * y2), _mul(2.0, p2, xy))
+    u = fx * xd if cx is None else torch.addcmul(cx, fx, xd)
+    v = fy * yd if cy is None else torch.addcmul(cy, fy, yd)
+    out = ProjectionColumns(u, v, depth)
+    if not need_R:
+        return _flatten(out) if chunk else out
+    # d pixel / d P (2x3) = diag(f) * d(distorted)/d(x, y) * [[1, 0, -s x], [0, 1, -s y]] / d.
+    one = torch.ones_like(x) if radial is None else radial
+    # g = 2 d(radial)/d(r2)
+    if k1 is None:
+        g = None if k2 is None else 4.0 * k2 * r2
+    else:
+        g = 2.0 * k1 if k2 is None else 2.0 * (k1 + 2.0 * k2 * r2)
+    d00 = _sum(one, _mul(x2, g), _mul(2.0, p1, y), _mul(6.0, p2, x))
+    d01 = _sum(_mul(xy, g), _mul(2.0, p1, x), _mul(2.0, p2, y))
+    d11 = _sum(one, _mul(y2, g), _mul(6.0, p1, y), _mul(2.0, p2, x))
+    fxi, fyi = fx * inv_d, fy * inv_d
+    a0 = [fxi * d00, _mul(fxi, d01)]
+    a1 = [_mul(fyi, d01), fyi * d11]
+    a0.append(-sign * _sum(a0[0] * x, _mul(a0[1], y)))
+    a1.append(-sign * _sum(_mul(a1[0], x), a1[1] * y))
+    a0 = [torch.zeros_like(x) if a is None else a for a in a0]
+    a1 = [torch.zeros_like(x) if a is None else a for a in a1]
+    if point_jacobian:  # a @ R
+        out.point_u = [_dot3(a0, R[c], R[3 + c], R[6 + c]) for c in range(3)]
+        out.point_v = [_dot3(a1, R[c], R[3 + c], R[6 + c]) for c in range(3)]
+    if camera_jacobian:
+        # Row a of dpix/dP times [rx]_x is (a x rx)^T; d(R X)/dw = -[R X]_x J_l(w).
+        rows = []
+        for a in (a0, a1):
+            ax = [
+                a[1] * rx[2] - a[2] * rx[1],
+                a[2] * rx[0] - a[0] * rx[2],
+                a[0] * rx[1] - a[1] * rx[0],
+            ]
+            d_rot = [-_dot3(ax, jl[c], jl[3 + c], jl[6 + c]) for c in range(3)]
+            rows.append(d_rot + list(a))
+        # Generic intrinsics (fx, fy, cx, cy, k1, k2, p1, p2) derivatives, summed per model
+        # parameter that feeds them.
+        generic = {
+            0: lambda: (xd, None),
+            1: lambda: (None, yd),
+            2: lambda: (1.0, None),
+            3: lambda: (None, 1.0),
+            4: lambda: (fx * x * r2, fy * y * r2),
+            5: lambda: (fx * x * r2 * r2, fy * y * r2 * r2),
+            6: lambda: (fx * 2.0 * xy, fy * (r2 + 2.0 * y2)),
+            7: lambda: (fx * (r2 + 2.0 * x2), fy * 2.0 * xy),
+        }
+        for p in range(len(MODEL_PARAMS[model])):
+            feeds = [generic[gi]() for gi, sp in enumerate(src) if sp == p]
+            for k, row in enumerate(rows):
+                col = _sum(*(f[k] for f in feeds if f[k] is not None))
+                if col is None or isinstance(col, float):
+                    col = torch.full_like(x, 0.0 if col is None else col)
+                row.append(col)
+        out.cam_u, out.cam_v = rows
+    return _flatten(out) if chunk else out
+
+
+def _flatten(out: ProjectionColumns) -> ProjectionColumns:
+    """Runs-by-chunk ``(n, L)`` columns (or per-run ``(n, 1)`` ones) as ``(M,)`` vectors."""
+    shape = out.u.shape
+
+    def f(t: Tensor) -> Tensor:
+        return t.expand(shape).reshape(-1)
+
+    def fl(ts: list[Tensor] | None) -> list[Tensor] | None:
+        return None if ts is None else [f(t) for t in ts]
+
+    return ProjectionColumns(
+        f(out.u),
+        f(out.v),
+        f(out.depth),
+        fl(out.cam_u),
+        fl(out.cam_v),
+        fl(out.point_u),
+        fl(out.point_v),
+    )
+
+
+def _dot3(a: list[Tensor], b0: Tensor, b1: Tensor, b2: Tensor) -> Tensor:
+    """``a[0] b0 + a[1] b1 + a[2] b2`` elementwise."""
+    return torch.addcmul(torch.addcmul(a[0] * b0, a[1], b1), a[2], b2)
 
 
 def project_with_jacobians(
@@ -82,66 +263,24 @@ def project_with_jacobians(
     triangulation needs only ``J_point``). The angle-axis derivative is exact:
     ``d(R(w) X)/dw = -[R X]_x J_l(w)`` with the SO(3) left Jacobian ``J_l``.
     """
-    if cam_index is None:
-        rx = rotate_angle_axis(rotation, points)
-        R = jl = None
-    else:
-        R = angle_axis_to_matrix(rotation)[cam_index]
-        rx = R[:, :, 0] * points[:, 0:1] + R[:, :, 1] * points[:, 1:2] + R[:, :, 2] * points[:, 2:3]
-        jl = (
-            _left_jacobian(rotation)[cam_index]
-            if with_jacobians and not point_jacobian_only
-            else None
-        )
-        translation = translation[cam_index]
-        intrinsics = intrinsics[cam_index]
-    pc = rx + translation
-    fx, fy, cx, cy, dist = split_params(model, intrinsics)
-    sign = -1.0 if model == "BAL" else 1.0
-    depth = sign * pc[:, 2]
-    inv_d = 1.0 / depth
-    x = pc[:, 0] * inv_d
-    y = pc[:, 1] * inv_d
-    k1, k2, p1, p2 = dist.unbind(-1)
-    x2, y2, xy = x * x, y * y, x * y
-    r2 = x2 + y2
-    radial = 1.0 + r2 * (k1 + k2 * r2)
-    xd = x * radial + 2.0 * p1 * xy + p2 * (r2 + 2.0 * x2)
-    yd = y * radial + p1 * (r2 + 2.0 * y2) + 2.0 * p2 * xy
-    pixels = torch.stack([fx * xd + cx, fy * yd + cy], -1)
+    cols = projection_columns(
+        model,
+        rotation,
+        translation,
+        intrinsics,
+        points,
+        cam_index,
+        camera_jacobian=with_jacobians and not point_jacobian_only,
+        point_jacobian=with_jacobians,
+    )
+    pixels = torch.stack([cols.u, cols.v], -1)
     if not with_jacobians:
-        return pixels, depth, None, None, None
-    m = pc.shape[0]
-    g = 2.0 * (k1 + 2.0 * k2 * r2)
-    d00 = radial + x2 * g + 2.0 * p1 * y + 6.0 * p2 * x
-    d01 = xy * g + 2.0 * p1 * x + 2.0 * p2 * y
-    d11 = radial + y2 * g + 6.0 * p1 * y + 2.0 * p2 * x
-    # d pixel / d P (2x3): diag(f) * Jdist * dxy/dP with dxy/dP = [[1,0,-s x],[0,1,-s y]] / d.
-    a00, a01, a10, a11 = fx * d00 * inv_d, fx * d01 * inv_d, fy * d01 * inv_d, fy * d11 * inv_d
-    a02 = -sign * (a00 * x + a01 * y)
-    a12 = -sign * (a10 * x + a11 * y)
-    dpix_dP = torch.stack([a00, a01, a02, a10, a11, a12], -1).reshape(m, 2, 3)
-    if R is None:
-        R = angle_axis_to_matrix(rotation)
-        jl = None if point_jacobian_only else _left_jacobian(rotation)
-    j_point = _small_mm(dpix_dP, R)
+        return pixels, cols.depth, None, None, None
+    j_point = torch.stack([torch.stack(cols.point_u, -1), torch.stack(cols.point_v, -1)], 1)
     if point_jacobian_only:
-        return pixels, depth, None, None, j_point
-    # Row a of dpix/dP times [rx]_x is (a x rx)^T.
-    a_cross = torch.linalg.cross(dpix_dP, rx[:, None, :].expand(-1, 2, -1), dim=-1)
-    d_rot = -_small_mm(a_cross, jl)
-    j_pose = torch.cat([d_rot, dpix_dP], -1)
-    # Generic intrinsics derivatives (2 x 8), then mapped to the model's parameters.
-    z = torch.zeros_like(x)
-    o = torch.ones_like(x)
-    ju = torch.stack(
-        [xd, z, o, z, fx * x * r2, fx * x * r2 * r2, fx * 2.0 * xy, fx * (r2 + 2.0 * x2)], -1
-    )
-    jv = torch.stack(
-        [z, yd, z, o, fy * y * r2, fy * y * r2 * r2, fy * (r2 + 2.0 * y2), fy * 2.0 * xy], -1
-    )
-    j_intr = torch.stack([ju, jv], 1) @ _generic_map(model, pc.dtype, pc.device)
-    return pixels, depth, j_pose, j_intr, j_point
+        return pixels, cols.depth, None, None, j_point
+    j_cam = torch.stack([torch.stack(cols.cam_u, -1), torch.stack(cols.cam_v, -1)], 1)
+    return pixels, cols.depth, j_cam[:, :, :6], j_cam[:, :, 6:], j_point
 
 
 def robust_rho(loss: str, s: Tensor, a: float) -> tuple[Tensor, Tensor, Tensor]:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from sceneforge.recon.ba.problem import BAOptions, BAProblem
-from sceneforge.recon.ba.residuals import project_with_jacobians, robust_rho
+from sceneforge.recon.ba.residuals import projection_columns, robust_rho
 from sceneforge.recon.ba.structure import Structure
 
 
@@ -34,41 +34,73 @@ def gather_params(problem: BAProblem, st: Structure, rot, trans, intr, pts):
     return rot[st.cam], trans[st.cam], intr_obs, pts[st.pt]
 
 
-def residuals(problem: BAProblem, st: Structure, params, with_jacobians: bool):
+def residuals(problem: BAProblem, st: Structure, params, with_jacobians: bool = False):
+    """Weighted residuals ``(M, 2)``; with Jacobians also the camera side, written into an
+    ``(M + 1, 2, C)`` buffer whose last row is the zero padding of the chunk tables, and
+    ``J_point (M, 2, 3)``."""
     rot, trans, intr, pts = params
     intr_c = intr.expand(st.nc, -1) if intr.shape[0] == 1 else intr
-    pix, depth, jpose, jintr, jpt = project_with_jacobians(
-        problem.model, rot, trans, intr_c, pts[st.pt], with_jacobians, cam_index=st.cam
+    cols = projection_columns(
+        problem.model,
+        rot,
+        trans,
+        intr_c,
+        pts,
+        st.cam_chunk_cam,
+        camera_jacobian=with_jacobians,
+        point_jacobian=with_jacobians,
+        point_index=st.pt,
+        chunk=st.chunk,
     )
-    r = pix - problem.observations
+    r = torch.stack([cols.u, cols.v], -1) - problem.observations
     w = problem.weights
+    if st.zero_behind:
+        front = (cols.depth >= torch.finfo(r.dtype).eps).to(r.dtype)
+        w = front if w is None else w * front
     if w is not None:
         r = r * w[:, None]
-        if with_jacobians:
-            jpose = jpose * w[:, None, None]
-            jintr = jintr * w[:, None, None]
-            jpt = jpt * w[:, None, None]
-    return r, jpose, jintr, jpt
-
-
-def _assemble(st: Structure, blocks: Tensor, ca: Tensor, cb: Tensor) -> Tensor:
-    """Sum ``(K, C, C)`` blocks at camera pairs ``(ca, cb)`` into a dense ``(Nr, Nr)``."""
+    if st.pad_rows is not None:
+        r[st.pad_rows] = 0.0
+    if not with_jacobians:
+        return r
+    m = r.shape[0]
     C = st.col_idx.shape[1]
-    rows = st.col_idx[ca][:, :, None].expand(-1, C, C)
-    cols = st.col_idx[cb][:, None, :].expand(-1, C, C)
-    out = torch.zeros(st.nr, st.nr, dtype=blocks.dtype, device=blocks.device)
-    return out.index_put_((rows, cols), blocks, accumulate=True)
+    # One stacking copy each (row-major (u | v) entries), into a buffer whose first m rows are
+    # contiguous: much faster than one strided column write per entry.
+    jc_ext = r.new_empty(m + 1, 2, C)
+    jc_ext[m] = 0.0
+    torch.stack(cols.cam_u[:C] + cols.cam_v[:C], 1, out=jc_ext.view(m + 1, 2 * C)[:m])
+    jpt = torch.stack(cols.point_u + cols.point_v, 1).view(m, 2, 3)
+    if w is not None:
+        jc_ext[:m].mul_(w[:, None, None])
+        jpt.mul_(w[:, None, None])
+    if st.pad_rows is not None:
+        jc_ext[st.pad_rows] = 0.0
+        jpt[st.pad_rows] = 0.0
+    return r, jc_ext, jpt
 
 
-def scatter_vector(st: Structure, vec: Tensor) -> Tensor:
-    """Sum ``(M, C)`` camera-side per-observation vectors into ``(Nr,)``."""
-    out = torch.zeros(st.nr, dtype=vec.dtype, device=vec.device)
-    return out.index_add_(0, st.col_obs.reshape(-1), vec.reshape(-1))
+def _assemble(st: Structure, blocks: Tensor, flat: Tensor) -> Tensor:
+    """Sum ``(K, C, C)`` camera blocks at their flat indices into a dense ``(Nr, Nr)``."""
+    out = blocks.new_zeros(st.nr * st.nr)
+    return out.index_add_(0, flat, blocks.reshape(-1)).view(st.nr, st.nr)
+
+
+def _scatter_chunks(st: Structure, vec: Tensor) -> Tensor:
+    """Sum ``(Ncc, C)`` per-chunk camera-side vectors into ``(Nr,)``."""
+    per_cam = vec.new_zeros(st.nc, vec.shape[1]).index_add_(0, st.cam_chunk_cam, vec)
+    out = vec.new_zeros(st.nr)
+    return out.index_add_(0, st.col_idx.reshape(-1), per_cam.reshape(-1))
+
+
+def _chunk_sums(st: Structure, vec: Tensor) -> Tensor:
+    """``(M, C)`` per-slot vectors summed over each camera chunk: ``(Ncc, C)``."""
+    return vec.view(st.cam_chunk_cam.shape[0], st.chunk, vec.shape[1]).sum(1)
 
 
 def gather_vector(st: Structure, x: Tensor) -> Tensor:
     """Camera-side ``(Nr,)`` vector to per-observation ``(M, C)``."""
-    return x[st.col_obs]
+    return x[st.col_idx].index_select(0, st.cam)
 
 
 def free_mask_c(st: Structure) -> Tensor:
@@ -76,6 +108,19 @@ def free_mask_c(st: Structure) -> Tensor:
     if st.ni:
         parts.append(st.free_intr.reshape(-1))
     return torch.cat(parts)
+
+
+def _camera_gram(st: Structure, a_ext: Tensor, b_ext: Tensor) -> Tensor:
+    """``sum_l A[l]^T B[l]`` over each run of ``st.chunk`` consecutive slots (one camera's).
+
+    ``a_ext``/``b_ext`` are ``(M + 1, k, C)``; the first M rows viewed as ``(n, L * k, C)``
+    chunks need no gather (the slot layout pads every camera to whole chunks).
+    """
+    n = st.cam_chunk_cam.shape[0]
+    k, C = a_ext.shape[1], a_ext.shape[2]
+    A = a_ext[:-1].view(n, st.chunk * k, C)
+    B = b_ext[:-1].view(n, st.chunk * k, C)
+    return torch.bmm(A.transpose(1, 2), B)
 
 
 def _chunk_gram(a_ext: Tensor, b_ext: Tensor, ia: Tensor, ib: Tensor) -> Tensor:
@@ -92,16 +137,10 @@ def _chunk_gram(a_ext: Tensor, b_ext: Tensor, ia: Tensor, ib: Tensor) -> Tensor:
 
 
 def linearise(problem: BAProblem, st: Structure, params, options: BAOptions) -> Linearisation:
-    r, jpose, jintr, jpt = residuals(problem, st, params, True)
+    r, jc_ext, jpt = residuals(problem, st, params, True)
     m = r.shape[0]
     C = st.col_idx.shape[1]
-    # Camera-side Jacobian written straight into a buffer with the zero padding row.
-    jc_ext = r.new_empty(m + 1, 2, C)
-    jc_ext[m] = 0.0
     jc = jc_ext[:m]
-    jc[:, :, :6] = jpose
-    if st.ni:
-        jc[:, :, 6:] = jintr
     free_c = free_mask_c(st)
     if not bool(free_c.all()):  # frozen parameters: zero their Jacobian columns
         jc.mul_(free_c[st.col_obs][:, None, :])
@@ -127,10 +166,9 @@ def linearise(problem: BAProblem, st: Structure, params, options: BAOptions) -> 
         jpt = sq1[:, None, None] * (jpt - ra[:, :, None] * rjp[:, None, :])
         r = r * res_scale[:, None]
     # U: Gram matrices of chunks of each camera's observations, one batched GEMM.
-    c = st.cam_chunk_cam
-    U = _assemble(st, _chunk_gram(jc_ext, jc_ext, st.cam_chunks, st.cam_chunks), c, c)
+    U = _assemble(st, _camera_gram(st, jc_ext, jc_ext), st.cam_chunk_flat)
     j0, j1 = jpt[:, 0], jpt[:, 1]
-    vblk = j0[:, :, None] * j0[:, None, :] + j1[:, :, None] * j1[:, None, :]
+    vblk = torch.bmm(jpt.transpose(1, 2), jpt)
     V = torch.zeros(st.npts, 9, dtype=r.dtype, device=r.device).index_add_(
         0, st.pt, vblk.reshape(-1, 9)
     )
@@ -140,7 +178,9 @@ def linearise(problem: BAProblem, st: Structure, params, options: BAOptions) -> 
     torch.mul(j0[:, :, None], jc[:, 0, None, :], out=Wk)
     Wk.addcmul_(j1[:, :, None], jc[:, 1, None, :])
     r0, r1 = r[:, 0:1], r[:, 1:2]
-    gc = scatter_vector(st, jc[:, 0] * r0 + jc[:, 1] * r1)
+    n = st.cam_chunk_cam.shape[0]
+    gc_chunks = torch.bmm(r.reshape(n, 1, 2 * st.chunk), jc.reshape(n, 2 * st.chunk, C))
+    gc = _scatter_chunks(st, gc_chunks[:, 0])
     gp = torch.zeros(st.npts, 3, dtype=r.dtype, device=r.device).index_add_(
         0, st.pt, j0 * r0 + j1 * r1
     )
@@ -197,11 +237,10 @@ def schur_solve(
     torch.mul(Vg[:, :, 0:1], Wk[:, None, 0, :], out=Yk)
     Yk.addcmul_(Vg[:, :, 1:2], Wk[:, None, 1, :])
     Yk.addcmul_(Vg[:, :, 2:3], Wk[:, None, 2, :])
-    c = st.cam_chunk_cam
-    S = lin.U - _assemble(st, _chunk_gram(Y_ext, lin.Wk_ext, st.cam_chunks, st.cam_chunks), c, c)
+    S = lin.U - _assemble(st, _camera_gram(st, Y_ext, lin.Wk_ext), st.cam_chunk_flat)
     if st.pair_chunks_a.numel():
         G = _chunk_gram(Y_ext, lin.Wk_ext, st.pair_chunks_a, st.pair_chunks_b)
-        X = _assemble(st, G, st.pair_chunk_cams[:, 0], st.pair_chunk_cams[:, 1])
+        X = _assemble(st, G, st.pair_chunk_flat)
         S = S - X - X.T
     diag = S.diagonal()
     if damp_c is not None:
@@ -209,15 +248,16 @@ def schur_solve(
     diag += 1.0 - free_c  # frozen rows/cols are zero: unit diagonal keeps S definite
     vp = _mat3_vec(Vinv, rp)
     vpo = vp[st.pt]
-    wv = Wk[:, 0] * vpo[:, 0:1] + Wk[:, 1] * vpo[:, 1:2] + Wk[:, 2] * vpo[:, 2:3]
-    rhs = rc - scatter_vector(st, wv)
+    wv = Wk[:, 0] * vpo[:, 0:1]
+    wv.addcmul_(Wk[:, 1], vpo[:, 1:2]).addcmul_(Wk[:, 2], vpo[:, 2:3])
+    rhs = rc - _scatter_chunks(st, _chunk_sums(st, wv))
     rhs = rhs * free_c
     L, info = torch.linalg.cholesky_ex(S)
     if int(info) != 0:
         return None
     xc = torch.cholesky_solve(rhs[:, None], L)[:, 0] * free_c
     xo = gather_vector(st, xc)
-    wx = (Wk * xo[:, None, :]).sum(-1)
+    wx = torch.bmm(Wk, xo[:, :, None])[:, :, 0]
     t = rp - torch.zeros_like(rp).index_add_(0, st.pt, wx)
     xp = _mat3_vec(Vinv, t)
     if not st.free_points:

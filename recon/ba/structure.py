@@ -17,8 +17,10 @@ from sceneforge.recon.ba.problem import BAOptions, BAProblem
 class Structure:
     """Index bookkeeping of one problem (built once per solve).
 
-    Observations must be sorted by camera (``bundle_adjust`` does it), so each camera's
-    observations form a contiguous segment and per-camera sums are single GEMMs.
+    Observations are laid out by :func:`pad_by_camera` (``bundle_adjust`` does it): sorted
+    by camera, each camera's run padded to a multiple of ``chunk`` slots, so the per-camera
+    sums are batched GEMMs over plain views (no gathers). Padding slots repeat one of their
+    camera's observations and get zero residuals and Jacobians (``pad_rows``).
     """
 
     nc: int
@@ -30,18 +32,32 @@ class Structure:
     intr_block: Tensor | None  # per observation
     col_idx: Tensor  # (Nc, C) reduced-system indices of each camera's [pose | intr]
     col_obs: Tensor  # (M, C) the same per observation
-    cam_chunks: Tensor  # (Ncc, L) observation indices per chunk of one camera (M = padding)
-    cam_chunk_cam: Tensor  # (Ncc,) camera of each chunk
+    cam_chunk_cam: Tensor  # (Ncc,) camera of each run of ``chunk`` consecutive slots
     pair_chunks_a: Tensor  # (Npc, L) first observation of each pair in a chunk (M = padding)
     pair_chunks_b: Tensor  # (Npc, L) second observation
     pair_chunk_cams: Tensor  # (Npc, 2) camera pair (ca <= cb) of each chunk
     free_pose: Tensor  # (Nc, 6) float mask
     free_intr: Tensor | None  # (Ni, P) float mask
     free_points: bool
+    zero_behind: bool = False  # zero residual where depth < eps (COLMAP's objective)
+    pad_rows: Tensor | None = None  # padding slots (zero residual and Jacobian)
+    chunk: int = 32  # slots per camera chunk
+    cam_chunk_flat: Tensor | None = None  # (Ncc * C * C,) flat (Nr, Nr) index of each entry
+    pair_chunk_flat: Tensor | None = None  # (Npc * C * C,) the same for the pair chunks
 
     @property
     def nr(self) -> int:
         return 6 * self.nc + self.P * self.ni
+
+    def __post_init__(self) -> None:
+        self.cam_chunk_flat = self._flat(self.cam_chunk_cam, self.cam_chunk_cam)
+        self.pair_chunk_flat = self._flat(self.pair_chunk_cams[:, 0], self.pair_chunk_cams[:, 1])
+
+    def _flat(self, ca: Tensor, cb: Tensor) -> Tensor:
+        """Flat indices into the dense ``(Nr, Nr)`` system of ``(K, C, C)`` camera blocks."""
+        rows = self.col_idx[ca][:, :, None]
+        cols = self.col_idx[cb][:, None, :]
+        return (rows * self.nr + cols).reshape(-1)
 
 
 def _point_pairs(pt: Tensor, npts: int) -> tuple[Tensor, Tensor]:
@@ -82,7 +98,37 @@ def gauge_scale_coordinate(problem: BAProblem, options: BAOptions) -> tuple[int,
     return k, int(torch.argmax(v.abs()))
 
 
-def build_structure(problem: BAProblem, options: BAOptions) -> Structure:
+def _behind_camera(mode: str) -> bool:
+    if mode not in ("keep", "zero"):
+        raise ValueError(f"unknown behind_camera {mode!r}; use 'keep' or 'zero'")
+    return mode == "zero"
+
+
+def pad_by_camera(cam: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slot layout sorted by camera with each camera's run padded to a multiple of ``size``.
+
+    Returns ``src (M_pad,)``, the observation in each slot (a padding slot repeats its
+    camera's first observation), and the padding slots ``(M_pad - M,)``.
+    """
+    order = np.argsort(cam, kind="stable")
+    sc = cam[order]
+    starts = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]])
+    lengths = np.diff(np.r_[starts, len(sc)])
+    padded = -(-lengths // size) * size
+    run = np.repeat(np.arange(len(starts)), lengths)
+    slot = (np.cumsum(padded) - padded)[run] + np.arange(len(sc)) - starts[run]
+    src = np.repeat(order[starts], padded)
+    src[slot] = order
+    is_pad = np.ones(int(padded.sum()), dtype=bool)
+    is_pad[slot] = False
+    return src, np.flatnonzero(is_pad)
+
+
+def build_structure(
+    problem: BAProblem, options: BAOptions, pad_rows: np.ndarray | None = None
+) -> Structure:
+    """Index bookkeeping of ``problem``, laid out by :func:`pad_by_camera` (``pad_rows``
+    are its padding slots)."""
     nc, npts = problem.num_cameras, problem.num_points
     P = len(MODEL_PARAMS[problem.model])
     dev, dt = problem.device, problem.dtype
@@ -121,8 +167,11 @@ def build_structure(problem: BAProblem, options: BAOptions) -> Structure:
                 )
             free_intr[:, MODEL_PARAMS[problem.model].index(name)] = 0.0
     m = cam.shape[0]
-    if m > 1 and bool((cam[1:] < cam[:-1]).any()):
-        raise ValueError("internal: observations must be sorted by camera")
+    cam_np = cam.cpu().numpy()
+    runs = np.diff(np.flatnonzero(np.r_[True, cam_np[1:] != cam_np[:-1], True]))
+    if (m > 1 and bool((cam[1:] < cam[:-1]).any())) or bool((runs % CHUNK).any()):
+        raise ValueError("internal: observations must be laid out by pad_by_camera")
+    pad = np.zeros(0, dtype=np.int64) if pad_rows is None else np.asarray(pad_rows)
     pose_cols = torch.arange(6 * nc, device=dev).reshape(nc, 6)
     if ni:
         blk = (
@@ -134,15 +183,15 @@ def build_structure(problem: BAProblem, options: BAOptions) -> Structure:
         col_idx = torch.cat([pose_cols, intr_cols], 1)
     else:
         col_idx = pose_cols
-    pa, pb = _point_pairs(pt, npts)
+    real = torch.as_tensor(np.setdiff1d(np.arange(m), pad), dtype=torch.long, device=dev)
+    pa, pb = _point_pairs(pt[real], npts)
+    pa, pb = real[pa], real[pb]
     swap = cam[pa] > cam[pb]
     pa, pb = torch.where(swap, pb, pa), torch.where(swap, pa, pb)
     key = (cam[pa] * nc + cam[pb]).cpu().numpy()
     order = np.argsort(key, kind="stable")
     pa_np, pb_np, key = pa.cpu().numpy()[order], pb.cpu().numpy()[order], key[order]
-    cam_np = cam.cpu().numpy()
-    c_pos, c_seg = _chunk_table(cam_np, _CHUNK)
-    p_pos, p_seg = _chunk_table(key, _CHUNK)
+    p_pos, p_seg = _chunk_table(key, PAIR_CHUNK)
     pa_ext = np.append(pa_np, m)
     pb_ext = np.append(pb_np, m)
     p_pos = np.where(p_pos < 0, len(pa_np), p_pos)
@@ -160,18 +209,21 @@ def build_structure(problem: BAProblem, options: BAOptions) -> Structure:
         intr_block,
         col_idx,
         col_idx[cam],
-        t(np.where(c_pos < 0, m, c_pos)),
-        t(c_seg),
+        cam[::CHUNK].clone(),
         t(pa_ext[p_pos]),
         t(pb_ext[p_pos]),
         t(np.stack([p_seg // nc, p_seg % nc], 1).reshape(-1, 2)),
         free_pose,
         free_intr,
         not options.fix_points,
+        _behind_camera(options.behind_camera),
+        t(pad) if len(pad) else None,
+        CHUNK,
     )
 
 
-_CHUNK = 16  # observations (or pairs) per GEMM chunk in the block sums
+CHUNK = 32  # slots per camera chunk (each camera padded to whole chunks) in the block sums
+PAIR_CHUNK = 16  # observation pairs of one camera pair per GEMM chunk
 
 
 def _chunk_table(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

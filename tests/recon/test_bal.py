@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sceneforge.recon.bal import BALFormatError, bal_cost, read_bal, write_bal
 from sceneforge.recon.ba import evaluate_cost, make_synthetic_problem
+from sceneforge.recon.bal import BALFormatError, bal_cost, read_bal, write_bal
 
 GOOD = """2 2 3
 0 0 1.5 -2.0

@@ -52,6 +52,48 @@ def test_analytic_jacobians_match_autograd(model):
         torch.testing.assert_close(jpt[i], jac[3], rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("model", ["BAL", "OPENCV"])
+def test_chunked_projection_matches_per_observation(model):
+    """Runs of ``chunk`` slots sharing a camera (BA's slot layout) give the same columns."""
+    from sceneforge.recon.ba.residuals import projection_columns
+    from sceneforge.recon.ba.structure import pad_by_camera
+
+    p = make_synthetic_problem(model, 4, 30, visibility=0.6)
+    src, pads = pad_by_camera(p.cam_idx.numpy(), 8)
+    cam, pt = p.cam_idx[src], p.point_idx[src]
+    full = projection_columns(
+        model, p.rotation, p.translation, p.intrinsics, p.points, cam, True, True, pt
+    )
+    chunked = projection_columns(
+        model, p.rotation, p.translation, p.intrinsics, p.points, cam[::8], True, True, pt, 8
+    )
+    for a, b in zip(
+        [full.u, full.v, full.depth, *full.cam_u, *full.cam_v, *full.point_u, *full.point_v],
+        [chunked.u, chunked.v, chunked.depth, *chunked.cam_u, *chunked.cam_v]
+        + [*chunked.point_u, *chunked.point_v],
+        strict=True,
+    ):
+        assert a.shape == b.shape == (len(src),)
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-12)
+
+
+def test_slot_layout_pads_each_camera_to_whole_chunks():
+    from sceneforge.recon.ba.structure import pad_by_camera
+
+    cam = np.array([2, 0, 1, 0, 2, 2, 0, 1, 2, 2, 2])
+    src, pads = pad_by_camera(cam, 4)
+    slot_cam = cam[src]
+    assert len(src) % 4 == 0 and bool((np.diff(slot_cam) >= 0).all())
+    # every run is a whole number of chunks; every observation has exactly one real slot
+    _, counts = np.unique(slot_cam, return_counts=True)
+    assert bool((counts % 4 == 0).all())
+    real = np.setdiff1d(np.arange(len(src)), pads)
+    assert sorted(src[real].tolist()) == list(range(len(cam)))
+    # real slots keep the input order within a camera (stable); pads repeat their camera
+    assert src[real].tolist() == [1, 3, 6, 2, 7, 0, 4, 5, 8, 9, 10]
+    assert len(pads) == len(src) - len(cam) == 1 + 2 + 2
+
+
 def test_rotation_jacobian_near_zero_angle():
     x = torch.randn(5, 3, dtype=torch.float64)
     rot = torch.zeros(5, 3, dtype=torch.float64)

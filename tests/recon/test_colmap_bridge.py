@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sceneforge.recon.bal import bal_cost, read_bal
 from sceneforge.recon.ba import (
     BAOptions,
     bundle_adjust,
@@ -13,6 +12,7 @@ from sceneforge.recon.ba import (
     make_synthetic_problem,
     perturb_problem,
 )
+from sceneforge.recon.bal import bal_cost, read_bal
 
 pycolmap = pytest.importorskip("pycolmap")
 from sceneforge.recon.colmap_bridge import (  # noqa: E402
@@ -70,3 +70,62 @@ def test_real_problem_round_trip(shared_data):
     p = read_bal(shared_data / "bal" / "gtsam_dubrovnik-3-7-pre.txt")
     q = reconstruction_to_problem(problem_to_reconstruction(p))
     assert abs(bal_cost(q) - bal_cost(p)) < 1e-9 * bal_cost(p)
+
+
+def _with_point_behind_camera(p, cam: int = 0):
+    """``p`` plus one point behind camera ``cam`` (seen from the others) with a bogus
+    observation in ``cam``: COLMAP zeroes that residual, the BAL objective keeps it."""
+    from dataclasses import replace
+
+    from sceneforge.core.rotations import angle_axis_to_matrix
+
+    R = angle_axis_to_matrix(p.rotation)
+    centers = -(R.transpose(1, 2) @ p.translation[:, :, None])[:, :, 0]
+    # BAL cameras look down -z: the camera's +z axis points backwards.
+    back = R[cam, 2]
+    x = centers[cam] + 1.5 * back
+    others = [c for c in range(p.num_cameras) if c != cam]
+    from sceneforge.recon.ba import project_observations
+
+    pix, depth = project_observations(
+        "BAL",
+        p.rotation[others],
+        p.translation[others],
+        p.intrinsics[others],
+        x.expand(len(others), 3),
+    )
+    seen = [c for c, d in zip(others, depth.tolist(), strict=True) if d > 0]
+    assert len(seen) >= 2
+    pix = pix[[others.index(c) for c in seen]]
+    j = p.num_points
+    cams = torch.tensor(seen + [cam])
+    obs = torch.cat([pix, torch.tensor([[5.0, -7.0]], dtype=pix.dtype)])
+    q = replace(
+        p,
+        points=torch.cat([p.points, x[None]]),
+        cam_idx=torch.cat([p.cam_idx, cams]),
+        point_idx=torch.cat([p.point_idx, torch.full_like(cams, j)]),
+        observations=torch.cat([p.observations, obs]),
+    )
+    _, d = project_observations(
+        "BAL", q.rotation[cam][None], q.translation[cam][None], q.intrinsics[cam][None], x[None]
+    )
+    assert float(d) < 0
+    return q
+
+
+def test_behind_camera_zero_is_colmaps_objective():
+    truth = make_synthetic_problem("BAL", 6, 40, noise_px=1.0, seed=3)
+    start = _with_point_behind_camera(perturb_problem(truth, 1e-2))
+    tol = dict(function_tolerance=1e-12, gradient_tolerance=1e-12, parameter_tolerance=1e-12)
+    ceres, _, _ = colmap_bundle_adjust(start, max_iterations=200, **tol)
+    zero, _ = bundle_adjust(
+        start, BAOptions(max_iterations=200, num_threads=1, behind_camera="zero", **tol)
+    )
+    keep, _ = bundle_adjust(start, BAOptions(max_iterations=200, num_threads=1, **tol))
+    colmap_cost = float(evaluate_cost(ceres, behind_camera="zero"))
+    # On COLMAP's objective ours reaches Ceres' optimum ...
+    assert abs(float(evaluate_cost(zero, behind_camera="zero")) - colmap_cost) <= 1e-6 * colmap_cost
+    # ... and the bogus observation costs something only under the BAL objective.
+    assert float(evaluate_cost(zero)) > float(evaluate_cost(zero, behind_camera="zero")) + 1.0
+    assert float(evaluate_cost(keep)) < float(evaluate_cost(zero))
