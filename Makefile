@@ -39,8 +39,10 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# -rs lists every skipped test with its reason; tests/skip_summary.py then counts them by what
+# is absent (../shared data, Chromium, CUDA, optional packages).
 pytest: venv
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	PYTHONPATH=tests$${PYTHONPATH:+:$$PYTHONPATH} $(VENV)/bin/pytest -q -rs -p no:cacheprovider -p skip_summary
 
 test: lint pytest
 

@@ -13,6 +13,9 @@ import importlib.util
 import json
 import math
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -85,6 +88,21 @@ class RenderConfig:
     """Torch device: auto, cpu, cuda, cuda:N (default: the run's)."""
 
 
+Hook = Callable[[Trainer], None]
+_TRAIN_HOOKS: ContextVar[tuple[tuple[int, Hook], ...]] = ContextVar("train_hooks", default=())
+
+
+@contextmanager
+def train_hooks(*hooks: tuple[int, Hook]) -> Iterator[None]:
+    """Inside the ``with`` block, :func:`train` adds these ``(every, fn)`` hooks to its trainer
+    (``Trainer.add_hook``): how an app reports training progress without wrapping ``train``."""
+    token = _TRAIN_HOOKS.set(_TRAIN_HOOKS.get() + tuple(hooks))
+    try:
+        yield
+    finally:
+        _TRAIN_HOOKS.reset(token)
+
+
 def _load(scene_dir: str | Path) -> SceneData:
     from sceneforge.core.io import load_scene
 
@@ -100,7 +118,8 @@ def train(
     """Train on a scene folder (COLMAP / transforms.json / LLFF) or an in-memory ``scene``.
 
     Writes ``OUT_DIR/checkpoint.pt``, ``config.json``, ``eval.json`` (``psnr``, ``ssim``,
-    ``num_eval_images``, ``steps``, ``wall_s``, ...) and returns the eval dict.
+    ``num_eval_images``, ``steps``, ``wall_s``, ...) and returns the eval dict. Hooks given
+    with :func:`train_hooks` around the call are added to the trainer (e.g. progress).
     """
     config = config or TrainConfig()
     overrides = {}
@@ -136,6 +155,8 @@ def train(
         )
     else:
         trainer = Trainer(scene, config.trainer, out)
+    for every, fn in _TRAIN_HOOKS.get():
+        trainer.add_hook(fn, every)
     atomic_write_json(out / CONFIG, config_to_dict(trainer.config))
     if scene_dir is not None:
         atomic_write_json(out / SOURCE, {"scene_dir": str(Path(scene_dir).resolve())})
@@ -228,25 +249,63 @@ def _depth_colormap(depth: torch.Tensor) -> torch.Tensor:
     return torch.where(valid[..., None], rgb, torch.zeros_like(rgb))
 
 
+def _even_frames(arr):
+    """``N H W 3`` frames padded by one edge-replicated row / column where ``H`` / ``W`` is odd
+    (H.264 in yuv420p needs even sizes)."""
+    import numpy as np
+
+    pad_h, pad_w = arr.shape[1] % 2, arr.shape[2] % 2
+    if not (pad_h or pad_w):
+        return arr
+    return np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
+def _mp4_writer() -> str | None:
+    """The installed mp4 writer: ``imageio_ffmpeg`` (a dependency, ships ffmpeg) or ``av``."""
+    return next(
+        (m for m in ("imageio_ffmpeg", "av") if importlib.util.find_spec(m) is not None), None
+    )
+
+
 def write_video(frames: list[torch.Tensor], path: Path, fps: int) -> Path:
-    """Write frames (``H W 3`` in [0, 1]) as mp4, falling back to GIF when no mp4 writer exists."""
+    """Write frames (``H W 3`` in [0, 1]) as an H.264 mp4 at ``path`` and return its path.
+
+    Odd frame sizes are padded by one pixel to even ones. The file is encoded in memory and
+    written atomically (an existing video is replaced whole or left as it was). Without an
+    mp4 writer (``imageio-ffmpeg`` or ``av``) it writes ``path`` with a ``.gif`` suffix and
+    prints a warning to stderr.
+    """
+    import sys
+
     import imageio.v3 as iio
     import numpy as np
 
+    from sceneforge.core.atomic import atomic_write_bytes
+
+    if not frames:
+        raise ValueError(f"{path}: no frames to write")
+    if fps <= 0:
+        raise ValueError(f"{path}: the frame rate must be positive, got {fps}")
     arr = np.stack([(f.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8) for f in frames])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mp4_writer = next(
-        (m for m in ("av", "imageio_ffmpeg") if importlib.util.find_spec(m) is not None), None
+    writer = _mp4_writer()
+    if writer is not None:
+        arr = _even_frames(arr)
+        if writer == "imageio_ffmpeg":
+            opts = {"plugin": "FFMPEG", "codec": "libx264", "macro_block_size": 1}
+            opts["pixelformat"] = "yuv420p"
+        else:
+            opts = {"plugin": "pyav", "codec": "libx264"}
+        data = iio.imwrite("<bytes>", arr, extension=".mp4", fps=fps, **opts)
+        return atomic_write_bytes(path, data)
+    gif = path.with_suffix(".gif")
+    print(
+        f"warning: no mp4 writer installed (pip install imageio-ffmpeg); writing {gif} instead",
+        file=sys.stderr,
     )
-    if mp4_writer == "av":
-        iio.imwrite(path, arr, fps=fps, plugin="pyav", codec="libx264")
-        return path
-    if mp4_writer == "imageio_ffmpeg":
-        iio.imwrite(path, arr, fps=fps, plugin="FFMPEG")
-        return path
-    gif = path.with_suffix(".gif")  # no mp4 writer installed (imageio[ffmpeg] or av)
-    iio.imwrite(gif, arr, duration=1000 / fps, loop=0, plugin="pillow")
-    return gif
+    data = iio.imwrite(
+        "<bytes>", arr, extension=".gif", duration=1000 / fps, loop=0, plugin="pillow"
+    )
+    return atomic_write_bytes(gif, data)
 
 
 def render(
@@ -254,8 +313,10 @@ def render(
     out_dir: str | Path,
     config: RenderConfig | None = None,
     scene: SceneData | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Render a camera path from ``RUN_DIR`` into ``OUT_DIR`` (``frames/``, ``depth/``, video)."""
+    """Render a camera path from ``RUN_DIR`` into ``OUT_DIR`` (``frames/``, ``depth/``, video);
+    ``progress(done, total)`` is called after each frame."""
     from sceneforge.core.image_io import write_image_atomic
 
     config = config or RenderConfig()
@@ -281,6 +342,8 @@ def render(
         write_image_atomic(out / FRAMES_DIR / f"{k:04d}.png", r["rgb"])
         if config.depth:
             write_image_atomic(out / DEPTH_DIR / f"{k:04d}.png", _depth_colormap(r["depth"]))
+        if progress is not None:
+            progress(k + 1, len(cams))
     result = {
         "num_frames": len(frames),
         "wall_s": time.perf_counter() - t0,

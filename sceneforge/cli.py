@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tracks": ("Tracks", "Build point tracks over all images of a folder."),
     "bundle-adjust": ("BundleAdjust", "Solve a BAL bundle-adjustment problem."),
     "train": ("Train", "Train a field on a posed scene; evaluate on held-out views."),
+    "eval": ("Eval", "Held-out PSNR / SSIM of a trained run at full size (like ns-eval)."),
     "render": ("Render", "Render a camera path from a trained run."),
     "export": ("Export", "Export a trained run: point cloud, mesh, TSDF mesh or depth maps."),
     "complete": ("Complete", "Complete a trained run inside a 3D box or per-image masks."),
@@ -30,14 +31,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _help() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = [
-        "usage: sceneforge {" + ",".join(COMMANDS) + "} ...",
+        "usage: sceneforge [--version] {" + ",".join(COMMANDS) + "} ...",
         "",
         "sceneforge: photos in, a complete editable 3D scene out.",
         "",
         "commands:",
     ]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "Run `sceneforge COMMAND --help` for a command's options."]
+    lines += ["", "Run `sceneforge COMMAND --help` for a command's options (--help-all: every"]
+    lines += ["option with its notes); `sceneforge --version` prints the version."]
     return "\n".join(lines)
 
 
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(_help())
         return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        print(f"sceneforge {version()}")
+        return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"sceneforge: unknown command {name!r}\n\n{_help()}", file=sys.stderr)
@@ -55,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
 
     commands = importlib.import_module("sceneforge.commands")
     cls = getattr(commands, COMMANDS[name][0])
+    if "--help-all" in rest:  # tyro's full help: every option with its whole docstring
+        rest = ["--help"]
+    elif "-h" in rest or "--help" in rest:  # one line per option, deep sections folded
+        from sceneforge.cli_help import format_help
+
+        print(format_help(f"sceneforge {name}", cls, cls.__doc__ or COMMANDS[name][1]))
+        raise SystemExit(0)
     cmd = tyro.cli(
         cls,
         args=rest,
@@ -68,6 +80,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"sceneforge {name}: error: {e}", file=sys.stderr)
         return 1
+
+
+def version() -> str:
+    """The installed package's version (from its metadata)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("sceneforge")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
 
 
 def _user_facing(e: BaseException) -> bool:

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import tyro
 
 from sceneforge.demo import DemoConfig
+from sceneforge.eval_run import EvalConfig
 from sceneforge.fields.api import RenderConfig, TrainConfig
 from sceneforge.fields.export import ExportConfig
 from sceneforge.inpaint.complete import CompleteConfig
@@ -21,6 +22,29 @@ from sceneforge.recon.reconstruct import ReconstructConfig
 from sceneforge.viewer import ViewerConfig
 
 Pos = tyro.conf.Positional
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_cell(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        text = ", ".join(_cell(v) for v in value[:8])
+        return f"[{text}{', ...' if len(value) > 8 else ''}] ({len(value)})"
+    return str(value)
+
+
+def table(values: dict, keys: tuple[str, ...] | None = None) -> str:
+    """Results as ``name  value`` rows (``keys``, those present, in order; default: every
+    number and string), instead of a dict repr."""
+    if keys is None:
+        keys = tuple(k for k, v in values.items() if isinstance(v, int | float | str))
+    rows = [(k, _cell(values[k])) for k in keys if k in values]
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
 #: A nested config whose flags are not prefixed (``--max-steps`` rather than ``--config.max-steps``).
 Flat = tyro.conf.arg(name="")
 
@@ -156,12 +180,31 @@ class Train:
     config: Annotated[TrainConfig, Flat] = field(default_factory=TrainConfig)
 
     def run(self) -> int:
-        import json
-
         from sceneforge.fields.api import train
 
         result = train(self.scene_dir, self.out_dir, self.config)
-        print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
+        keys = ("psnr", "ssim", "psnr_cc", "ssim_cc", "psnr_masked", "ssim_masked")
+        keys += ("num_eval_images", "num_train_images", "steps", "train_s", "model", "device")
+        print(table(result, keys))
+        print(f"wrote {self.out_dir / 'eval.json'}")
+        return 0
+
+
+@dataclass
+class Eval:
+    """Held-out PSNR / SSIM (LPIPS with local weights) of a trained run at full size; writes
+    RUN_DIR/eval.json, or the next free eval.vNNN.json (nothing is overwritten)."""
+
+    run_dir: Pos[Path]
+    """Run folder of ``sceneforge train``, or a ``sceneforge run`` output folder."""
+    config: Annotated[EvalConfig, Flat] = field(default_factory=EvalConfig)
+
+    def run(self) -> int:
+        from sceneforge.eval_run import evaluate_run, format_table
+
+        result, path = evaluate_run(self.run_dir, self.config)
+        print(format_table(result))
+        print(f"wrote {path}")
         return 0
 
 
@@ -177,9 +220,18 @@ class Render:
 
     def run(self) -> int:
         from sceneforge.fields.api import render
+        from sceneforge.progress import RunLog
 
-        out = render(self.run_dir, self.out_dir, self.config)
-        print(f"wrote {out}")
+        with RunLog(None).task("render", self.config.num_frames, unit="frame") as task:
+
+            def frame_done(done: int, total: int) -> None:
+                task.total = total
+                task.update(done)
+
+            out = render(self.run_dir, self.out_dir, self.config, progress=frame_done)
+        print(f"{out['num_frames']} frames: {out['frames']}")
+        if "video" in out:
+            print(f"video: {out['video']}")
         return 0
 
 
@@ -204,7 +256,6 @@ class Reconstruct:
 
     def run(self) -> int:
         import dataclasses
-        import json
 
         from sceneforge.recon.reconstruct import reconstruct
 
@@ -226,7 +277,8 @@ class Reconstruct:
             "num_points",
         )
         keys += ("mean_track_length", "mean_reproj_error_px", "timings_s")
-        print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
+        print(table(summary, keys))
+        print(f"wrote {self.out_dir}")
         return 0
 
 
@@ -258,7 +310,7 @@ class Complete:
         if cfg.device is not None:
             cfg = dataclasses.replace(cfg, device=str(resolve_device(cfg.device)))
         summary = complete(self.run_dir, self.out_dir, cfg)
-        print({k: v for k, v in summary.items() if isinstance(v, int | float | str)})
+        print(table(summary))
         return 0
 
 
@@ -318,5 +370,5 @@ class Export:
         from sceneforge.fields.export import export
 
         info = export(self.run_dir, self.out_dir, self.config)
-        print({k: v for k, v in info.items() if isinstance(v, int | float | str)})
+        print(table(info))
         return 0

@@ -220,12 +220,16 @@ def demo(
     ``stage_s`` are wall seconds, ``stage_cpu_s`` CPU seconds of this process (with one
     torch thread about the wall time on an idle machine).
     """
+    from sceneforge.core.run_files import LOG_FILE
     from sceneforge.pipeline import run
+    from sceneforge.progress import RunLog
 
     cfg = cfg or DemoConfig()
     out = Path(out_dir)
     t0, c0 = time.perf_counter(), cpu_seconds()
     inputs, run_dir = out / run_files.DEMO_INPUT_DIR, out / run_files.DEMO_RUN_DIR
+    if not isinstance(log, RunLog):  # the run's log file gets the demo's messages too
+        log = RunLog(run_dir / LOG_FILE, console=log)
     images_dir = inputs / run_files.DEMO_IMAGES_DIR
     truth = render_demo_images(inputs, cfg)
     t_render, c_render = time.perf_counter() - t0, cpu_seconds() - c0
@@ -263,6 +267,7 @@ def demo(
         "total_s": time.perf_counter() - t0,
         "total_cpu_s": cpu_seconds() - c0,
         "report": str(run_dir / run_files.REPORT_HTML),
+        "log": str(run_dir / LOG_FILE),
     }
     atomic_write_json(out / run_files.DEMO_SUMMARY, summary)
     return summary

@@ -27,9 +27,12 @@ from sceneforge.core.timing import cpu_seconds
 from sceneforge.fields.api import RenderConfig, TrainConfig
 from sceneforge.fields.trainer import TrainerConfig
 from sceneforge.inpaint.complete import CompleteConfig
+from sceneforge.progress import RunLog, Task
 from sceneforge.recon.reconstruct import ReconstructConfig
 
 STAGES = ("reconstruct", "train", "complete", "render", "report")
+#: The run's log (``OUT_DIR/log.txt``): stage messages and periodic progress lines (step, loss,
+#: ETA) whether or not stdout is a terminal. Appended to by every (re)run.
 
 
 def _default_train() -> TrainConfig:
@@ -45,13 +48,12 @@ class RunConfig:
     """``sceneforge run IMAGES_DIR OUT_DIR``: reconstruct, train, complete, render, report."""
 
     mask_box: tuple[float, float, float, float, float, float] | None = None
-    """World box ``xmin ymin zmin xmax ymax zmax`` to remove and complete (none: no completion)."""
+    """World box XMIN YMIN ZMIN XMAX YMAX ZMAX to remove and complete (none: no completion)."""
+    # A stage's own train.device / complete.device / render.device, when given, wins.
     device: str = "auto"
-    """Torch device of training, completion and rendering: ``auto`` (CUDA when available),
-    ``cpu``, ``cuda`` or ``cuda:N``; a stage's own ``train.device`` / ``complete.device`` /
-    ``render.device``, when given, wins."""
+    """Torch device of every stage: auto (CUDA when available), cpu, cuda or cuda:N."""
     model: Literal["nerf", "gaussians"] | None = None
-    """Scene model to train (default: ``train.trainer.model``, NeRF)."""
+    """Scene model to train (default: train.trainer.model, NeRF)."""
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     """Structure from motion."""
     train: TrainConfig = field(default_factory=_default_train)
@@ -62,11 +64,15 @@ class RunConfig:
     """Orbit video of the final field."""
 
 
+class RunError(ValueError):
+    """Bad input to ``sceneforge run`` (folders, stage records): the message names the path."""
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: unreadable stage record ({e}); delete it to redo the run") from e
+        raise RunError(f"{path}: unreadable stage record ({e}); delete it to redo the run") from e
 
 
 class _Stages:
@@ -98,8 +104,9 @@ def run(
     box in the reconstruction's frame before completing).
 
     ``OUT_DIR`` gets ``sfm/`` (COLMAP model, transforms.json), ``field/`` (the trained run),
-    ``complete/`` (with ``mask_box``), ``render/`` (orbit frames + video), ``points.ply`` and
-    ``report.html``. The user's images are only read.
+    ``complete/`` (with ``mask_box``), ``render/`` (orbit frames + video), ``points.ply``,
+    ``report.html`` and ``log.txt`` (``log``'s messages and the training / rendering progress
+    lines, see :class:`sceneforge.progress.RunLog`). The user's images are only read.
     """
     from sceneforge.core.image_io import list_images
 
@@ -111,8 +118,10 @@ def run(
     out = Path(out_dir)
     list_images(images_dir)  # clear error for a missing / empty folder before any work
     if out.resolve() == images_dir.resolve() or images_dir.resolve() in out.resolve().parents:
-        raise ValueError(f"{out}: the output folder may not be inside the image folder")
+        raise RunError(f"{out}: the output folder may not be inside the image folder")
     out.mkdir(parents=True, exist_ok=True)
+    if not isinstance(log, RunLog):
+        log = RunLog(out / run_files.LOG_FILE, console=log)
     stages = _Stages(out)
 
     def stage(name: str, fn: Callable[[], dict | None]) -> None:
@@ -144,12 +153,14 @@ def run(
         }
 
     def do_train() -> dict:
-        from sceneforge.fields.api import train
+        from sceneforge.fields.api import train, train_hooks
 
         tc = dataclasses.replace(
             cfg.train, device=cfg.train.device or device, model=cfg.model or cfg.train.model
         )
-        res = train(sfm_dir, field_dir, tc)
+        with log.task("train", 0, own_bar=tc.trainer.progress) as task:
+            with train_hooks((1, _train_progress(task))):
+                res = train(sfm_dir, field_dir, tc)
         return {
             k: res[k]
             for k in (
@@ -180,11 +191,17 @@ def run(
         from sceneforge.fields.api import render
 
         rc = dataclasses.replace(cfg.render, device=cfg.render.device or device)
-        video = render(final_dir, out / run_files.RENDER_DIR, rc)
+        with log.task("render", rc.num_frames, unit="frame") as task:
+
+            def frame_done(done: int, total: int) -> None:
+                task.total = total
+                task.update(done)
+
+            res = render(final_dir, out / run_files.RENDER_DIR, rc, progress=frame_done)
         scene = load_scene(sfm_dir / run_files.SFM_MODEL_DIR, images_dir=images_dir)
         if scene.points is not None:
             write_ply_points(out / run_files.POINTS_PLY, scene.points, scene.point_colors)
-        return {"video": str(video)}
+        return {k: res[k] for k in ("video", "frames", "num_frames") if k in res}
 
     plan = [("reconstruct", do_reconstruct), ("train", do_train)]
     if cfg.mask_box is not None:
@@ -196,7 +213,32 @@ def run(
             return stages.done
     write_report(out)
     log(f"report: {out / run_files.REPORT_HTML}")
+    video = stages.done.get("render", {}).get("video")
+    if video:
+        log(f"video: {video}")
+    log(f"log: {out / run_files.LOG_FILE}")
     return stages.done
+
+
+def _train_progress(task: Task) -> Callable:
+    """A trainer hook (every step) reporting the step, the last logged loss / PSNR and the ETA
+    to ``task`` (the first call sets the task's start: a resumed run starts mid-way)."""
+    started = False
+
+    def hook(trainer) -> None:
+        nonlocal started
+        if not started:
+            started = True
+            task.total = trainer.config.max_steps
+            task.rebase(trainer.step)
+        hist = trainer.history
+        info = ""
+        if hist:
+            h = hist[-1]
+            info = f"loss {h.get('loss', math.nan):.4f}  psnr {h.get('psnr', math.nan):.2f}"
+        task.update(trainer.step, info)
+
+    return hook
 
 
 # ----------------------------------------------------------------------------- report

@@ -59,6 +59,23 @@ def test_demo_registers_every_view_and_writes_report(demo_run):
     # completion wrote a new versioned dataset and never touched the input images
     versions = sorted((out / "run" / "complete" / "datasets").glob("v*"))
     assert versions, "the dataset update wrote no version"
+    assert stages["render"]["num_frames"] == 3
+
+
+def test_run_logs_stages_and_progress_to_a_file(demo_run):
+    """OUT/log.txt gets the stage messages and periodic progress lines (step, loss, ETA); with
+    stdout not a terminal (as here) the progress lines reach the console too."""
+    out, summary, logs = demo_run
+    log_file = out / "run" / "log.txt"
+    assert summary["log"] == str(log_file)
+    text = [ln.split(" ", 2)[2] for ln in log_file.read_text().splitlines()]
+    for msg in ("[reconstruct] ...", "[train] ...", "[render] ...", "report: "):
+        assert any(t.startswith(msg) for t in text), msg
+    assert any(t.startswith("mask box (reconstruction frame)") for t in text)
+    train = [t for t in text if t.startswith("[train] step ")]
+    assert train[-1].startswith("[train] step 60/60 (100%)  loss ") and "ETA" in train[-1]
+    assert any(t.startswith("[render] frame 3/3 (100%)") for t in text)
+    assert [m for m in logs if m.startswith("[train] step ")] == train
 
 
 def test_rerun_skips_finished_stages_and_keeps_inputs(demo_run):
@@ -81,6 +98,23 @@ def test_bad_inputs(tmp_path):
         run(tmp_path / "imgs", tmp_path / "out")
     with pytest.raises(ValueError, match="stop_after"):
         run(tmp_path / "imgs", tmp_path / "out", stop_after="nonsense")
+
+
+def test_output_inside_the_images_is_a_one_line_cli_error(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from sceneforge.cli import main
+
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / "a.png")
+    assert main(["run", str(tmp_path / "imgs"), str(tmp_path / "imgs" / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"sceneforge run: error: {tmp_path / 'imgs' / 'out'}: the output folder may not be "
+        "inside the image folder"
+    )
+    assert not (tmp_path / "imgs" / "out").exists()
 
 
 def test_run_trains_gaussians_from_the_reconstruction(demo_run, tmp_path):

@@ -169,3 +169,40 @@ __all__ = [
     "atomic_write_text",
     "remove_stale_temps",
 ]
+
+
+def versioned_name(path: Path, n: int) -> Path:
+    """``eval.json`` -> ``eval.json`` (n = 1), ``eval.v002.json`` (n = 2), ..."""
+    return path if n == 1 else path.with_name(f"{path.stem}.v{n:03d}{path.suffix}")
+
+
+def write_json_versioned(path: str | Path, obj: dict) -> Path:
+    """Write ``obj`` as JSON to ``path``, or to the first free ``STEM.vNNN.SUFFIX`` when ``path``
+    exists; returns the path written. The data is written to a temporary file first and linked
+    to a name that must not exist (``os.link``), so no file is ever overwritten, even by a
+    concurrent writer, and a failed write leaves nothing behind."""
+    path = Path(path)
+    text = json.dumps(obj, indent=2, default=str)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        for n in range(1, 10000):
+            target = versioned_name(path, n)
+            try:
+                os.link(tmp, target)
+                return target
+            except FileExistsError:
+                continue
+        raise OSError(f"{path}: 9999 versions exist already; move some away")
+    except OSError as e:
+        if isinstance(e, FileExistsError) or e.filename is None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -23,6 +23,11 @@ HISTORY = "history.json"
 #: TensorBoard event files.
 TENSORBOARD_DIR = "tensorboard"
 
+# -- a main-job output folder (``sceneforge run ... OUT``; the demo's run folder too)
+
+#: Progress of every stage (step, loss, ETA), written whether or not stdout is a terminal.
+LOG_FILE = "log.txt"
+
 # -- a completion run (``sceneforge complete OUT_DIR``; ``ns-train sceneforge-complete``)
 
 #: Completion summary (inpainter, steps, rounds, fill fraction, config).
