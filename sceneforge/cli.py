@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("Render", "Render a camera path from a trained run."),
     "export": ("Export", "Export a trained run: point cloud, mesh, TSDF mesh or depth maps."),
     "complete": ("Complete", "Complete a trained run inside a 3D box or per-image masks."),
-    "run": ("Run", "The main job: reconstruct, train, complete, render; resumable."),
+    "run": ("Run", "The main job: photos or a video in; planned, resumable, a report out."),
     "demo": ("Demo", "The main job on a procedural scene, with a quality check."),
     "view": ("View", "Open a scene or run folder in the browser viewer (localhost)."),
 }

@@ -316,19 +316,20 @@ class Complete:
 
 @dataclass
 class Run:
-    """The main job: reconstruct -> train -> (complete) -> render, resumable; writes
-    OUT_DIR/report.html."""
+    """The main job: photos or a video in; plan, reconstruct -> train -> (complete) ->
+    render, resumable; writes OUT_DIR/report.html."""
 
-    images_dir: Pos[Path]
-    """Folder of photos."""
+    photos_or_video: Pos[Path]
+    """Folder of photos, or a video file (mp4, mov, avi, ...: its sharpest frames are used)."""
     out_dir: Pos[Path]
-    """Output folder; re-running skips finished stages and resumes training."""
+    """Output folder (self-contained: holds the images it was made from); re-running skips
+    finished stages and resumes training."""
     config: Annotated[RunConfig, Flat] = field(default_factory=RunConfig)
 
     def run(self) -> int:
         from sceneforge.pipeline import run
 
-        run(self.images_dir, self.out_dir, self.config)
+        run(self.photos_or_video, self.out_dir, self.config)
         return 0
 
 

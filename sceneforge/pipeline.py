@@ -1,10 +1,16 @@
-"""The main job: photos in, a reconstructed, trained and (optionally) completed scene out.
+"""The main job: photos or a video in, a reconstructed, trained and (optionally) completed
+scene out.
 
-``run`` chains reconstruct → train → complete → render/export. Every stage writes into its
-own sub-folder of ``OUT_DIR`` and is recorded in ``OUT_DIR/stages.json`` (atomically) only
-when it finished, so re-running skips finished stages and a killed training continues from
-its last checkpoint. A final ``report.html`` shows cameras and points, the bundle-adjustment
-cost curve, the training curve and renders before/after completion.
+``run`` first puts its input inside ``OUT_DIR/images`` (downscaled copies of the photos, or
+the sharpest frames of a video, :mod:`sceneforge.video_input`), so that every path the run
+writes (``transforms.json``, the COLMAP model) stays inside ``OUT_DIR`` and the folder can be
+moved or shared. It then makes its plan (:mod:`sceneforge.plan`: working resolution, steps,
+render size and an estimated time, printed and logged; explicit settings win) and chains
+reconstruct → train → complete → render/export. Every stage writes into its own sub-folder of
+``OUT_DIR`` and is recorded in ``OUT_DIR/stages.json`` (atomically) only when it finished, so
+re-running skips finished stages and a killed training continues from its last checkpoint. A
+final ``report.html`` shows cameras and points, the bundle-adjustment cost curve, the training
+curve and renders before/after completion.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from sceneforge.core.timing import cpu_seconds
 from sceneforge.fields.api import RenderConfig, TrainConfig
 from sceneforge.fields.trainer import TrainerConfig
 from sceneforge.inpaint.complete import CompleteConfig
-from sceneforge.progress import RunLog, Task
+from sceneforge.plan import Plan, PlanOverrides, Quality, plan_run
+from sceneforge.progress import RunLog, Task, format_seconds
 from sceneforge.recon.reconstruct import ReconstructConfig
+from sceneforge.video_input import VideoConfig
 
 STAGES = ("reconstruct", "train", "complete", "render", "report")
 #: The run's log (``OUT_DIR/log.txt``): stage messages and periodic progress lines (step, loss,
@@ -45,8 +53,21 @@ def _default_render() -> RenderConfig:
 
 @dataclass
 class RunConfig:
-    """``sceneforge run IMAGES_DIR OUT_DIR``: reconstruct, train, complete, render, report."""
+    """``sceneforge run PHOTOS_OR_VIDEO OUT_DIR``: reconstruct, train, complete, render, report."""
 
+    # On CUDA the qualities are nerfstudio-like: 5k / 30k / 60k steps at up to 1600 px.
+    quality: Quality = "default"
+    """Plan: fast (~4 min on 2 CPU cores), default (~10 min) or high (~30 min)."""
+    steps: int | None = None
+    """Training steps (default: the plan's; wins over it, as does --train.max-steps)."""
+    downscale: int | None = None
+    """Training downscale of the images in OUT/images (default: the plan's)."""
+    render_downscale: int | None = None
+    """Video frame downscale of the images in OUT/images (default: the plan's)."""
+    num_frames: int | None = None
+    """Frames of the orbit video (default: the plan's)."""
+    video: VideoConfig = field(default_factory=VideoConfig)
+    """Frames taken from a video input."""
     mask_box: tuple[float, float, float, float, float, float] | None = None
     """World box XMIN YMIN ZMIN XMAX YMAX ZMAX to remove and complete (none: no completion)."""
     # A stage's own train.device / complete.device / render.device, when given, wins.
@@ -98,31 +119,48 @@ def run(
     log: Callable[[str], None] = print,
     stop_after: str | None = None,
 ) -> dict:
-    """Run (or resume) the main job; returns ``stages.json``'s content.
+    """Run (or resume) the main job on a folder of photos or a video file (``images_dir``);
+    returns ``stages.json``'s content.
 
     ``stop_after`` ends the run after that stage (e.g. ``"reconstruct"``, to place a mask
     box in the reconstruction's frame before completing).
 
-    ``OUT_DIR`` gets ``sfm/`` (COLMAP model, transforms.json), ``field/`` (the trained run),
-    ``complete/`` (with ``mask_box``), ``render/`` (orbit frames + video), ``points.ply``,
-    ``report.html`` and ``log.txt`` (``log``'s messages and the training / rendering progress
-    lines, see :class:`sceneforge.progress.RunLog`). The user's images are only read.
+    ``OUT_DIR`` gets ``images/`` (the photos scaled to at most ``reconstruct.max_image_size``,
+    or the video's frames), ``plan.json`` (see :func:`make_plan`), ``sfm/`` (COLMAP model,
+    transforms.json), ``field/`` (the trained run), ``complete/`` (with ``mask_box``),
+    ``render/`` (orbit frames + video), ``points.ply``, ``report.html`` and ``log.txt``
+    (``log``'s messages and the training / rendering progress lines, see
+    :class:`sceneforge.progress.RunLog`). The user's photos or video are only read.
     """
-    from sceneforge.core.image_io import list_images
+    from sceneforge.core.image_io import IMAGE_EXTENSIONS, list_images
 
     cfg = config or RunConfig()
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"stop_after must be one of {STAGES}, got {stop_after!r}")
     device = str(resolve_device(cfg.device))  # a clear error before any work
-    images_dir = Path(images_dir)
+    src = Path(images_dir)
     out = Path(out_dir)
-    list_images(images_dir)  # clear error for a missing / empty folder before any work
-    if out.resolve() == images_dir.resolve() or images_dir.resolve() in out.resolve().parents:
-        raise RunError(f"{out}: the output folder may not be inside the image folder")
+    is_file = src.is_file()
+    if is_file and src.suffix.lower() in IMAGE_EXTENSIONS:
+        raise RunError(f"{src}: a single image; give a folder of photos or a video file")
+    if is_file:
+        if out.resolve() == src.resolve():
+            raise RunError(f"{out}: the output folder may not be the video file")
+    else:
+        list_images(src)  # clear error for a missing / empty folder before any work
+        if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+            raise RunError(f"{out}: the output folder may not be inside the image folder")
     out.mkdir(parents=True, exist_ok=True)
     if not isinstance(log, RunLog):
         log = RunLog(out / run_files.LOG_FILE, console=log)
     stages = _Stages(out)
+    images_dir, sizes, rcfg = _prepare_images(src, out, cfg, log)
+    plan = make_plan(cfg, sizes, cfg.train.device or device)
+    for line in plan.lines():
+        log(line)
+    atomic_write_json(out / run_files.PLAN, plan.to_dict())
+    train_cfg, render_cfg = planned_configs(cfg, plan)
+    t_start = time.perf_counter()
 
     def stage(name: str, fn: Callable[[], dict | None]) -> None:
         if stages.finished(name):
@@ -143,7 +181,7 @@ def run(
 
         if sfm_dir.exists():  # an interrupted attempt: SfM has no partial state worth keeping
             shutil.rmtree(sfm_dir)
-        s = reconstruct(images_dir, sfm_dir, cfg.reconstruct)
+        s = reconstruct(images_dir, sfm_dir, rcfg)
         return {
             k: s[k]
             for k in ("num_images", "num_registered", "registered_by", "unregistered_images")
@@ -156,7 +194,7 @@ def run(
         from sceneforge.fields.api import train, train_hooks
 
         tc = dataclasses.replace(
-            cfg.train, device=cfg.train.device or device, model=cfg.model or cfg.train.model
+            train_cfg, device=cfg.train.device or device, model=cfg.model or cfg.train.model
         )
         with log.task("train", 0, own_bar=tc.trainer.progress) as task:
             with train_hooks((1, _train_progress(task))):
@@ -190,7 +228,7 @@ def run(
         from sceneforge.core.io_nerfstudio import write_ply_points
         from sceneforge.fields.api import render
 
-        rc = dataclasses.replace(cfg.render, device=cfg.render.device or device)
+        rc = dataclasses.replace(render_cfg, device=cfg.render.device or device)
         with log.task("render", rc.num_frames, unit="frame") as task:
 
             def frame_done(done: int, total: int) -> None:
@@ -203,21 +241,133 @@ def run(
             write_ply_points(out / run_files.POINTS_PLY, scene.points, scene.point_colors)
         return {k: res[k] for k in ("video", "frames", "num_frames") if k in res}
 
-    plan = [("reconstruct", do_reconstruct), ("train", do_train)]
+    todo = [("reconstruct", do_reconstruct), ("train", do_train)]
     if cfg.mask_box is not None:
-        plan.append(("complete", do_complete))
-    plan.append(("render", do_render))
-    for name, fn in plan:
+        todo.append(("complete", do_complete))
+    todo.append(("render", do_render))
+    for name, fn in todo:
         stage(name, fn)
         if name == stop_after:
             return stages.done
     write_report(out)
+    spent = time.perf_counter() - t_start
+    log(f"run took {format_seconds(spent)} (estimated {format_seconds(plan.total_s)})")
     log(f"report: {out / run_files.REPORT_HTML}")
     video = stages.done.get("render", {}).get("video")
     if video:
         log(f"video: {video}")
     log(f"log: {out / run_files.LOG_FILE}")
     return stages.done
+
+
+def _prepare_images(
+    src: Path, out: Path, cfg: RunConfig, log: Callable[[str], None]
+) -> tuple[Path, list[tuple[int, int]], ReconstructConfig]:
+    """Put the input inside ``OUT/images`` (photos: copies scaled to at most
+    ``reconstruct.max_image_size``; a video: its sharpest frames) and return that folder, the
+    images' sizes and the reconstruction config (its masks copied alongside when given).
+
+    A photo folder already inside ``OUT`` is used as it is. ``OUT/images`` made from another
+    input (a video record that does not match) is an error, never overwritten.
+    """
+    from sceneforge.core.atomic import atomic_write_json as write_json
+    from sceneforge.core.image_io import scan_folder
+    from sceneforge.video_input import copy_images, image_size, sample_video_frames
+
+    rcfg = cfg.reconstruct
+    max_size = rcfg.max_image_size
+    images = out / run_files.IMAGES_DIR
+    record_path = out / run_files.VIDEO_RECORD
+    if src.is_file():
+        want = {
+            "video": str(src.resolve()),
+            "video_bytes": src.stat().st_size,
+            "num_frames": cfg.video.num_frames,
+            "max_size": max_size,
+        }
+        record = _read_json(record_path) if record_path.exists() else None
+        same = record is not None and all(record.get(k) == v for k, v in want.items())
+        if same and all((images / f["file"]).is_file() for f in record["frames"]):
+            log(f"video: frames already in {images}; kept")
+        else:
+            if not same and images.exists() and any(images.iterdir()):
+                raise RunError(f"{images}: holds images of another input; use a new output folder")
+            record = sample_video_frames(src, images, cfg.video, max_size, log)
+            write_json(record_path, record)
+        files = [images / f["file"] for f in record["frames"]]
+    elif src.resolve() == out.resolve() or out.resolve() in src.resolve().parents:
+        files = scan_folder(src)[0]  # already inside OUT: nothing to copy
+        images = src
+    else:
+        if record_path.exists():
+            raise RunError(f"{images}: holds the frames of a video; use a new output folder")
+        masks_out = out / run_files.INPUT_MASKS_DIR if rcfg.masks_dir is not None else None
+        info = copy_images(src, images, max_size, rcfg.masks_dir, masks_out, log)
+        if masks_out is not None:
+            masks_out.mkdir(parents=True, exist_ok=True)
+            rcfg = dataclasses.replace(rcfg, masks_dir=masks_out)
+        files = [images / n for n in info["sizes"]]
+    sizes = [wh for wh in (image_size(p) for p in files) if wh is not None]
+    return images, sizes, rcfg
+
+
+def plan_overrides(cfg: RunConfig) -> PlanOverrides:
+    """The settings given explicitly (they win over the plan): the run's own ``steps``,
+    ``downscale``, ``render_downscale`` and ``num_frames``, else the stage settings they stand
+    for when they differ from the run's defaults (``--train.max-steps``,
+    ``--train.trainer.max-steps`` / ``downscale``, ``--render.downscale`` / ``num-frames``)."""
+    base_train, base_render = _default_train(), _default_render()
+
+    def first(*values):
+        return next((v for v in values if v is not None), None)
+
+    trainer = cfg.train.trainer
+
+    def given(value, default):
+        return value if value != default else None
+
+    return PlanOverrides(
+        steps=first(
+            cfg.steps, cfg.train.max_steps, given(trainer.max_steps, base_train.trainer.max_steps)
+        ),
+        downscale=first(cfg.downscale, given(trainer.downscale, base_train.trainer.downscale)),
+        render_downscale=first(cfg.render_downscale, cfg.render.downscale),
+        num_frames=first(cfg.num_frames, given(cfg.render.num_frames, base_render.num_frames)),
+    )
+
+
+def make_plan(cfg: RunConfig, sizes: list[tuple[int, int]], device: str) -> Plan:
+    """The run's :class:`~sceneforge.plan.Plan` for images of ``sizes`` (the largest counts)."""
+    if not sizes:
+        raise RunError("no readable image to plan the run from")
+    w, h = max(sizes, key=lambda wh: (max(wh), wh[0] * wh[1]))
+    model = cfg.model or cfg.train.model or cfg.train.trainer.model
+    steps = rounds = 0
+    if cfg.mask_box is not None:
+        u = cfg.complete.update
+        rounds = u.num_rounds
+        steps = u.warmup_steps + u.num_rounds * u.update_every + u.final_steps
+    return plan_run(
+        len(sizes),
+        (w, h),
+        device,
+        cfg.quality,
+        plan_overrides(cfg),
+        model=model,
+        sfm_max_image_size=cfg.reconstruct.max_image_size,
+        complete_steps=steps,
+        complete_rounds=rounds,
+    )
+
+
+def planned_configs(cfg: RunConfig, plan: Plan) -> tuple[TrainConfig, RenderConfig]:
+    """The train and render configs with the plan's steps, downscales and frames."""
+    trainer = dataclasses.replace(cfg.train.trainer, downscale=plan.downscale, max_steps=plan.steps)
+    train = dataclasses.replace(cfg.train, max_steps=plan.steps, trainer=trainer)
+    render = dataclasses.replace(
+        cfg.render, downscale=plan.render_downscale, num_frames=plan.num_frames
+    )
+    return train, render
 
 
 def _train_progress(task: Task) -> Callable:

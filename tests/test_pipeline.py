@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -72,6 +73,15 @@ def test_run_logs_stages_and_progress_to_a_file(demo_run):
     for msg in ("[reconstruct] ...", "[train] ...", "[render] ...", "report: "):
         assert any(t.startswith(msg) for t in text), msg
     assert any(t.startswith("mask box (reconstruction frame)") for t in text)
+    # the plan and its estimate are printed and logged before any stage runs
+    first_stage = text.index("[reconstruct] ...")
+    plan_lines = [k for k, t in enumerate(text) if t.startswith("plan (default quality, cpu")]
+    assert plan_lines and plan_lines[0] < first_stage
+    assert text[plan_lines[0] + 1].startswith("  train: 60 steps (given)")
+    assert text[plan_lines[0] + 3].startswith("  estimated time: ")
+    assert any(t.startswith("run took ") and "(estimated " in t for t in text)
+    plan = json.loads((out / "run" / "plan.json").read_text())
+    assert plan["steps"] == 60 and plan["downscale"] == 4 and plan["num_frames"] == 3
     train = [t for t in text if t.startswith("[train] step ")]
     assert train[-1].startswith("[train] step 60/60 (100%)  loss ") and "ETA" in train[-1]
     assert any(t.startswith("[render] frame 3/3 (100%)") for t in text)
@@ -129,3 +139,34 @@ def test_run_trains_gaussians_from_the_reconstruction(demo_run, tmp_path):
     sfm = load_scene(tmp_path / "gs" / "sfm")
     assert ev["model"] == "gaussians" and ev["steps"] == 10
     assert ev["num_gaussians"] == len(sfm.points)  # no densification within 10 steps
+
+
+def _path_values(obj, key: str = "") -> list[str]:
+    """Every string under a key naming a path (``file_path``, ``ply_file_path``, ...)."""
+    if isinstance(obj, dict):
+        return [v for k, x in obj.items() for v in _path_values(x, k)]
+    if isinstance(obj, list):
+        return [v for x in obj for v in _path_values(x, key)]
+    return [obj] if isinstance(obj, str) and key.endswith("path") else []
+
+
+def test_out_is_self_contained_and_can_be_moved(demo_run, tmp_path):
+    """Every path in transforms.json resolves inside OUT (the images are copied into
+    OUT/images); a moved copy of OUT loads, images included, from its new place only."""
+    out, _, _ = demo_run
+    run_dir = out / "run"
+    sfm = run_dir / "sfm"
+    paths = _path_values(json.loads((sfm / "transforms.json").read_text()))
+    assert len(paths) == 24 + 1  # 24 frames' file_path + the sparse points' ply_file_path
+    for p in paths:
+        resolved = (sfm / p).resolve()
+        assert run_dir.resolve() in resolved.parents and resolved.is_file(), p
+    # the copies are the inputs, byte for byte (256 px: below the reconstruction's size)
+    assert _digest(run_dir / "images") == _digest(out / "input" / "images")
+    moved = tmp_path / "elsewhere" / "shared"
+    shutil.copytree(run_dir, tmp_path / "copy")
+    shutil.move(tmp_path / "copy", moved)
+    scene = load_scene(moved / "sfm")
+    assert len(scene) == 24 and scene.points is not None
+    assert all(moved.resolve() in Path(p).resolve().parents for p in scene.image_paths)
+    assert scene.load_image(3).shape == (256, 256, 3)

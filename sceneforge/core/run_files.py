@@ -86,6 +86,15 @@ SFM_SUMMARY = "summary.json"
 
 #: Finished stages with their timings and results.
 STAGE_RECORD = "stages.json"
+#: The run's input inside the output folder: the photos scaled to the reconstruction's image
+#: size, or the frames taken from a video (``transforms.json`` points here).
+IMAGES_DIR = "images"
+#: The masks of ``reconstruct.masks_dir``, at the size of the images in ``IMAGES_DIR``.
+INPUT_MASKS_DIR = "input_masks"
+#: Which frames were taken from the input video (index, sharpness), and from which video.
+VIDEO_RECORD = "video.json"
+#: The run's plan: resolution, steps, render size and estimated seconds per stage.
+PLAN = "plan.json"
 #: The reconstruction stage's output (a reconstruction folder, see above).
 SFM_DIR = "sfm"
 #: The training stage's output (a fields run).
