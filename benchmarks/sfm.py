@@ -1,17 +1,23 @@
 """SfM benchmark: sceneforge's global SfM vs pycolmap incremental mapping (SIFT, exhaustive).
 
-Per scene, both methods run in this process on the same image folder:
-- synthetic renders with exact ground truth (orbit, forward-facing, indoor walk): registered
+Per scene, all methods run in this process on the same image folder:
+- synthetic renders with exact ground truth (orbit, forward-facing, indoor walk, and
+  ``handheld``: a phone-like walk-through of a cluttered room, 20 objects, a wallpapered
+  wall (``--handheld-tiles``), hand shake and motion blur, 640x480, 70 deg; ``--views`` 25-60
+  mimics real captures): registered
   images, AUC@{3,5,10,30} against the ground truth (pairs involving an unregistered image
   count as failures), mean reprojection error, points, wall time;
 - real sets from ``../shared/data/scenes`` (no ground truth): registered images and the
   agreement of our poses with COLMAP's (AUC over the images both registered), plus, for
   blowtorch, both against its reference poses (``poses_bounds.npy``, most likely COLMAP's).
 
-Usage: ``python benchmarks/sfm.py [--scenes orbit forward walk fern blowtorch sacre_coeur]
-[--max-images N] [--views N] [--ours sceneforge sceneforge-colmap-sift] [--json PATH]
-[--results benchmarks/RESULTS.md]``: ``--ours`` picks our setups (the default OpenCV SIFT, and
-COLMAP's SIFT extractor inside our pipeline).
+Usage: ``python benchmarks/sfm.py [--scenes orbit forward walk handheld fern blowtorch
+sacre_coeur] [--max-images N] [--views N] [--seed S] [--ours sceneforge sceneforge-colmap-sift]
+[--colmap default cap] [--json PATH] [--results benchmarks/RESULTS.md]``: ``--ours`` picks our
+setups (the default OpenCV SIFT, and COLMAP's SIFT extractor inside our pipeline); ``--colmap``
+the COLMAP settings: ``default`` (method ``colmap``: pycolmap's own SIFT cap, 8192 features per
+image) and ``cap`` (method ``colmap-cap<N>``: capped at our extractor's N = 4096, so both
+pipelines see the same number of features). Every row states its ``max_features``.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from sceneforge.core.timing import cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "scenes"
-SYNTHETIC = ("orbit", "forward", "walk")
+SYNTHETIC = ("orbit", "forward", "walk", "handheld")
 # our setups by method name -> ReconstructConfig.sift_backend
 OURS = {"sceneforge": "opencv", "sceneforge-colmap-sift": "pycolmap"}
 
@@ -60,21 +66,43 @@ def auc_with_missing(
 # ----------------------------------------------------------------------------- scenes
 
 
-def render_synthetic(kind: str, views: int, folder: Path) -> dict[str, torch.Tensor]:
-    """Render a synthetic scene into ``folder``; returns ground-truth poses by image name."""
-    from sceneforge.core.image_io import write_image_atomic
-    from sceneforge.core.synthetic import SyntheticSceneConfig, make_scene
+def synthetic_config(kind: str, views: int, seed: int = 0, tiles: tuple[str, ...] = ("wall_y+",)):
+    """The :class:`SyntheticSceneConfig` of synthetic scene ``kind`` (``tiles``: the room
+    surfaces of ``handheld`` with an exactly repeated motif)."""
+    from sceneforge.core.synthetic import SyntheticSceneConfig
 
-    cfg = SyntheticSceneConfig(
+    if kind == "handheld":  # a phone walk-through: clutter, repeated texture, shake, blur
+        return SyntheticSceneConfig(
+            scene="room",
+            rig="handheld",
+            num_views=views,
+            width=640,
+            height=480,
+            fov_deg=70.0,
+            num_objects=20,
+            tiled_surfaces=tuple(tiles),
+            motion_blur_px=(0.5, 3.0),
+            seed=seed,
+        )
+    return SyntheticSceneConfig(
         scene="room" if kind == "walk" else "objects",
         rig=kind,
         num_views=views,
         width=480,
         height=360,
         num_objects=6,
-        seed=0,
+        seed=seed,
     )
-    scene = make_scene(cfg)
+
+
+def render_synthetic(
+    kind: str, views: int, folder: Path, seed: int = 0, tiles: tuple[str, ...] = ("wall_y+",)
+) -> dict[str, torch.Tensor]:
+    """Render a synthetic scene into ``folder``; returns ground-truth poses by image name."""
+    from sceneforge.core.image_io import write_image_atomic
+    from sceneforge.core.synthetic import make_scene
+
+    scene = make_scene(synthetic_config(kind, views, seed, tiles))
     folder.mkdir(parents=True, exist_ok=True)
     gt = {}
     for i, name in enumerate(scene.image_names):
@@ -106,9 +134,37 @@ def real_images(name: str, max_images: int, folder: Path) -> tuple[Path, dict[st
 # ----------------------------------------------------------------------------- methods
 
 
+def our_max_features() -> int:
+    """Our SIFT cap: keypoints kept per image by the default feature extractor."""
+    from sceneforge.recon.features import FeaturesConfig
+
+    return FeaturesConfig().max_keypoints
+
+
+def colmap_default_max_features() -> int:
+    """pycolmap's default SIFT cap (``FeatureExtractionOptions().sift.max_num_features``)."""
+    import pycolmap
+
+    return int(pycolmap.FeatureExtractionOptions().sift.max_num_features)
+
+
+def colmap_methods(settings: list[str]) -> dict[str, int]:
+    """COLMAP method name -> SIFT cap for ``--colmap`` settings (default / cap)."""
+    out = {}
+    if "default" in settings:
+        out["colmap"] = colmap_default_max_features()
+    if "cap" in settings:
+        out[f"colmap-cap{our_max_features()}"] = our_max_features()
+    return out
+
+
 def run_ours(images: Path, out: Path, max_image_size: int, sift_backend: str) -> dict:
     from sceneforge.core.io_colmap import read_colmap
-    from sceneforge.recon.sfm import ReconstructConfig, SfMError, reconstruct
+
+    try:  # reconstruct / ReconstructConfig moved from recon.sfm to recon.reconstruct
+        from sceneforge.recon.reconstruct import ReconstructConfig, SfMError, reconstruct
+    except ImportError:
+        from sceneforge.recon.sfm import ReconstructConfig, SfMError, reconstruct
 
     t0, c0 = time.perf_counter(), cpu_seconds()
     try:
@@ -147,7 +203,7 @@ def run_ours(images: Path, out: Path, max_image_size: int, sift_backend: str) ->
     }
 
 
-def run_colmap(images: Path, work: Path, max_image_size: int) -> dict:
+def run_colmap(images: Path, work: Path, max_image_size: int, max_features: int) -> dict:
     import pycolmap
 
     from sceneforge.core.conventions import quat_xyzw_to_wxyz
@@ -158,6 +214,7 @@ def run_colmap(images: Path, work: Path, max_image_size: int) -> dict:
     t0, c0 = time.perf_counter(), cpu_seconds()
     ext = pycolmap.FeatureExtractionOptions()
     ext.max_image_size = max_image_size
+    ext.sift.max_num_features = int(max_features)
     ext.num_threads = 2
     # Like ours: one shared camera when all images have one size, else one per image (AUTO).
     from PIL import Image
@@ -216,8 +273,18 @@ def main() -> None:
         "--scenes",
         nargs="+",
         default=["orbit", "forward", "walk", "fern", "blowtorch", "sacre_coeur"],
+        help=f"synthetic ({', '.join(SYNTHETIC)}) and/or real sets of ../shared/data/scenes",
     )
     ap.add_argument("--views", type=int, default=16, help="views per synthetic scene")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic scenes")
+    ap.add_argument(
+        "--handheld-tiles",
+        nargs="*",
+        default=["wall_y+"],
+        help="room surfaces of the handheld scene with an exactly repeated motif (none: no "
+        "tiles; adding 'floor' makes opposite views of the floor ambiguous: COLMAP flips a "
+        "10-frame block by 173 deg at 25 views, seed 0)",
+    )
     ap.add_argument("--max-images", type=int, default=20, help="subset of each real set (0 = all)")
     ap.add_argument(
         "--max-image-size", type=int, default=1024, help="feature extraction size, both methods"
@@ -230,6 +297,13 @@ def main() -> None:
         help="our setups to run: the default (OpenCV SIFT) and/or COLMAP's SIFT extractor",
     )
     ap.add_argument(
+        "--colmap",
+        nargs="+",
+        choices=["default", "cap"],
+        default=["default", "cap"],
+        help="COLMAP settings: its default SIFT cap (method colmap) and/or ours (colmap-cap<N>)",
+    )
+    ap.add_argument(
         "--json", type=Path, default=None, help="write one JSON object per (scene, method)"
     )
     ap.add_argument(
@@ -239,6 +313,8 @@ def main() -> None:
         help="write (replace) the '## SfM' section of this markdown file",
     )
     args = ap.parse_args()
+    colmaps = colmap_methods(args.colmap)
+    caps = {**colmaps, **dict.fromkeys(OURS, our_max_features())}
 
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="sfm_bench_"))
@@ -246,7 +322,8 @@ def main() -> None:
         for scene in args.scenes:
             folder = tmp / scene / "images"
             if scene in SYNTHETIC:
-                ref = render_synthetic(scene, args.views, folder)
+                tiles = tuple(args.handheld_tiles)
+                ref = render_synthetic(scene, args.views, folder, args.seed, tiles)
                 names = sorted(ref)
                 ref_kind = "ground truth"
             else:
@@ -254,7 +331,10 @@ def main() -> None:
                 names = sorted(p.name for p in folder.iterdir())
                 ref_kind = "reference poses" if ref else None
             n = len(names)
-            res = {"colmap": run_colmap(folder, tmp / scene / "colmap", args.max_image_size)}
+            res = {
+                m: run_colmap(folder, tmp / scene / m, args.max_image_size, cap)
+                for m, cap in colmaps.items()
+            }
             for method in args.ours:
                 res[method] = run_ours(
                     folder, tmp / scene / method, args.max_image_size, OURS[method]
@@ -263,6 +343,7 @@ def main() -> None:
                 row = {
                     "scene": scene,
                     "method": method,
+                    "max_features": caps[method],
                     "registered": r["registered"],
                     "num_images": n,
                     "mean_reproj_px": r["mean_reproj_px"],
@@ -280,8 +361,9 @@ def main() -> None:
                     row["timings"] = r.get("timings")
                     if "error" in r:
                         row["error"] = r["error"]
-                    if scene not in SYNTHETIC and res["colmap"]["poses"]:
-                        agree = auc_with_missing(r["poses"], res["colmap"]["poses"], names)
+                    cm = res[next(iter(colmaps))]["poses"] if colmaps else {}
+                    if scene not in SYNTHETIC and cm:
+                        agree = auc_with_missing(r["poses"], cm, names)
                         row.update({f"vs_colmap_{k}": v for k, v in agree.items()})
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "timings"}), flush=True)
@@ -307,28 +389,37 @@ def format_table(rows: list[dict], args) -> str:
         "## SfM",
         "",
         f"`python benchmarks/sfm.py --scenes {' '.join(args.scenes)} --views {args.views} "
-        f"--max-images {args.max_images} --max-image-size {args.max_image_size} "
-        f"--ours {' '.join(args.ours)}`. All methods: SIFT at the same feature image size, one "
+        f"--seed {args.seed} --handheld-tiles {' '.join(args.handheld_tiles)} --max-images {args.max_images} --max-image-size "
+        f"{args.max_image_size} --ours {' '.join(args.ours)} --colmap {' '.join(args.colmap)}`. "
+        "All methods: SIFT at the same feature image size, one "
         "shared camera when all images have one size, else one per image (COLMAP: "
         "CameraMode.SINGLE / AUTO). COLMAP = pycolmap extract (2 threads) + exhaustive match + "
-        "incremental mapping. sceneforge = the default `sceneforge reconstruct` setup (OpenCV "
-        "SIFT); sceneforge-colmap-sift = the same with COLMAP's SIFT extractor "
-        "(`--sift-backend pycolmap`). AUC against ground truth (synthetic) or the reference "
-        "poses (blowtorch); pairs with an unregistered image count as failures. `vs COLMAP "
-        "AUC@5`: our poses against COLMAP's on the real sets. Ratios = ours / COLMAP.",
+        "incremental mapping: `colmap` at pycolmap's default SIFT cap, `colmap-cap<N>` at ours "
+        "(`max feat.` = features kept per image). sceneforge = the default `sceneforge "
+        "reconstruct` setup (OpenCV SIFT); sceneforge-colmap-sift = the same with COLMAP's SIFT "
+        "extractor (`--sift-backend pycolmap`). AUC against ground truth (synthetic) or the "
+        "reference poses (blowtorch); pairs with an unregistered image count as failures. `vs "
+        "COLMAP AUC@5`: our poses against the first COLMAP row's on the real sets. Ratios = "
+        "ours / the first COLMAP row of the scene.",
         "",
-        "| scene | method | registered | AUC@3 | AUC@5 | AUC@10 | AUC@30 | vs COLMAP AUC@5 | reproj px | points | wall s | CPU s | wall ratio | CPU ratio | global / incremental / PnP |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| scene | method | max feat. | registered | AUC@3 | AUC@5 | AUC@10 | AUC@30 | vs COLMAP AUC@5 | reproj px | points | wall s | CPU s | wall ratio | CPU ratio | global / incremental / PnP |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    colmap_cpu = {r["scene"]: r["cpu_s"] for r in rows if r["method"] == "colmap"}
-    colmap_wall = {r["scene"]: r["wall_s"] for r in rows if r["method"] == "colmap"}
+    colmap_cpu: dict[str, float] = {}
+    colmap_wall: dict[str, float] = {}
+    for r in rows:
+        if r["method"] not in OURS:
+            colmap_cpu.setdefault(r["scene"], r["cpu_s"])
+            colmap_wall.setdefault(r["scene"], r["wall_s"])
     for r in rows:
         ours = r["method"] in OURS
-        ratio = r["cpu_s"] / colmap_cpu[r["scene"]] if ours else None
-        wall_ratio = r["wall_s"] / colmap_wall[r["scene"]] if ours else None
+        base = ours and r["scene"] in colmap_cpu
+        ratio = r["cpu_s"] / colmap_cpu[r["scene"]] if base else None
+        wall_ratio = r["wall_s"] / colmap_wall[r["scene"]] if base else None
         by = r.get("registered_by") or {}
         lines.append(
-            f"| {r['scene']} | {r['method']} | {r['registered']}/{r['num_images']} | "
+            f"| {r['scene']} | {r['method']} | {r.get('max_features', '—')} | "
+            f"{r['registered']}/{r['num_images']} | "
             f"{_f(r.get('auc3'))} | {_f(r.get('auc5'))} | {_f(r.get('auc10'))} | {_f(r.get('auc30'))} | "
             f"{_f(r.get('vs_colmap_auc5'))} | {_f(r['mean_reproj_px'], '{:.2f}')} | {r['points']} | "
             f"{r['wall_s']:.1f} | {r['cpu_s']:.1f} | {_f(wall_ratio, '{:.2f}')} | "

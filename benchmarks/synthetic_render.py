@@ -40,6 +40,17 @@ def scenes(views: int, size: int, ssaa: int) -> list[tuple[str, SyntheticSceneCo
         ("objects / orbit", SyntheticSceneConfig(scene="objects", rig="orbit", **base)),
         ("objects / forward", SyntheticSceneConfig(scene="objects", rig="forward", **base)),
         ("room / walk", SyntheticSceneConfig(scene="room", rig="walk", fov_deg=70.0, **base)),
+        (
+            "room / handheld (20 obj, tiles)",
+            SyntheticSceneConfig(
+                scene="room",
+                rig="handheld",
+                fov_deg=70.0,
+                num_objects=20,
+                tiled_surfaces=("floor", "wall_y+"),
+                **base,
+            ),
+        ),
     ]
     meshes = DATA / "meshes"
     for name in ("duck/duck.dae", "glmark2/bunny.obj"):

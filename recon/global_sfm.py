@@ -50,7 +50,11 @@ class TranslationAveragingConfig:
     use_points: bool = True
     """Add camera-to-point bearing constraints from the tracks (robust for collinear motion)."""
     max_points: int = 4000
-    """Tracks used as points (the longest ones)."""
+    """Tracks used as points: the longest ones ..."""
+    points_per_image: int = 1000
+    """... plus each image's longest tracks, up to this many per image: where the camera
+    turns fast, long tracks are rare and the global longest leave those images (and the
+    pairs linking them) almost without point constraints."""
     pair_weight: float = 1.0
     """Weight of a camera-camera constraint relative to a camera-point one."""
     cauchy_scale: float = 0.1
@@ -539,3 +543,45 @@ def pnp_ransac(
             break
         T, inl = T2, inl2
     return T, inl
+
+
+def translation_points(
+    vis: Bool[Tensor, "T N"], solved: Bool[Tensor, " N"], cfg: TranslationAveragingConfig
+) -> Int[Tensor, " K"]:
+    """Tracks whose bearings constrain translation averaging: the ``max_points`` longest
+    overall plus each solved image's ``points_per_image`` longest (ties by track index)."""
+    lengths = vis[:, solved].sum(1)
+    order = torch.sort(-lengths, stable=True).indices  # longest first, ties by index
+    order = order[lengths[order] >= 2]
+    keep = torch.zeros(vis.shape[0], dtype=torch.bool, device=vis.device)
+    keep[order[: cfg.max_points]] = True
+    if cfg.points_per_image > 0:
+        ti, fi = vis[order].nonzero(as_tuple=True)  # ti: rank of the track by length
+        by_image = torch.sort(fi, stable=True).indices  # per image, still longest first
+        f = fi[by_image]
+        counts = torch.bincount(f, minlength=vis.shape[1])
+        rank = torch.arange(f.numel(), device=f.device) - (torch.cumsum(counts, 0) - counts)[f]
+        best = by_image[(rank < cfg.points_per_image) & solved[f]]
+        keep[order[ti[best]]] = True
+    return keep.nonzero()[:, 0]
+
+
+def translation_agreement_groups(
+    R_abs: Float[Tensor, "N 3 3"],
+    centers: Float[Tensor, "N 3"],
+    edges: Int[Tensor, "E 2"],
+    t_rel: Float[Tensor, "E 3"],
+    used: Bool[Tensor, " E"],
+    solved: Bool[Tensor, " N"],
+    max_angle_deg: float = 5.0,
+) -> int:
+    """Groups of solved images linked by pairs whose direction ``t_rel`` (camera j's frame)
+    the solved centres reproduce within ``max_angle_deg``: more than one group means the
+    positions of some block rest on no agreeing pair."""
+    i, j = edges[:, 0], edges[:, 1]
+    d = centers[i] - centers[j]
+    want = (R_abs[j].transpose(-1, -2) @ t_rel.to(R_abs.dtype)[..., None])[..., 0]
+    cos = (d * want).sum(-1) / (d.norm(dim=-1) * want.norm(dim=-1)).clamp(min=1e-12)
+    ok = used & solved[i] & solved[j] & (cos >= math.cos(math.radians(max_angle_deg)))
+    groups = connected_components(int(solved.shape[0]), edges[ok])
+    return sum(1 for g in groups if bool(solved[g[0]]))

@@ -42,7 +42,9 @@ from sceneforge.recon.global_sfm import (
     RotationAveragingConfig,
     TranslationAveragingConfig,
     rotation_averaging,
+    translation_agreement_groups,
     translation_averaging,
+    translation_points,
 )
 from sceneforge.recon.incremental import IncrementalConfig, incremental_registration
 from sceneforge.recon.intrinsics import (
@@ -302,10 +304,8 @@ def _reconstruct_from_tracks(
         * (geo.median_angle_deg[ok] >= cfg.translation.min_pair_angle_deg).double()
     )
     tw = tw / tw.max().clamp(min=1.0) if tw.numel() else tw
-    # Camera-point bearings of the longest tracks.
-    lengths = vis[:, solved].sum(1)
-    cand = (lengths >= 2).nonzero()[:, 0]
-    cand = cand[lengths[cand].argsort(descending=True)[: cfg.translation.max_points]]
+    # Camera-point bearings of the longest tracks, overall and per image.
+    cand = translation_points(vis, solved, cfg.translation)
     sub_vis = vis[cand] & solved[None]
     ti, fi = sub_vis.nonzero(as_tuple=True)
     ray3 = torch.cat([rays[cand[ti], fi], torch.ones(ti.numel(), 1, dtype=rays.dtype)], -1)
@@ -313,6 +313,14 @@ def _reconstruct_from_tracks(
         R_abs, solved, edges, t_rel, tw, (fi, ti, ray3), cfg.translation
     )
     t_abs = -(R_abs @ centers[..., None])[..., 0]
+    agree = translation_agreement_groups(R_abs, centers, edges, t_rel, tw > 0, solved)
+    stats["translation_groups"] = agree
+    if agree > 1:
+        log(
+            f"[yellow]the solved camera positions agree with the verified pairs' directions "
+            f"only within {agree} separate groups of images: a block of cameras may be "
+            "misplaced (fast turns give few shared tracks)"
+        )
     cam_from_world = make_rigid(R_abs, t_abs)
     registered = solved.clone()
     registered_by: list[str | None] = ["global" if bool(s) else None for s in solved]

@@ -33,6 +33,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from sceneforge.core import synthetic_handheld as _handheld
 from sceneforge.core.cameras import MODEL_PARAMS, Cameras, make_rigid, transform_points
 from sceneforge.core.meshes import Material as _Material
 from sceneforge.core.meshes import (
@@ -67,7 +68,7 @@ class SyntheticSceneConfig:
     scene: str = "objects"
     """"objects" (boxes + spheres), "boxes", "room" (walls + objects) or "mesh:<path>"."""
     rig: str = "auto"
-    """"orbit", "forward", "walk", or "auto" (walk for rooms, orbit otherwise)."""
+    """"orbit", "forward", "walk", "handheld" (rooms) or "auto" (walk for rooms, else orbit)."""
     num_views: int = 20
     """Number of cameras."""
     width: int = 128
@@ -116,6 +117,22 @@ class SyntheticSceneConfig:
     """Up axis of mesh files ("y" is rotated to +z)."""
     near: float = 0.0
     """Near plane; <= 0 picks 1e-3 of the scene size."""
+    room_layout: str = "auto"
+    """Room objects: "ring" (furniture ring), "scatter" (varied sizes off the path) or "auto"."""
+    handheld_shake_deg: float = 1.5
+    """Handheld rig: std of the per-frame yaw / pitch / roll hand shake (degrees)."""
+    handheld_jitter: float = 0.015
+    """Handheld rig: std of the per-frame camera position jitter (world units)."""
+    handheld_bob: float = 0.03
+    """Handheld rig: amplitude of the vertical walking bob (world units)."""
+    handheld_step_jitter: float = 0.4
+    """Handheld rig: step lengths are uniform in 1 +- this times the mean step."""
+    tiled_surfaces: tuple[str, ...] = ()
+    """Room surfaces with an exactly periodic tile texture (floor, ceiling, wall_x-, ...)."""
+    tile_size: float = 0.4
+    """Side of one texture tile on ``tiled_surfaces`` (world units, rounded to fit)."""
+    motion_blur_px: tuple[float, float] = (0.0, 0.0)
+    """Per-frame motion blur: line-kernel length range (px), seeded direction; 0 = none."""
 
 
 @dataclass
@@ -308,8 +325,9 @@ def build_scene_mesh(cfg: SyntheticSceneConfig) -> tuple[Mesh, str]:
     kind = cfg.scene
     if rig == "auto":
         rig = "walk" if kind == "room" else "orbit"
-    if rig not in ("orbit", "forward", "walk"):
-        raise ValueError(f"unknown rig {cfg.rig!r}; use orbit, forward, walk or auto")
+    if rig not in ("orbit", "forward", "walk", "handheld"):
+        raise ValueError(f"unknown rig {cfg.rig!r}; use orbit, forward, walk, handheld or auto")
+    _handheld.check_options(cfg, rig)
     ground = cfg.ground_plane if cfg.ground_plane is not None else rig == "forward"
     backdrop = cfg.backdrop if cfg.backdrop is not None else rig == "forward"
     parts: list[Mesh]
@@ -322,11 +340,9 @@ def build_scene_mesh(cfg: SyntheticSceneConfig) -> tuple[Mesh, str]:
             cfg.num_objects, gen, cfg.seed, kind == "boxes", cfg.object_frequency
         )
     elif kind == "room":
-        room = room_mesh(seed=cfg.seed * 1000 + 991)
+        parts, ring = _handheld.dress_room(cfg, rig, room_mesh(seed=cfg.seed * 1000 + 991))
         objs = _procedural_objects(cfg.num_objects, gen, cfg.seed, False, cfg.object_frequency)
-        # push the objects out towards the walls, clear of the camera path
-        parts = [room]
-        for m in objs:
+        for m in objs if ring else []:  # push the ring out towards the walls, off the walk path
             m = m.transformed(scale=2.0)  # furniture-sized
             lo, hi = m.bounds()
             c = (lo + hi) / 2
@@ -370,8 +386,9 @@ def scene_cameras(cfg: SyntheticSceneConfig, mesh: Mesh, rig: str) -> Cameras:
         T = forward_rig(cfg.num_views, target, dist, cfg.forward_radius)
     else:
         if cfg.scene != "room":
-            raise ValueError("the walk rig needs scene='room'")
+            raise ValueError(f"the {rig} rig needs scene='room'")
         T = walk_rig(cfg.num_views, (0.0, 0.0, 1.4), cfg.walk_radius)
+        T = _handheld.handheld_cameras(cfg) if rig == "handheld" else T
     return make_cameras(T, cfg.width, cfg.height, cfg.fov_deg, cfg.camera_model, cfg.distortion)
 
 
@@ -414,6 +431,7 @@ def make_scene(cfg: SyntheticSceneConfig) -> SceneData:
     shading = Shading(mode=cfg.shading)
     normals = vertex_normals(mesh.vertices, mesh.faces)
     images, masks, depths, face_ids, object_ids = [], [], [], [], []
+    blur = _handheld.blur_schedule(len(cameras), cfg.seed, tuple(cfg.motion_blur_px))
     for i in range(len(cameras)):
         out = render_view(
             mesh,
@@ -425,7 +443,8 @@ def make_scene(cfg: SyntheticSceneConfig) -> SceneData:
             background=cfg.background,
             normals=normals,
         )
-        images.append((out.color * 255 + 0.5).clamp(0, 255).to(torch.uint8))
+        color = _handheld.motion_blur(out.color, *blur[i]) if blur else out.color
+        images.append((color * 255 + 0.5).clamp(0, 255).to(torch.uint8))
         obj = torch.where(out.face >= 0, mesh.face_object[out.face.clamp_min(0)], -2)
         masks.append(obj >= 0)
         depths.append(out.depth.float())
