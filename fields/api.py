@@ -2,8 +2,10 @@
 
 ``train(scene_dir, out_dir, config)`` trains (resuming from ``OUT_DIR/checkpoint.pt`` when
 present), evaluates on held-out views (every 8th image) and writes ``OUT_DIR/eval.json``.
-``render(run_dir, out_dir, config)`` renders a camera path from a trained run to PNG frames
-and a video.
+``render(run_dir, out_dir, config)`` renders a camera path (:mod:`sceneforge.fields.camera_paths`)
+from a trained run to PNG frames and a video. ``source.json`` records the scene a run was
+trained on, relative to the run folder when it lies beside it (:func:`source_record`,
+:func:`scene_source`), so a moved output folder still finds its scene.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +40,16 @@ from sceneforge.core.run_files import (
     VIDEO,
 )
 from sceneforge.core.scene import SceneData
+from sceneforge.fields.camera_paths import (
+    PATH_NAMES,
+    CameraPathError,
+    interpolate_cameras,
+    is_forward_facing,
+    orbit_cameras,
+    read_camera_path,
+    scene_depth_range,
+    spiral_cameras,
+)
 from sceneforge.fields.trainer import (
     CheckpointError,
     Trainer,
@@ -71,11 +84,12 @@ class TrainConfig:
 class RenderConfig:
     """``sceneforge render RUN_DIR OUT_DIR``: render a camera path from a trained field."""
 
-    path: Literal["orbit", "train", "eval"] = "orbit"
-    """``orbit`` around the scene centre at the cameras' mean height, or the training /
-    held-out cameras themselves."""
+    path: str = "orbit"
+    """orbit, spiral (forward-facing scenes), interpolate (through the training cameras),
+    auto (spiral when forward-facing, else orbit), train, eval, or file:PATH (a nerfstudio
+    camera_path.json)."""
     num_frames: int = 60
-    """Frames of an orbit path."""
+    """Frames of an orbit, spiral or interpolated path."""
     fps: int = 24
     """Video frame rate."""
     downscale: int | None = None
@@ -107,6 +121,61 @@ def _load(scene_dir: str | Path) -> SceneData:
     from sceneforge.core.io import load_scene
 
     return load_scene(scene_dir)
+
+
+def source_record(scene_dir: str | Path, run_dir: str | Path) -> dict:
+    """``source.json`` of a run in ``run_dir`` trained on ``scene_dir``.
+
+    ``scene_dir`` is the absolute path (what older readers take). When the scene lies inside
+    the run folder's parent (``OUT/sfm`` beside ``OUT/field``), ``scene_dir_relative`` holds
+    it relative to the run folder and ``run_dir`` the folder it is relative to, so that a
+    moved or shared ``OUT`` still finds its scene (:func:`scene_source`).
+    """
+    scene = Path(scene_dir).resolve()
+    run = Path(run_dir).resolve()
+    rec = {"scene_dir": str(scene)}
+    if run.parent == scene or run.parent in scene.parents:
+        rec["scene_dir_relative"] = Path(os.path.relpath(scene, run)).as_posix()
+        rec["run_dir"] = str(run)
+    return rec
+
+
+def scene_source(run_dir: str | Path) -> Path:
+    """The scene folder a run was trained on, from ``RUN_DIR/source.json``.
+
+    A relative entry (:func:`source_record`) is resolved against the folder it was written
+    for when that still exists elsewhere (a ``source.json`` copied into another run folder, as
+    completion does), else against ``RUN_DIR`` (the run folder was moved); the absolute entry
+    (all that older runs have) is used when the relative one does not resolve. Errors name
+    the file and the folders tried.
+    """
+    run = Path(run_dir)
+    src = run / SOURCE
+    if not src.is_file():
+        raise CheckpointError(f"{src}: missing; pass the scene explicitly")
+    try:
+        rec = json.loads(src.read_text())
+        absolute = Path(rec["scene_dir"])
+        rel = rec.get("scene_dir_relative")
+        written = rec.get("run_dir")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{src}: not a run's source file ({type(e).__name__} {e})") from e
+    tried = []
+    if isinstance(rel, str) and rel:
+        base = run
+        if isinstance(written, str) and Path(written).is_dir():
+            if Path(written).resolve() != run.resolve():
+                base = Path(written)
+        cand = Path(os.path.normpath(base / rel))
+        if cand.exists():
+            return cand
+        tried.append(cand)
+    if absolute.exists():
+        return absolute
+    tried.append(absolute)
+    raise CheckpointError(
+        f"{src}: the scene folder it names does not exist (tried {', '.join(map(str, tried))})"
+    )
 
 
 def train(
@@ -159,7 +228,7 @@ def train(
         trainer.add_hook(fn, every)
     atomic_write_json(out / CONFIG, config_to_dict(trainer.config))
     if scene_dir is not None:
-        atomic_write_json(out / SOURCE, {"scene_dir": str(Path(scene_dir).resolve())})
+        atomic_write_json(out / SOURCE, source_record(scene_dir, out))
     last = trainer.train()
     trainer.save_checkpoint(ckpt)
     train_s = time.perf_counter() - t0
@@ -188,53 +257,14 @@ def train(
 def load_trained(
     run_dir: str | Path, scene: SceneData | None = None, device: str | None = None
 ) -> Trainer:
-    """A trainer restored from ``RUN_DIR/checkpoint.pt`` (scene from ``source.json`` if not given)."""
+    """A trainer restored from ``RUN_DIR/checkpoint.pt`` (scene from ``source.json`` via
+    :func:`scene_source` if not given)."""
     run = Path(run_dir)
     ckpt = run / CHECKPOINT
     if scene is None:
-        src = run / SOURCE
-        if not src.is_file():
-            raise CheckpointError(f"{src}: missing; pass the scene explicitly")
-        scene = _load(json.loads(src.read_text())["scene_dir"])
+        scene = _load(scene_source(run))
     extra = {"device": device} if device is not None else {}
     return Trainer.from_checkpoint(ckpt, scene, run, progress=False, tensorboard=False, **extra)
-
-
-def orbit_cameras(cameras: Cameras, center: torch.Tensor, num_frames: int) -> Cameras:
-    """A circular path around ``center`` at the cameras' mean radius and height.
-
-    The orbit axis is the cameras' mean "up" (-y of OpenCV cameras); intrinsics and image size
-    are those of the first camera.
-    """
-    c = cameras.centers.double()
-    center = center.double()
-    up = -cameras.world_from_cam[:, :, 1].double().mean(0)
-    up = up / up.norm()
-    rel = c - center
-    height = (rel @ up).mean()
-    flat = rel - (rel @ up)[:, None] * up
-    radius = flat.norm(dim=-1).mean()
-    e1 = flat[0] / flat[0].norm().clamp(min=1e-9)
-    e2 = torch.linalg.cross(up, e1)
-    poses = []
-    for k in range(num_frames):
-        a = 2 * math.pi * k / num_frames
-        eye = center + height * up + radius * (math.cos(a) * e1 + math.sin(a) * e2)
-        z = center - eye
-        z = z / z.norm()
-        x = torch.linalg.cross(z, -up)
-        x = x / x.norm()
-        y = torch.linalg.cross(z, x)
-        R = torch.stack([x, y, z])
-        poses.append(torch.cat([R, (-R @ eye)[:, None]], 1))
-    n = num_frames
-    return Cameras(
-        cameras.model,
-        cameras.params[:1].expand(n, -1).clone(),
-        cameras.width[:1].expand(n).clone(),
-        cameras.height[:1].expand(n).clone(),
-        torch.stack(poses).to(cameras.dtype),
-    )
 
 
 def _depth_colormap(depth: torch.Tensor) -> torch.Tensor:
@@ -308,6 +338,43 @@ def write_video(frames: list[torch.Tensor], path: Path, fps: int) -> Path:
     return atomic_write_bytes(gif, data)
 
 
+def choose_path(cameras: Cameras) -> str:
+    """``spiral`` for a forward-facing capture (:func:`is_forward_facing`), else ``orbit``
+    (what ``sceneforge run`` renders)."""
+    return "spiral" if is_forward_facing(cameras) else "orbit"
+
+
+def path_cameras(trainer: Trainer, path: str, num_frames: int) -> tuple[Cameras, str]:
+    """The cameras of camera path ``path`` (see :attr:`RenderConfig.path`) for a trained run,
+    and the path's name (``auto`` resolved; ``file`` for ``file:PATH``). Orbit, spiral and
+    ``auto`` are shaped by every registered camera, ``interpolate`` passes through the
+    training cameras (held-out views excluded) in the scene's order."""
+    cams = trainer.scene.cameras
+    train_cams = cams[list(trainer.train_indices)]
+    if path.startswith("file:"):
+        return read_camera_path(path[len("file:") :]), "file"
+    if path not in PATH_NAMES:
+        names = ", ".join(PATH_NAMES)
+        raise CameraPathError(f"unknown camera path {path!r}; use {names} or file:PATH")
+    if path == "auto":
+        path = choose_path(cams)
+    if path == "orbit":
+        aabb = trainer.scene_box.aabb
+        center = (0.5 * (aabb[0] + aabb[1])).cpu()
+        return orbit_cameras(cams, center, num_frames), path
+    if path == "spiral":
+        points = trainer.scene.points
+        near, far = scene_depth_range(cams, points, trainer.scene_box.aabb.cpu())
+        return spiral_cameras(cams, num_frames, near, far), path
+    if path == "interpolate":
+        return interpolate_cameras(train_cams, num_frames), path
+    if path == "train":
+        return train_cams, path
+    if not trainer.eval_indices:
+        raise CameraPathError("this run has no held-out views")
+    return cams[list(trainer.eval_indices)], path
+
+
 def render(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -321,23 +388,13 @@ def render(
 
     config = config or RenderConfig()
     trainer = load_trained(run_dir, scene, config.device)
-    cams = trainer.scene.cameras
-    if config.path == "orbit":
-        aabb = trainer.scene_box.aabb
-        center = 0.5 * (aabb[0] + aabb[1])
-        cams = orbit_cameras(cams, center, config.num_frames)
-    elif config.path == "train":
-        cams = cams[trainer.train_indices]
-    elif config.path == "eval":
-        if not trainer.eval_indices:
-            raise ValueError("this run has no held-out views")
-        cams = cams[trainer.eval_indices]
-    else:
-        raise ValueError(f"unknown camera path {config.path!r}; use orbit, train or eval")
+    cams, name = path_cameras(trainer, config.path, config.num_frames)
+    # a path file gives its own image size: downscale it only when asked to
+    ds = (config.downscale or 1) if name == "file" else config.downscale
     out = Path(out_dir)
     frames, t0 = [], time.perf_counter()
     for k in range(len(cams)):
-        r = trainer.render_camera(cams, k, downscale=config.downscale)
+        r = trainer.render_camera(cams, k, downscale=ds)
         frames.append(r["rgb"])
         write_image_atomic(out / FRAMES_DIR / f"{k:04d}.png", r["rgb"])
         if config.depth:
@@ -345,6 +402,7 @@ def render(
         if progress is not None:
             progress(k + 1, len(cams))
     result = {
+        "path": name,
         "num_frames": len(frames),
         "wall_s": time.perf_counter() - t0,
         "frames": str(out / FRAMES_DIR),

@@ -193,8 +193,9 @@ def load_run(
         if not src.is_file():
             raise CheckpointError(f"{src}: missing (the run was trained on an in-memory scene)")
         from sceneforge.core.io import load_scene
+        from sceneforge.fields.api import scene_source
 
-        scene = load_scene(json.loads(src.read_text())["scene_dir"])
+        scene = load_scene(scene_source(run))  # also after the run folder was moved
     return scene, tcfg, ckpt
 
 

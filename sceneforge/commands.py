@@ -45,6 +45,20 @@ def table(values: dict, keys: tuple[str, ...] | None = None) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def final_field(run_dir: Path) -> Path:
+    """The trained run to render for ``run_dir``: itself when it holds a checkpoint, else,
+    for a ``sceneforge run`` output folder, its completed field (``complete/``) or its
+    trained field (``field/``), whichever finished last (the completion)."""
+    from sceneforge.core import run_files
+
+    if (run_dir / run_files.CHECKPOINT).is_file():
+        return run_dir
+    for stage in (run_files.COMPLETE_DIR, run_files.FIELD_DIR):
+        if (run_dir / stage / run_files.CHECKPOINT).is_file():
+            return run_dir / stage
+    return run_dir  # render names the missing checkpoint
+
+
 #: A nested config whose flags are not prefixed (``--max-steps`` rather than ``--config.max-steps``).
 Flat = tyro.conf.arg(name="")
 
@@ -159,7 +173,8 @@ class View:
     """Open a run or scene folder in the browser viewer (binds to localhost by default)."""
 
     run_dir: Pos[Path]
-    """A scene folder, a ``sceneforge train`` run or a ``sceneforge complete`` output."""
+    """A ``sceneforge run`` output folder (its completed or trained field, else its
+    reconstruction), a scene folder, a ``sceneforge train`` run or a ``complete`` output."""
     viewer: tyro.conf.OmitArgPrefixes[ViewerConfig] = field(default_factory=ViewerConfig)
 
     def run(self) -> int:
@@ -210,10 +225,11 @@ class Eval:
 
 @dataclass
 class Render:
-    """Render a camera path (orbit, training or held-out cameras) from a trained run."""
+    """Render a camera path (orbit, spiral, interpolated through the training cameras, a
+    camera_path.json, or the training / held-out cameras) from a trained run."""
 
     run_dir: Pos[Path]
-    """Run folder written by ``sceneforge train``."""
+    """Run folder written by ``sceneforge train``, or a ``sceneforge run`` output folder."""
     out_dir: Pos[Path]
     """Folder for the frames and the video."""
     config: Annotated[RenderConfig, Flat] = field(default_factory=RenderConfig)
@@ -222,14 +238,15 @@ class Render:
         from sceneforge.fields.api import render
         from sceneforge.progress import RunLog
 
+        run = final_field(self.run_dir)
         with RunLog(None).task("render", self.config.num_frames, unit="frame") as task:
 
             def frame_done(done: int, total: int) -> None:
                 task.total = total
                 task.update(done)
 
-            out = render(self.run_dir, self.out_dir, self.config, progress=frame_done)
-        print(f"{out['num_frames']} frames: {out['frames']}")
+            out = render(run, self.out_dir, self.config, progress=frame_done)
+        print(f"{out['num_frames']} frames ({out['path']} path): {out['frames']}")
         if "video" in out:
             print(f"video: {out['video']}")
         return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import imageio.v3 as iio
 import numpy as np
@@ -263,3 +264,106 @@ def test_write_json_versioned_never_overwrites(tmp_path):
     assert [q.name for q in paths] == ["eval.json", "eval.v002.json", "eval.v003.json"]
     assert [json.loads(q.read_text())["n"] for q in paths] == [0, 1, 2]
     assert sorted(q.name for q in tmp_path.iterdir()) == sorted(q.name for q in paths)
+
+
+# ----------------------------------------------------------------------------- moved runs
+
+
+def test_a_moved_run_folder_finds_its_scene(tmp_path):
+    """source.json names the scene relative to the run folder when it lies beside it: after
+    the folder holding both is moved, load_trained, render and eval find the scene in the
+    new place (the old one is gone); an old absolute-only source.json still loads."""
+    import shutil
+
+    from sceneforge.fields.api import load_trained, scene_source
+
+    torch.set_num_threads(1)
+    old = tmp_path / "old"
+    scene_dir = save_scene(turntable_scene(num_views=9, size=16), old / "sfm", "nerfstudio")
+    train(scene_dir, old / "field", replace(_train_config(), max_steps=3))
+    rec = json.loads((old / "field" / "source.json").read_text())
+    assert rec["scene_dir_relative"] == "../sfm" and rec["scene_dir"] == str(scene_dir.resolve())
+    new = tmp_path / "elsewhere" / "new"
+    new.parent.mkdir()
+    shutil.move(old, new)
+    assert not old.exists()
+    assert scene_source(new / "field") == new / "sfm"
+    tr = load_trained(new / "field")
+    assert all(str(new) in str(p) for p in tr.scene.image_paths)
+    res = render(new / "field", tmp_path / "r", RenderConfig(num_frames=2, depth=False))
+    assert res["num_frames"] == 2
+    assert main(["eval", str(new / "field"), "--max-images", "1"]) == 0
+    # a source.json copied into a sibling run folder (as completion does) keeps naming the
+    # scene of the folder it was written for while that exists
+    (new / "complete").mkdir()
+    shutil.copy(new / "field" / "source.json", new / "complete" / "source.json")
+    assert scene_source(new / "complete") == new / "sfm"
+    # the old format: an absolute path only
+    (new / "field" / "source.json").write_text(json.dumps({"scene_dir": str(new / "sfm")}))
+    assert scene_source(new / "field") == new / "sfm"
+    (new / "field" / "source.json").write_text(json.dumps({"scene_dir": str(old / "sfm")}))
+    with pytest.raises(Exception, match=r"source.json: the scene folder it names does not exist"):
+        load_trained(new / "field")
+
+
+def test_a_scene_far_from_the_run_is_recorded_absolute_only(trained):
+    scene_dir, run, _, _ = trained  # root/scene and root/run: siblings, so relative
+    rec = json.loads((run / "source.json").read_text())
+    assert rec["scene_dir_relative"] == "../scene"
+    from sceneforge.fields.api import source_record
+
+    far = source_record(scene_dir, run / "deeper" / "run")
+    assert far == {"scene_dir": str(scene_dir.resolve())}
+
+
+# ----------------------------------------------------------------------------- camera paths
+
+
+@pytest.mark.parametrize("path", ["spiral", "interpolate", "auto", "train"])
+def test_render_camera_paths(trained, tmp_path, path):
+    _, run, _, _ = trained
+    cfg = RenderConfig(path=path, num_frames=3, depth=False, video=False)
+    res = render(run, tmp_path / path, cfg)
+    want = {"auto": "orbit", "train": "train"}.get(path, path)  # a turntable: orbit
+    assert res["path"] == want
+    n = 7 if path == "train" else 3  # 9 views, 2 held out
+    assert res["num_frames"] == n and len(list((tmp_path / path / "frames").glob("*.png"))) == n
+
+
+def test_render_a_camera_path_file(trained, tmp_path, capsys):
+    from sceneforge.fields.api import load_trained
+    from sceneforge.fields.camera_paths import write_camera_path
+
+    _, run, _, _ = trained
+    tr = load_trained(run)
+    cams = tr.scene.cameras[[1, 2]]
+    f = write_camera_path(tmp_path / "camera_path.json", cams)
+    assert main(["render", str(run), str(tmp_path / "r"), "--path", f"file:{f}", "--no-depth"]) == 0
+    assert "2 frames" in capsys.readouterr().out
+    frames = sorted((tmp_path / "r" / "frames").glob("*.png"))
+    got = iio.imread(frames[1]).astype(float) / 255
+    want = tr.render_camera(tr.scene.cameras, 2, downscale=1)["rgb"].numpy()
+    assert got.shape == (32, 32, 3)  # the file's own size
+    assert np.abs(got - want).mean() < 2 / 255
+    assert main(["render", str(run), str(tmp_path / "x"), "--path", "sideways"]) == 1
+    assert "unknown camera path 'sideways'" in capsys.readouterr().err
+
+
+def test_auto_path_of_a_forward_facing_capture_is_a_spiral(tmp_path):
+    """A forward-facing (LLFF-like) capture: ``auto`` renders a spiral around the mean camera,
+    its frames looking the way the photos do."""
+    from sceneforge.core.synthetic import forward_scene
+    from sceneforge.fields.api import load_trained, path_cameras
+    from sceneforge.fields.camera_paths import view_directions
+
+    torch.set_num_threads(1)
+    scene_dir = save_scene(forward_scene(num_views=9, size=16), tmp_path / "scene", "nerfstudio")
+    train(scene_dir, tmp_path / "run", replace(_train_config(), max_steps=2))
+    res = render(tmp_path / "run", tmp_path / "r", RenderConfig(path="auto", num_frames=3))
+    assert res["path"] == "spiral" and res["num_frames"] == 3
+    tr = load_trained(tmp_path / "run")
+    cams, name = path_cameras(tr, "auto", 12)
+    assert name == "spiral"
+    mean_dir = view_directions(tr.scene.cameras).mean(0)
+    cos = view_directions(cams) @ (mean_dir / mean_dir.norm())
+    assert float(cos.min()) > math.cos(math.radians(20))

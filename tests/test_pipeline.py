@@ -170,3 +170,78 @@ def test_out_is_self_contained_and_can_be_moved(demo_run, tmp_path):
     assert len(scene) == 24 and scene.points is not None
     assert all(moved.resolve() in Path(p).resolve().parents for p in scene.image_paths)
     assert scene.load_image(3).shape == (256, 256, 3)
+
+
+def _report_links(report: str) -> list[str]:
+    import re
+
+    return re.findall(r'(?:src|href)="([^"]+)"', report)
+
+
+def test_report_sections_and_files_inside_out(demo_run):
+    """report.html: camera frusta, BA convergence, training with held-out PSNR, before/after
+    completion and the render; every file it links lies inside OUT and exists."""
+    out, _, _ = demo_run
+    run_dir = out / "run"
+    report = (run_dir / "report.html").read_text()
+    for section in ("stages", "reconstruction", "training", "completion", "video"):
+        assert f'<h2 id="{section}">' in report, section
+    assert "report/cameras.png" in report and "Bundle-adjustment convergence" in report
+    assert "Held-out PSNR: " in report
+    links = _report_links(report)
+    assert len(links) >= 6
+    for rel in links:
+        p = (run_dir / rel).resolve()
+        assert run_dir.resolve() in p.parents and p.is_file(), rel
+    from PIL import Image
+
+    assert Image.open(run_dir / "report" / "cameras.png").size[0] >= 400
+
+
+def test_run_renders_auto_path_embeds_the_video_and_survives_a_move(demo_run, tmp_path, capsys):
+    """A small run through render: the auto camera path (orbit for this turntable), an mp4
+    embedded in the report, report and video paths printed last; after moving OUT, render,
+    eval and the viewer's folder choice still work."""
+    from sceneforge.cli import main
+    from sceneforge.viewer import folder_to_show
+
+    out, _, _ = demo_run
+    base = RunConfig()
+    trainer = replace(base.train.trainer, downscale=8, progress=False, tensorboard=False)
+    cfg = replace(
+        base,
+        model="gaussians",
+        train=replace(base.train, max_steps=5, trainer=trainer),
+        render=replace(base.render, num_frames=2, downscale=8),
+    )
+    assert cfg.render.path == "auto"
+    o = tmp_path / "o"  # starts with the demo's images and reconstruction: SfM is skipped
+    for name in ("images", "sfm"):
+        shutil.copytree(out / "run" / name, o / name)
+    done = json.loads((out / "run" / "stages.json").read_text())
+    (o / "stages.json").write_text(json.dumps({"reconstruct": done["reconstruct"]}))
+    logs: list[str] = []
+    stages = run(out / "input" / "images", o, cfg, log=logs.append)
+    assert stages["render"]["path"] == "orbit"
+    assert "render: orbit camera path (the registered cameras are not forward-facing)" in logs
+    assert logs[-3:] == [
+        f"report: {o / 'report.html'}",
+        f"video: {o / 'render' / 'video.mp4'}",
+        f"log: {o / 'log.txt'}",
+    ]
+    report = (o / "report.html").read_text()
+    assert (
+        '<video controls loop muted autoplay playsinline width="560" src="render/video.mp4">'
+        in report
+    )
+    assert "completion" not in report  # no completion ran
+    moved = tmp_path / "shared" / "o"
+    moved.parent.mkdir()
+    shutil.move(o, moved)
+    for rel in _report_links((moved / "report.html").read_text()):
+        assert (moved / rel).is_file(), rel
+    assert main(["render", str(moved), str(tmp_path / "r"), "--path", "interpolate"]) == 0
+    assert "(interpolate path)" in capsys.readouterr().out
+    assert (tmp_path / "r" / "video.mp4").is_file()
+    assert main(["eval", str(moved), "--max-images", "1", "--downscale", "8"]) == 0
+    assert folder_to_show(moved) == moved / "field"

@@ -345,6 +345,51 @@ def test_completion_run_image_sets(completed_run):
         v.stop()
 
 
+def test_view_of_a_run_output_folder_opens_its_last_stage(completed_run, tmp_path):
+    """``sceneforge view OUT`` on a ``sceneforge run`` output folder: the completed field
+    when there is one, else the trained field, else the reconstruction; still after OUT has
+    been moved; the mask box goes to OUT; a scene or a train run opens itself."""
+    import json
+
+    from sceneforge.fields.api import TrainConfig, train
+    from sceneforge.fields.trainer import TrainerConfig
+    from sceneforge.viewer import folder_to_show, is_run_output
+
+    out = tmp_path / "out"
+    shutil.copytree(completed_run / "scene", out / "sfm")  # a run output stopped after SfM
+    (out / "stages.json").write_text(json.dumps({"reconstruct": {"seconds": 1.0}}))
+    assert is_run_output(out) and folder_to_show(out) == out / "sfm"
+    c = find_run(out)
+    assert c.shown == out / "sfm" and len(c.scene) == 4 and not c.field.available
+    tcfg = TrainerConfig(max_steps=2, batch_rays=64, progress=False, tensorboard=False)
+    tcfg.holdout_every, tcfg.checkpoint_every, tcfg.log_every = 0, 0, 0
+    train(out / "sfm", out / "field", TrainConfig(trainer=tcfg, save_eval_images=False))
+    assert folder_to_show(out) == out / "field"
+    moved = tmp_path / "moved" / "out"
+    moved.parent.mkdir()
+    shutil.move(out, moved)
+    c = find_run(moved)
+    assert c.shown == moved / "field" and c.root == moved
+    assert c.field.available and c.field.status.startswith("field/: field: checkpoint.pt")
+    assert all(str(moved) in str(p) for p in c.scene.image_paths)
+    # a finished completion wins (checkpoint and source.json, as `complete` writes them)
+    (moved / "complete").mkdir()
+    for name in ("checkpoint.pt", "source.json"):
+        shutil.copy(completed_run / "out" / name, moved / "complete" / name)
+    assert folder_to_show(moved) == moved / "complete"
+    (moved / "complete" / "source.json").unlink()  # an unfinished completion does not
+    assert folder_to_show(moved) == moved / "field"
+    # the folders a run output holds, and plain ones, open themselves
+    for d in (moved / "field", moved / "sfm", completed_run / "run", completed_run / "out"):
+        assert not is_run_output(d) and folder_to_show(d) == d
+    v = Viewer(moved, ViewerConfig(port=0, field=False))
+    try:
+        assert v.mask_box_path == moved / "mask_box.txt"
+        assert v.cfg.host == "127.0.0.1" and len(v.frustums) == 4
+    finally:
+        v.stop()
+
+
 # ----------------------------------------------------------------------------- the browser
 
 CHROMIUM_FLAGS = [

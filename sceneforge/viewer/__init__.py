@@ -42,6 +42,8 @@ from sceneforge.viewer.run_folder import (
     find_image_sets,
     find_run,
     find_scene,
+    folder_to_show,
+    is_run_output,
 )
 
 __all__ = [
@@ -61,8 +63,10 @@ __all__ = [
     "find_image_sets",
     "find_run",
     "find_scene",
+    "folder_to_show",
     "frustum_pose",
     "import_viser",
+    "is_run_output",
     "mask_preview",
     "render_size",
     "resolution_levels",

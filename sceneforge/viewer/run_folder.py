@@ -53,27 +53,60 @@ class RunContents:
     """What the viewer found in a folder."""
 
     root: Path
+    """The folder asked for (``mask_box.txt`` is written here)."""
     scene: SceneData
     field: FieldSource
     image_sets: list[ImageSet] = dc_field(default_factory=list)
+    shown: Path | None = None
+    """The folder shown (:func:`folder_to_show`): ``root`` itself, or a stage folder of a
+    ``sceneforge run`` output folder (None: ``root``)."""
+
+
+def is_run_output(path: Path) -> bool:
+    """True for a ``sceneforge run`` output folder: it holds ``stages.json`` or a
+    reconstruction in ``sfm/``, and is neither a scene folder nor a fields run itself."""
+    if not path.is_dir():
+        return False
+    if (path / run_files.SOURCE).is_file() or (path / run_files.TRANSFORMS).is_file():
+        return False
+    return (path / run_files.STAGE_RECORD).is_file() or (
+        path / run_files.SFM_DIR / run_files.TRANSFORMS
+    ).is_file()
+
+
+def folder_to_show(path: Path) -> Path:
+    """The folder the viewer opens for ``path``.
+
+    A ``sceneforge run`` output folder (:func:`is_run_output`) opens its completed field
+    (``complete/``) when a completion finished there, else its trained field (``field/``),
+    else its reconstruction (``sfm/``, cameras and points only); any other folder (a scene, a
+    ``train`` or ``complete`` run) opens itself. A stage folder counts when it holds a
+    checkpoint and the ``source.json`` naming its scene.
+    """
+    if not is_run_output(path):
+        return path
+    for stage in (run_files.COMPLETE_DIR, run_files.FIELD_DIR):
+        d = path / stage
+        if (d / run_files.CHECKPOINT).is_file() and (d / run_files.SOURCE).is_file():
+            return d
+    return path / run_files.SFM_DIR
 
 
 def find_scene(path: Path) -> SceneData:
     """The posed scene of ``path``: the folder itself when it is a scene (any format
     :func:`load_scene` reads), else the scene a fields run names in ``source.json``."""
-    import json
-
     from sceneforge.core.io import detect_format, load_scene
     from sceneforge.core.scene import SceneDataError
 
     src = path / run_files.SOURCE
     if path.is_dir() and src.is_file() and not (path / run_files.TRANSFORMS).is_file():
-        try:
-            scene_dir = Path(json.loads(src.read_text())["scene_dir"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise SceneDataError(f"{src}: not a run's source file ({e})") from e
-        if not scene_dir.exists():
-            raise SceneDataError(f"{src}: names scene folder {scene_dir}, which does not exist")
+        from sceneforge.fields.api import scene_source
+        from sceneforge.fields.checkpoints import CheckpointError
+
+        try:  # relative to the run folder when it was written so: the folder may have moved
+            scene_dir = scene_source(path)
+        except CheckpointError as e:
+            raise SceneDataError(str(e)) from e
         return load_scene(scene_dir)
     try:
         detect_format(path)
@@ -169,21 +202,25 @@ def find_image_sets(path: Path, scene: SceneData) -> list[ImageSet]:
 
 
 def find_run(path: str | Path, cfg: ViewerConfig | None = None) -> RunContents:
-    """Scene, field and image sets of a run folder or a plain scene folder."""
+    """Scene, field and image sets of a run folder, a ``sceneforge run`` output folder (the
+    stage :func:`folder_to_show` picks) or a plain scene folder."""
     from sceneforge.core.scene import SceneDataError
 
     cfg = cfg or ViewerConfig()
     path = Path(path)
     if not path.exists():
         raise SceneDataError(f"{path}: folder does not exist")
-    scene = find_scene(path)
+    shown = folder_to_show(path)
+    scene = find_scene(shown)
     fld = (
-        find_field(path, scene, cfg.device)
+        find_field(shown, scene, cfg.device)
         if cfg.field
         else FieldSource(None, "field rendering off (--no-field)")
     )
-    sets = find_image_sets(path, scene) if path.is_dir() else []
-    return RunContents(path, scene, fld, sets)
+    if shown != path:  # say which stage of the run output is shown
+        fld.status = f"{shown.name}/: {fld.status}"
+    sets = find_image_sets(shown, scene) if shown.is_dir() else []
+    return RunContents(path, scene, fld, sets, shown)
 
 
 __all__ = [
@@ -194,4 +231,6 @@ __all__ = [
     "find_image_sets",
     "find_run",
     "find_scene",
+    "folder_to_show",
+    "is_run_output",
 ]
