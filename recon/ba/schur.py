@@ -54,13 +54,16 @@ def residuals(problem: BAProblem, st: Structure, params, with_jacobians: bool = 
     )
     r = torch.stack([cols.u, cols.v], -1) - problem.observations
     w = problem.weights
-    if st.zero_behind:
-        front = (cols.depth >= torch.finfo(r.dtype).eps).to(r.dtype)
-        w = front if w is None else w * front
     if w is not None:
         r = r * w[:, None]
-    if st.pad_rows is not None:
-        r[st.pad_rows] = 0.0
+    # Rows with a zero residual and Jacobian: padding slots and, on COLMAP's objective,
+    # points behind their camera (few: zeroed by index, not by a full multiplication).
+    zero = st.pad_rows
+    if st.zero_behind:
+        behind = (cols.depth < torch.finfo(r.dtype).eps).nonzero()[:, 0]
+        zero = behind if zero is None else torch.cat([zero, behind])
+    if zero is not None:
+        r[zero] = 0.0
     if not with_jacobians:
         return r
     m = r.shape[0]
@@ -74,9 +77,9 @@ def residuals(problem: BAProblem, st: Structure, params, with_jacobians: bool = 
     if w is not None:
         jc_ext[:m].mul_(w[:, None, None])
         jpt.mul_(w[:, None, None])
-    if st.pad_rows is not None:
-        jc_ext[st.pad_rows] = 0.0
-        jpt[st.pad_rows] = 0.0
+    if zero is not None:
+        jc_ext[zero] = 0.0
+        jpt[zero] = 0.0
     return r, jc_ext, jpt
 
 
