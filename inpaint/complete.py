@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -57,6 +58,11 @@ from sceneforge.inpaint.inpainters import (
     TeleaInpainter,
 )
 from sceneforge.inpaint.masks import box_fill_mask, dilate, read_fill_masks, unobserved_mask
+
+Progress = Callable[[int, int, str], None]
+"""``progress(done, total, message)``: completion steps done of ``total`` (the dataset update's
+schedule), with what is happening; ``done == 0`` before the first step (fill masks built),
+``done == total`` after the last step and again once the outputs are written."""
 
 
 @dataclass
@@ -206,8 +212,12 @@ def complete_scene(
     config: CompleteConfig,
     trainer_config: TrainerConfig,
     inpainter: Inpainter | None = None,
+    progress: Progress | None = None,
 ) -> tuple[Trainer, dict]:
-    """Train a fresh field on the unmasked pixels and run the dataset update; write outputs."""
+    """Train a fresh field on the unmasked pixels and run the dataset update; write outputs.
+
+    ``progress`` (optional) is called with ``(done, total, message)`` in completion steps,
+    see :data:`Progress`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -226,20 +236,53 @@ def complete_scene(
     upd = InpaintDatasetUpdate(
         trainer, local_fill, inpainter, config.update, out, config.prompt or None
     )
+    fill_fraction = float(sum(int(f.sum()) for f in fill) / sum(f.numel() for f in fill))
+    total = upd.total_steps
+    if progress is not None:
+        num_rounds = config.update.num_rounds
+        progress(
+            0,
+            total,
+            f"{fill_fraction:.1%} of the pixels to fill; {num_rounds} round(s) of "
+            f"{inpainter.name} inpainting",
+        )
+        trainer.add_hook(_progress_hook(upd, trainer.step, total, num_rounds, progress))
     upd.run()
     trainer.save_checkpoint(out / CHECKPOINT)
     atomic_write_json(out / CONFIG, config_to_dict(trainer.config))
     write_outputs(trainer, scene, fill, out)
+    if progress is not None:
+        progress(total, total, f"renders of {len(scene)} views written")
     info = {
         "inpainter": inpainter.name,
         "steps": trainer.step,
         "wall_s": time.perf_counter() - t0,
         "rounds": upd.history,
-        "fill_fraction": float(sum(int(f.sum()) for f in fill) / sum(f.numel() for f in fill)),
+        "fill_fraction": fill_fraction,
         "config": _jsonable(dataclasses.asdict(config)),
     }
     atomic_write_json(out / COMPLETE_INFO, info)
     return trainer, info
+
+
+def _progress_hook(
+    upd: InpaintDatasetUpdate, start: int, total: int, num_rounds: int, progress: Progress
+) -> Callable[[Trainer], None]:
+    """A trainer hook (every step) reporting the completion's steps and its round."""
+
+    def hook(trainer: Trainer) -> None:
+        done = min(trainer.step - start, total)
+        if upd.round == 0:
+            phase = "warm-up on the unmasked pixels"
+        else:
+            phase = f"after inpainting round {upd.round}/{num_rounds}"
+        info = ""
+        if trainer.history:
+            h = trainer.history[-1]
+            info = f"  loss {h.get('loss', float('nan')):.4f}"
+        progress(done, total, phase + info)
+
+    return hook
 
 
 def _jsonable(d):
@@ -269,8 +312,12 @@ def complete(
     out_dir: str | Path,
     config: CompleteConfig | None = None,
     scene: SceneData | None = None,
+    progress: Progress | None = None,
 ) -> dict:
-    """Complete the scene of a trained run (see the module docstring); returns the summary."""
+    """Complete the scene of a trained run (see the module docstring); returns the summary.
+
+    ``progress`` (optional, default None) is called with ``(done, total, message)``: the
+    completion steps done of all of them and what is happening (see :data:`Progress`)."""
     config = config or CompleteConfig()
     scene, tcfg, ckpt = load_run(run_dir, scene)
     run_trainer = None
@@ -281,7 +328,7 @@ def complete(
         )
     fill = build_fill_masks(scene, config, run_trainer)
     del run_trainer
-    _, info = complete_scene(scene, fill, out_dir, config, tcfg)
+    _, info = complete_scene(scene, fill, out_dir, config, tcfg, progress=progress)
     src = Path(run_dir) / SOURCE
     if src.is_file():
         atomic_write_json(Path(out_dir) / SOURCE, json.loads(src.read_text()))
@@ -290,6 +337,7 @@ def complete(
 
 __all__ = [
     "CompleteConfig",
+    "Progress",
     "build_fill_masks",
     "complete",
     "complete_scene",

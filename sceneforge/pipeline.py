@@ -131,7 +131,8 @@ def run(
     or the video's frames), ``plan.json`` (see :func:`make_plan`), ``sfm/`` (COLMAP model,
     transforms.json), ``field/`` (the trained run), ``complete/`` (with ``mask_box``),
     ``render/`` (frames of the camera path + video), ``points.ply``, ``report.html`` and ``log.txt``
-    (``log``'s messages and the training / rendering progress lines, see
+    (``log``'s messages, the reconstruction's result and the training / completion /
+    rendering progress lines, see
     :class:`sceneforge.progress.RunLog`). The user's photos or video are only read.
     """
     from sceneforge.core.image_io import IMAGE_EXTENSIONS, list_images
@@ -183,7 +184,14 @@ def run(
 
         if sfm_dir.exists():  # an interrupted attempt: SfM has no partial state worth keeping
             shutil.rmtree(sfm_dir)
+        n = len(sizes)
+        log(
+            f"reconstruct: {n} images in {images_dir} (features {rcfg.features}, at most "
+            f"{rcfg.max_image_size} px)"
+        )
         s = reconstruct(images_dir, sfm_dir, rcfg)
+        for line in _sfm_lines(s):
+            log(line)
         return {
             k: s[k]
             for k in ("num_images", "num_registered", "registered_by", "unregistered_images")
@@ -222,8 +230,14 @@ def run(
 
         dev = cfg.complete.device or device
         c = dataclasses.replace(cfg.complete, mask_box=cfg.mask_box, device=dev)
-        # the scene found relative to field/ (OUT may have moved since training)
-        s = complete(field_dir, complete_dir, c, scene=load_scene(scene_source(field_dir)))
+        total = c.update.warmup_steps + c.update.final_steps
+        total += max(c.update.num_rounds - 1, 0) * c.update.update_every
+        box = " ".join(f"{x:.3g}" for x in c.mask_box)
+        log(f"complete: {c.inpainter} inpainting of the box {box}; building the fill masks")
+        with log.task("complete", total, own_bar=c.progress) as task:
+            # the scene found relative to field/ (OUT may have moved since training)
+            scene = load_scene(scene_source(field_dir))
+            s = complete(field_dir, complete_dir, c, scene=scene, progress=_task_progress(task))
         return {k: v for k, v in s.items() if isinstance(v, int | float | str)}
 
     final_dir = complete_dir if cfg.mask_box is not None else field_dir
@@ -399,6 +413,62 @@ def _train_progress(task: Task) -> Callable:
         task.update(trainer.step, info)
 
     return hook
+
+
+def _task_progress(task: Task) -> Callable[[int, int, str], None]:
+    """A ``progress(done, total, message)`` callback (completion, export) reporting to
+    ``task``; ``done == 0`` restarts the ETA's clock (the work before the first unit, e.g.
+    building fill masks, does not count towards the rate)."""
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        task.total = total
+        if done <= 0:
+            task.rebase(0)
+        task.update(done, message, force=done <= 0)
+
+    return progress
+
+
+def _sfm_lines(summary: dict) -> list[str]:
+    """The reconstruction's result as log lines: registered images, points, error, timings."""
+    n, reg = summary.get("num_images", 0), summary.get("num_registered", 0)
+    by = summary.get("registered_by") or {}
+    how = ", ".join(f"{k} {v}" for k, v in by.items())
+    lines = [
+        f"reconstruct: registered {reg}/{n} images"
+        + (f" ({how})" if how else "")
+        + f", {summary.get('num_points', 0)} points, mean track length "
+        f"{summary.get('mean_track_length', math.nan):.2f}, mean reprojection error "
+        f"{summary.get('mean_reproj_error_px', math.nan):.2f} px"
+    ]
+    tracks = summary.get("tracks") or {}
+    if tracks:
+        lines.append(
+            f"reconstruct: {tracks.get('num_tracks')} tracks, mean length "
+            f"{tracks.get('mean_length', math.nan):.2f}"
+        )
+    t = summary.get("timings_s") or {}
+    parts = [
+        f"{k[:-2]} {v:.1f} s"
+        for k, v in t.items()
+        if k.endswith("_s") and not k.endswith("cpu_s") and k != "total_s"
+    ]
+    if parts:
+        lines.append(
+            f"reconstruct: time {t.get('total_s', math.nan):.1f} s (" + ", ".join(parts) + ")"
+        )
+    if summary.get("unregistered_images"):
+        names = summary["unregistered_images"]
+        more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+        lines.append(f"reconstruct: not registered: {', '.join(names[:10])}{more}")
+    groups = summary.get("image_groups") or []
+    if len(groups) > 1:
+        sizes = ", ".join(str(len(g)) for g in groups)
+        lines.append(
+            f"reconstruct: the images form {len(groups)} disconnected groups ({sizes} images); "
+            "the largest was reconstructed"
+        )
+    return lines
 
 
 # ----------------------------------------------------------------------------- report
