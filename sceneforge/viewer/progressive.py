@@ -15,6 +15,8 @@ from sceneforge.viewer.cameras import ViewCamera
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from sceneforge.core.cameras import Cameras
+
 #: ``render_rays(origins, unit directions, z_per_t[, num_samples=n]) -> rgb`` (``R 3``, rgb in
 #: [0, 1]); ``num_samples`` (fewer candidate samples per ray) is passed for the preview only.
 RaysRenderer = Callable[["Tensor", "Tensor", "Tensor"], "Tensor"]
