@@ -43,6 +43,7 @@ from sceneforge.recon.ba import (
     perturb_problem,
     project_observations,
 )
+from sceneforge.recon.ba.residuals import behind_camera_mask
 from sceneforge.recon.bal import bal_cost, read_bal, write_bal
 from sceneforge.recon.colmap_bridge import colmap_bundle_adjust
 
@@ -85,7 +86,7 @@ def scores(problem: BAProblem) -> dict:
     return dict(
         final_cost=bal_cost(p),
         final_cost_colmap=float(evaluate_cost(p, behind_camera="zero")),
-        behind_camera=int((depth < torch.finfo(depth.dtype).eps).sum()),
+        behind_camera=int(behind_camera_mask(depth).sum()),
     )
 
 

@@ -14,7 +14,7 @@ from sceneforge.core.heap import keep_freed_memory
 from sceneforge.recon.ba.implicit import ImplicitBA
 from sceneforge.recon.ba.lm import solve, solver_threads
 from sceneforge.recon.ba.problem import BAOptions, BAProblem, BASummary
-from sceneforge.recon.ba.residuals import project_observations, robust_cost
+from sceneforge.recon.ba.residuals import behind_camera_mask, project_observations, robust_cost
 from sceneforge.recon.ba.structure import CHUNK, pad_by_camera
 
 
@@ -96,7 +96,7 @@ def evaluate_cost(
     if problem.weights is not None:
         r = r * problem.weights[:, None]
     if behind_camera == "zero":
-        r = r * (depth.detach() >= torch.finfo(r.dtype).eps).to(r.dtype)[:, None]
+        r = r * (~behind_camera_mask(depth.detach())).to(r.dtype)[:, None]
     elif behind_camera != "keep":
         raise ValueError(f"unknown behind_camera {behind_camera!r}; use 'keep' or 'zero'")
     return robust_cost(loss, loss_scale, r)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from sceneforge.recon.ba.problem import BAProblem
-from sceneforge.recon.ba.residuals import project_observations, robust_cost
+from sceneforge.recon.ba.residuals import behind_camera_mask, project_observations, robust_cost
 from sceneforge.recon.ba.schur import gather_params, linearise, schur_solve
 from sceneforge.recon.ba.structure import Structure
 
@@ -32,7 +32,7 @@ def _reference_residuals(problem: BAProblem, st: Structure, params) -> Tensor:
     if problem.weights is not None:
         r = r * problem.weights[:, None]
     if st.zero_behind:
-        r = r * (depth.detach() >= torch.finfo(r.dtype).eps).to(r.dtype)[:, None]
+        r = r * (~behind_camera_mask(depth.detach())).to(r.dtype)[:, None]
     if st.pad_rows is not None:
         r = r.index_fill(0, st.pad_rows, 0.0)
     return r

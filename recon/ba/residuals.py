@@ -21,14 +21,10 @@ _GENERIC_SOURCES: dict[str, tuple[int | None, ...]] = {
 }
 
 
-def _generic_map(model: str, dtype, device) -> Tensor:
-    """``(8, P)`` matrix mapping model parameters to the generic 8-vector."""
-    src = _GENERIC_SOURCES[model]
-    a = torch.zeros(8, len(MODEL_PARAMS[model]), dtype=dtype, device=device)
-    for g, p in enumerate(src):
-        if p is not None:
-            a[g, p] = 1.0
-    return a
+def behind_camera_mask(depth: Tensor) -> Tensor:
+    """Observations COLMAP's cost functions give a zero residual: depth below the dtype's
+    machine epsilon (``BAOptions.behind_camera="zero"``)."""
+    return depth < torch.finfo(depth.dtype).eps
 
 
 def project_observations(

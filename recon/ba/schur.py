@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from sceneforge.recon.ba.problem import BAOptions, BAProblem
-from sceneforge.recon.ba.residuals import projection_columns, robust_rho
+from sceneforge.recon.ba.residuals import behind_camera_mask, projection_columns, robust_rho
 from sceneforge.recon.ba.structure import Structure
 
 
@@ -60,7 +60,7 @@ def residuals(problem: BAProblem, st: Structure, params, with_jacobians: bool = 
     # points behind their camera (few: zeroed by index, not by a full multiplication).
     zero = st.pad_rows
     if st.zero_behind:
-        behind = (cols.depth < torch.finfo(r.dtype).eps).nonzero()[:, 0]
+        behind = behind_camera_mask(cols.depth).nonzero()[:, 0]
         zero = behind if zero is None else torch.cat([zero, behind])
     if zero is not None:
         r[zero] = 0.0

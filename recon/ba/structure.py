@@ -29,7 +29,6 @@ class Structure:
     P: int
     cam: Tensor
     pt: Tensor
-    intr_block: Tensor | None  # per observation
     col_idx: Tensor  # (Nc, C) reduced-system indices of each camera's [pose | intr]
     col_obs: Tensor  # (M, C) the same per observation
     cam_chunk_cam: Tensor  # (Ncc,) camera of each run of ``chunk`` consecutive slots
@@ -141,7 +140,6 @@ def build_structure(
         ni = nc
     else:
         raise ValueError(f"unknown intrinsics mode {options.intrinsics!r}")
-    intr_block = None if ni == 0 else (torch.zeros_like(cam) if ni == 1 else cam)
     free_pose = torch.ones(nc, 6, dtype=dt, device=dev)
     for c in options.fixed_cameras:
         if not 0 <= c < nc:
@@ -206,7 +204,6 @@ def build_structure(
         P,
         cam,
         pt,
-        intr_block,
         col_idx,
         col_idx[cam],
         cam[::CHUNK].clone(),
