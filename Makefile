@@ -21,9 +21,12 @@ $(STAMP): pyproject.toml third_party/opencv_python_shim/pyproject.toml
 
 venv: $(STAMP)
 
-$(NS_STAMP): pyproject.toml
+# torch, torchvision, triton and the nvidia-* wheels (about 5.4 GB) are hard-linked from .venv
+# rather than installed a second time: CI machines have run out of disk on the second copy.
+$(NS_STAMP): pyproject.toml $(STAMP)
 	$(PYTHON) -m venv $(NS_VENV)
 	$(NS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PY) .ci/share_packages.py $(NS_VENV) torch torchvision triton 'nvidia-*' 'cuda-*'
 	$(NS_VENV)/bin/python -m pip install -q -e '.[nerfstudio,dev]'
 	$(NS_VENV)/bin/python -m pip check
 	touch $(NS_STAMP)

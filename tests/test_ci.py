@@ -152,3 +152,53 @@ def test_skip_summary_categories():
     assert summary_line(reasons) == (
         "skipped 4: 2 ../shared data absent, 1 CUDA absent, 1 optional packages absent"
     )
+
+
+def _load_share_packages():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "share_packages", REPO / ".ci" / "share_packages.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_share_packages_hard_links_a_distribution(tmp_path):
+    """The nerfstudio venv gets torch & co. as hard links of .venv's files (no second copy on
+    disk): every RECORD file inside site-packages is linked, the dist-info included so that pip
+    sees the distribution installed; console scripts outside site-packages are left out."""
+    from importlib import metadata
+
+    share_packages = _load_share_packages()
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "__init__.py").write_text("X = 1\n")
+    (src / "pkg" / "lib.so").write_bytes(b"\0" * 1000)
+    info = src / "pkg-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pkg\nVersion: 1.0\n")
+    (info / "RECORD").write_text(
+        "pkg/__init__.py,,\npkg/lib.so,,\npkg-1.0.dist-info/METADATA,,\n"
+        "pkg-1.0.dist-info/RECORD,,\n../../../bin/pkg-tool,,\n"
+    )
+    dst.mkdir()
+    n, copied = share_packages.share(metadata.PathDistribution(info), dst)
+    assert (n, copied) == (4, 0)
+    for rel in ("pkg/__init__.py", "pkg/lib.so", "pkg-1.0.dist-info/METADATA"):
+        assert (dst / rel).stat().st_ino == (src / rel).stat().st_ino
+    assert not (tmp_path / "bin").exists()
+    found = list(metadata.distributions(path=[str(dst)]))
+    assert [d.metadata["Name"] for d in found] == ["pkg"]
+    assert found[0].version == "1.0"
+    # Sharing again replaces the links in place (a rebuilt .venv-ns).
+    assert share_packages.share(metadata.PathDistribution(info), dst) == (4, 0)
+
+
+def test_makefile_links_torch_into_the_nerfstudio_venv():
+    """CI ran out of disk installing torch a second time into .venv-ns (CI log, 2026-12-04)."""
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile.split("$(NS_STAMP):", 1)[1].split("\n\n", 1)[0]
+    assert "$(STAMP)" in recipe.splitlines()[0]
+    assert recipe.index("share_packages.py") < recipe.index("pip install -q -e")
