@@ -14,7 +14,10 @@
 - ``depth``: ``depth/NAME.npy`` (float32 z-depth, 0 = empty) and ``depth/NAME.png`` (uint16,
   ``depth * depth_png_scale``, 0 = empty).
 
-Every file is written atomically (:mod:`sceneforge.core.atomic`).
+Every file is written atomically (:mod:`sceneforge.core.atomic`). Progress: an optional
+``progress(stage, done, total)`` callback (:data:`Progress`, stages and units in
+:data:`PROGRESS_UNITS`) is called once with ``done = 0`` when a stage starts and once after
+each unit (view rendered, lattice chunk queried, view fused); the app shows it with an ETA.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,6 +42,35 @@ from sceneforge.core.scene import SceneData
 What = Literal["auto", "pointcloud", "mesh", "tsdf", "depth", "gaussians", "all"]
 ALL_EXPORTS = ("pointcloud", "mesh", "tsdf", "depth", "gaussians")
 
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: ``done = 0`` when ``stage`` starts, then once per unit."""
+
+PROGRESS_UNITS: dict[str, str] = {
+    "pointcloud": "view",
+    "mesh level": "view",
+    "mesh density": "chunk",
+    "mesh colours": "chunk",
+    "tsdf render": "view",
+    "tsdf fuse": "view",
+    "depth": "view",
+}
+"""The stages reported to a :data:`Progress` callback and the unit each counts."""
+
+
+def _stage(progress: Progress | None, stage: str, total: int) -> Callable[[], None]:
+    """Report the start of ``stage`` (``total`` units); returns a call that reports one unit."""
+    if progress is None:
+        return lambda: None
+    done = 0
+    progress(stage, 0, total)
+
+    def unit() -> None:
+        nonlocal done
+        done += 1
+        progress(stage, done, total)
+
+    return unit
+
 
 @dataclass
 class ExportConfig:
@@ -45,7 +78,8 @@ class ExportConfig:
 
     what: What = "auto"
     """What to export: ``pointcloud``, ``mesh`` (marching cubes, NeRF), ``tsdf`` (open3d),
-    ``depth``, ``gaussians`` (the 3DGS PLY), ``all`` (everything the model exports) or ``auto``
+    ``depth``, ``gaussians`` (the 3DGS PLY), ``all`` (everything the model exports; TSDF only
+    where open3d is installed and the cameras are pinhole) or ``auto``
     (the model's own: mesh for NeRF, the PLY for Gaussians)."""
     views: Literal["train", "all"] = "train"
     """Views rendered for point cloud / TSDF / depth: the training views or every view."""
@@ -174,14 +208,19 @@ def depth_to_world(
 # ----------------------------------------------------------------------------- exporters
 
 
-def export_pointcloud(trainer, cfg: ExportConfig) -> tuple[np.ndarray, np.ndarray]:
+def export_pointcloud(
+    trainer, cfg: ExportConfig, progress: Progress | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Coloured points ``(N, 3)`` float64 and ``(N, 3)`` uint8 from rendered training depth."""
     pts, cols = [], []
-    for i in _view_indices(trainer, cfg.views):
+    indices = _view_indices(trainer, cfg.views)
+    unit = _stage(progress, "pointcloud", len(indices))
+    for i in indices:
         r = render_depth(trainer, i, cfg.min_accumulation, cfg.downscale)
         p = depth_to_world(trainer, i, r["depth"], cfg.downscale)
         pts.append(p[r["valid"]].numpy())
         cols.append((r["rgb"][r["valid"]].numpy() * 255 + 0.5).astype(np.uint8))
+        unit()
     points = np.concatenate(pts) if pts else np.zeros((0, 3))
     colors = np.concatenate(cols) if cols else np.zeros((0, 3), np.uint8)
     if points.shape[0] > cfg.max_points:
@@ -198,7 +237,7 @@ def mesh_box(trainer) -> Float[Tensor, "2 3"]:
 
 @torch.no_grad()
 def density_lattice(
-    trainer, resolution: int, chunk: int = 262_144
+    trainer, resolution: int, chunk: int = 262_144, progress: Progress | None = None
 ) -> tuple[Float[Tensor, "N N N"], Float[Tensor, "2 3"]]:
     """Field density on a ``resolution^3`` lattice (index order x, y, z) over :func:`mesh_box`."""
     box = mesh_box(trainer)
@@ -208,14 +247,16 @@ def density_lattice(
     field.eval()
     dev = trainer.device
     out = torch.empty(grid.shape[0])
+    unit = _stage(progress, "mesh density", math.ceil(grid.shape[0] / chunk))
     for s in range(0, grid.shape[0], chunk):
         sigma, _ = field.density(grid[s : s + chunk].to(dev))
         out[s : s + chunk] = sigma.float().cpu()
+        unit()
     return out.view(resolution, resolution, resolution), box
 
 
 def marching_cubes_mesh(
-    trainer, cfg: ExportConfig
+    trainer, cfg: ExportConfig, progress: Progress | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Vertices ``(V, 3)``, faces ``(F, 3)`` and optional uint8 colours of the density surface."""
     try:
@@ -227,9 +268,9 @@ def marching_cubes_mesh(
         raise ValueError(f"mesh_resolution must be >= 8, got {n}")
     if cfg.mesh_level < 0:
         raise ValueError(f"mesh_level must be >= 0, got {cfg.mesh_level}")
-    sigma, box = density_lattice(trainer, n, cfg.chunk_points)
+    sigma, box = density_lattice(trainer, n, cfg.chunk_points, progress)
     spacing = ((box[1] - box[0]) / (n - 1)).numpy()
-    level = cfg.mesh_level if cfg.mesh_level > 0 else auto_level(trainer, cfg)
+    level = cfg.mesh_level if cfg.mesh_level > 0 else auto_level(trainer, cfg, progress)
     vol = sigma.numpy()
     if not (vol.max() > level > vol.min()):
         raise ValueError(
@@ -242,12 +283,12 @@ def marching_cubes_mesh(
     faces = faces[:, ::-1].copy()
     colors = None
     if cfg.mesh_colors and verts.shape[0]:
-        colors = vertex_colors(trainer, verts, normals, cfg.chunk_points)
+        colors = vertex_colors(trainer, verts, normals, cfg.chunk_points, progress)
     return verts, faces, colors
 
 
 @torch.no_grad()
-def auto_level(trainer, cfg: ExportConfig) -> float:
+def auto_level(trainer, cfg: ExportConfig, progress: Progress | None = None) -> float:
     """Median density at the expected ray termination points of a few training views.
 
     Rendered depth sits inside the density ramp of a surface, so this level puts the
@@ -258,12 +299,14 @@ def auto_level(trainer, cfg: ExportConfig) -> float:
         raise ValueError("the run has no training views to pick a mesh level from")
     step = max(1, math.ceil(len(idx) / max(cfg.level_views, 1)))
     vals = []
+    unit = _stage(progress, "mesh level", len(idx[::step]))
     for i in idx[::step]:
         r = render_depth(trainer, i, cfg.min_accumulation, cfg.downscale)
         p = depth_to_world(trainer, i, r["depth"], cfg.downscale)[r["valid"]]
         if p.shape[0]:
             sigma, _ = trainer.model.field.density(p.float().to(trainer.device))
             vals.append(sigma.float().cpu())
+        unit()
     if not vals:
         raise ValueError(
             "no rendered pixel reaches min_accumulation: cannot pick a mesh level "
@@ -274,7 +317,11 @@ def auto_level(trainer, cfg: ExportConfig) -> float:
 
 @torch.no_grad()
 def vertex_colors(
-    trainer, verts: np.ndarray, normals: np.ndarray, chunk: int = 262_144
+    trainer,
+    verts: np.ndarray,
+    normals: np.ndarray,
+    chunk: int = 262_144,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """Field colour at each vertex, seen from outside along the surface normal."""
     field = trainer.model.field
@@ -285,14 +332,18 @@ def vertex_colors(
         torch.from_numpy(np.ascontiguousarray(normals)).float(), dim=-1
     )
     out = []
+    unit = _stage(progress, "mesh colours", math.ceil(x.shape[0] / chunk))
     for s in range(0, x.shape[0], chunk):
         o = field(x[s : s + chunk].to(dev), d[s : s + chunk].to(dev))
         out.append(o["rgb"].float().cpu())
+        unit()
     rgb = torch.cat(out).clamp(0, 1).numpy()
     return (rgb * 255 + 0.5).astype(np.uint8)
 
 
-def tsdf_mesh(trainer, cfg: ExportConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def tsdf_mesh(
+    trainer, cfg: ExportConfig, progress: Progress | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fuse rendered depth with open3d's ``VoxelBlockGrid``; vertices, faces, uint8 colours."""
     try:
         import open3d as o3d
@@ -309,10 +360,13 @@ def tsdf_mesh(trainer, cfg: ExportConfig) -> tuple[np.ndarray, np.ndarray, np.nd
             f"TSDF export needs pinhole cameras (got {cams.model}); undistort the scene first"
         )
     views = []
-    for i in _view_indices(trainer, cfg.views):
+    indices = _view_indices(trainer, cfg.views)
+    unit = _stage(progress, "tsdf render", len(indices))
+    for i in indices:
         r = render_depth(trainer, i, cfg.min_accumulation, cfg.downscale)
         if bool(r["valid"].any()):
             views.append((i, r))
+        unit()
     if not views:
         raise ValueError("no rendered view has pixels above min_accumulation: nothing to fuse")
     voxel = cfg.tsdf_voxel_size
@@ -332,6 +386,7 @@ def tsdf_mesh(trainer, cfg: ExportConfig) -> tuple[np.ndarray, np.ndarray, np.nd
         block_count=50_000,
         device=dev,
     )
+    unit = _stage(progress, "tsdf fuse", len(views))
     for i, r in views:
         K = cams.K[i].double().clone()
         K[:2] /= ds
@@ -344,6 +399,7 @@ def tsdf_mesh(trainer, cfg: ExportConfig) -> tuple[np.ndarray, np.ndarray, np.nd
         dmax = float(r["depth"].max()) * 1.01
         blocks = vbg.compute_unique_block_coordinates(depth, intr, extr, 1.0, dmax)
         vbg.integrate(blocks, depth, color, intr, intr, extr, 1.0, dmax, cfg.tsdf_trunc_voxels)
+        unit()
     mesh = vbg.extract_triangle_mesh(weight_threshold=cfg.tsdf_weight_threshold).to_legacy()
     verts = np.asarray(mesh.vertices)
     faces = np.asarray(mesh.triangles)
@@ -356,10 +412,26 @@ def tsdf_mesh(trainer, cfg: ExportConfig) -> tuple[np.ndarray, np.ndarray, np.nd
     return verts, faces, colors
 
 
-def export_depth(trainer, out: Path, cfg: ExportConfig) -> list[str]:
+def _tsdf_unavailable(trainer) -> str | None:
+    """Why :func:`tsdf_mesh` cannot run for ``trainer`` (None: it can)."""
+    try:
+        import open3d  # noqa: F401
+    except ImportError:
+        return "needs open3d: pip install 'sceneforge[open3d]'"
+    model = trainer.scene.cameras.model
+    if model not in ("PINHOLE", "SIMPLE_PINHOLE"):
+        return f"needs pinhole cameras, not {model}"
+    return None
+
+
+def export_depth(
+    trainer, out: Path, cfg: ExportConfig, progress: Progress | None = None
+) -> list[str]:
     """Write ``depth/NAME.npy`` (float32) and ``depth/NAME.png`` (uint16) for each view."""
     written = []
-    for i in _view_indices(trainer, cfg.views):
+    indices = _view_indices(trainer, cfg.views)
+    unit = _stage(progress, "depth", len(indices))
+    for i in indices:
         r = render_depth(trainer, i, cfg.min_accumulation, cfg.downscale)
         d = r["depth"].numpy().astype(np.float32)
         stem = Path(trainer.scene.image_names[i]).stem
@@ -367,27 +439,46 @@ def export_depth(trainer, out: Path, cfg: ExportConfig) -> list[str]:
         png = np.clip(np.round(d * cfg.depth_png_scale), 0, 65535).astype(np.uint16)
         _write_png16(out / run_files.DEPTH_DIR / f"{stem}.png", png)
         written.append(stem)
+        unit()
     return written
 
 
-def export_trainer(trainer, out_dir: str | Path, config: ExportConfig | None = None) -> dict:
+def export_trainer(
+    trainer,
+    out_dir: str | Path,
+    config: ExportConfig | None = None,
+    progress: Progress | None = None,
+) -> dict:
     """Export from an in-memory :class:`~sceneforge.fields.trainer.Trainer` into ``out_dir``
-    (what can be exported is the scene model's: :meth:`SceneModel.export`)."""
-    return trainer.model.export(Path(out_dir), config or ExportConfig(), trainer)
+    (what can be exported is the scene model's: :meth:`SceneModel.export`); ``progress``: see
+    :data:`Progress`."""
+    return trainer.model.export(Path(out_dir), config or ExportConfig(), trainer, progress)
 
 
-def export_nerf(trainer, out_dir: Path, cfg: ExportConfig) -> dict:
+def export_nerf(
+    trainer, out_dir: Path, cfg: ExportConfig, progress: Progress | None = None
+) -> dict:
     """The NeRF model's exports: point cloud, marching-cubes mesh, TSDF mesh, depth maps."""
-    return _export(trainer, out_dir, cfg, ("mesh", "pointcloud", "tsdf", "depth"))
+    supported = ("mesh", "pointcloud", "tsdf", "depth")
+    return _export(trainer, out_dir, cfg, supported, progress)
 
 
-def export_gaussians(trainer, out_dir: Path, cfg: ExportConfig) -> dict:
+def export_gaussians(
+    trainer, out_dir: Path, cfg: ExportConfig, progress: Progress | None = None
+) -> dict:
     """The Gaussian model's exports: the 3DGS PLY, and the rendered point cloud, TSDF mesh and
     depth maps (no marching cubes: there is no density field)."""
-    return _export(trainer, out_dir, cfg, ("gaussians", "pointcloud", "tsdf", "depth"))
+    supported = ("gaussians", "pointcloud", "tsdf", "depth")
+    return _export(trainer, out_dir, cfg, supported, progress)
 
 
-def _export(trainer, out_dir: Path, cfg: ExportConfig, supported: tuple[str, ...]) -> dict:
+def _export(
+    trainer,
+    out_dir: Path,
+    cfg: ExportConfig,
+    supported: tuple[str, ...],
+    progress: Progress | None = None,
+) -> dict:
     what = supported[0] if cfg.what == "auto" else cfg.what
     kinds = list(supported) if what == "all" else [what]
     for k in kinds:
@@ -401,20 +492,25 @@ def _export(trainer, out_dir: Path, cfg: ExportConfig, supported: tuple[str, ...
     if cfg.downscale is not None:
         if cfg.downscale < 1:
             raise ValueError(f"downscale must be >= 1, got {cfg.downscale}")
+    skipped = _tsdf_unavailable(trainer) if what == "all" and "tsdf" in kinds else None
+    if skipped:  # "all" is what can be made here, not an error after the other exports
+        kinds.remove("tsdf")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     res: dict = {"steps": trainer.step}
+    if skipped:
+        res["skipped"] = f"tsdf ({skipped})"
     t0 = time.perf_counter()
     if "pointcloud" in kinds:
-        p, c = export_pointcloud(trainer, cfg)
+        p, c = export_pointcloud(trainer, cfg, progress)
         res["pointcloud"] = str(write_ply(out / run_files.POINTCLOUD, p, c))
         res["num_points"] = int(p.shape[0])
     if "mesh" in kinds:
-        v, f, c = marching_cubes_mesh(trainer, cfg)
+        v, f, c = marching_cubes_mesh(trainer, cfg, progress)
         res["mesh"] = str(write_ply(out / run_files.MESH, v, c, f))
         res["mesh_vertices"], res["mesh_faces"] = int(v.shape[0]), int(f.shape[0])
     if "tsdf" in kinds:
-        v, f, c = tsdf_mesh(trainer, cfg)
+        v, f, c = tsdf_mesh(trainer, cfg, progress)
         res["tsdf_mesh"] = str(write_ply(out / run_files.TSDF_MESH, v, c, f))
         res["tsdf_vertices"], res["tsdf_faces"] = int(v.shape[0]), int(f.shape[0])
     if "gaussians" in kinds:
@@ -429,7 +525,7 @@ def _export(trainer, out_dir: Path, cfg: ExportConfig, supported: tuple[str, ...
         res["num_gaussians"] = int(p["means"].shape[0])
     if "depth" in kinds:
         res["depth"] = str(out / run_files.DEPTH_DIR)
-        res["num_depth_maps"] = len(export_depth(trainer, out, cfg))
+        res["num_depth_maps"] = len(export_depth(trainer, out, cfg, progress))
     res["wall_s"] = time.perf_counter() - t0
     atomic_write_json(out / run_files.EXPORT_INFO, res)
     return res
@@ -440,19 +536,23 @@ def export(
     out_dir: str | Path,
     config: ExportConfig | None = None,
     scene: SceneData | None = None,
+    progress: Progress | None = None,
 ) -> dict:
-    """Export geometry from the trained run ``RUN_DIR`` into ``OUT_DIR`` (see module doc).
+    """Export geometry from the trained run ``RUN_DIR`` into ``OUT_DIR`` (see module doc;
+    ``progress``: :data:`Progress`).
 
     Returns (and writes as ``OUT_DIR/export.json``) the written paths and counts.
     """
     from sceneforge.fields.api import load_trained
 
     trainer = load_trained(run_dir, scene)
-    return export_trainer(trainer, out_dir, config)
+    return export_trainer(trainer, out_dir, config, progress)
 
 
 __all__ = [
+    "PROGRESS_UNITS",
     "ExportConfig",
+    "Progress",
     "density_lattice",
     "depth_to_world",
     "export",

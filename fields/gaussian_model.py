@@ -410,10 +410,10 @@ class GaussianModel(SceneModel):
                 self.params[k] = nn.Parameter(torch.empty_like(v, device=dev))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def export(self, out_dir: Path, config, trainer) -> dict:
+    def export(self, out_dir: Path, config, trainer, progress=None) -> dict:
         from sceneforge.fields.export import export_gaussians
 
-        return export_gaussians(trainer, out_dir, config)
+        return export_gaussians(trainer, out_dir, config, progress)
 
 
 __all__ = [

@@ -241,10 +241,10 @@ class NerfModel(SceneModel):
         o, d, z = cameras.rays(index, downscale=downscale)
         return reshape_image(self.render_rays(o.float(), d.float(), z.float(), image_idx), h, w)
 
-    def export(self, out_dir: Path, config, trainer) -> dict:
+    def export(self, out_dir: Path, config, trainer, progress=None) -> dict:
         from sceneforge.fields.export import export_nerf
 
-        return export_nerf(trainer, out_dir, config)
+        return export_nerf(trainer, out_dir, config, progress)
 
     # -- appearance of unseen images (NeRF-W evaluation) ---------------------------------------
 

@@ -139,9 +139,10 @@ class SceneModel(nn.Module, metaclass=abc.ABCMeta):
         """The scene box the model was built in."""
 
     @abc.abstractmethod
-    def export(self, out_dir: Path, config, trainer) -> dict:
+    def export(self, out_dir: Path, config, trainer, progress=None) -> dict:
         """Write the model's exports (``config``: the model's export settings) for the run of
-        ``trainer`` to ``out_dir``; returns what was written."""
+        ``trainer`` to ``out_dir``; returns what was written. ``progress(stage, done, total)``
+        is called as each stage starts and after each unit (see ``fields.export.Progress``)."""
 
 
 MODELS: dict[str, str] = {

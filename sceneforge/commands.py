@@ -6,9 +6,11 @@ engine's configs can be used here directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import tyro
 
@@ -20,6 +22,9 @@ from sceneforge.inpaint.complete import CompleteConfig
 from sceneforge.pipeline import RunConfig
 from sceneforge.recon.reconstruct import ReconstructConfig
 from sceneforge.viewer import ViewerConfig
+
+if TYPE_CHECKING:
+    from sceneforge.progress import RunLog
 
 Pos = tyro.conf.Positional
 
@@ -43,6 +48,45 @@ def table(values: dict, keys: tuple[str, ...] | None = None) -> str:
     rows = [(k, _cell(values[k])) for k in keys if k in values]
     width = max((len(k) for k, _ in rows), default=0)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+class StageProgress:
+    """A ``progress(stage, done, total)`` callback (:data:`sceneforge.fields.export.Progress`)
+    showing each stage as a :meth:`RunLog.task <sceneforge.progress.RunLog.task>` named
+    ``PREFIX STAGE`` (lines with an ETA, or a bar on a terminal); a new stage ends the last.
+    The log is made by ``make_log()`` at the first call (no log file, nor its folder, for work
+    refused before it starts). Use as a context manager: leaving it ends the last stage."""
+
+    def __init__(self, make_log: Callable[[], RunLog], prefix: str, units: dict[str, str]) -> None:
+        self.make_log, self.prefix, self.units = make_log, prefix, units
+        self.log: RunLog | None = None
+        self.stage: str | None = None
+        self.task = None
+        self._stack = ExitStack()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.log is None:
+            self.log = self.make_log()
+        if stage != self.stage or self.task is None:
+            self.close()
+            self.stage = stage
+            unit = self.units.get(stage, "step")
+            self.task = self._stack.enter_context(
+                self.log.task(f"{self.prefix} {stage}", total, unit=unit)
+            )
+        self.task.total = total
+        self.task.update(done, force=done <= 0)
+
+    def close(self) -> None:
+        """End the current stage (its bar, if any)."""
+        self._stack.close()
+        self._stack, self.task, self.stage = ExitStack(), None, None
+
+    def __enter__(self) -> StageProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def final_field(run_dir: Path) -> Path:
@@ -80,8 +124,10 @@ class Info:
             validate_scene(scene)
         cams = scene.cameras
         sizes = sorted({(int(w), int(h)) for w, h in zip(cams.width, cams.height)})
+        size_text = ", ".join(f"{w}x{h}" for w, h in sizes[:5])
+        size_text += f" (+{len(sizes) - 5} more)" if len(sizes) > 5 else ""
         print(f"scene: {self.scene_dir}")
-        print(f"images: {len(scene)}  camera model: {cams.model}  sizes: {sizes[:5]}")
+        print(f"images: {len(scene)}  camera model: {cams.model}  sizes: {size_text}")
         print(f"masks: {'yes' if scene.has_masks else 'no'}")
         n_pts = 0 if scene.points is None else scene.points.shape[0]
         print(f"sparse points: {n_pts}")
@@ -376,7 +422,7 @@ class Demo:
 @dataclass
 class Export:
     """Export a trained run: coloured point cloud (PLY), marching-cubes mesh, TSDF mesh
-    (open3d extra) or depth maps (16-bit PNG + .npy)."""
+    (open3d extra) or depth maps (16-bit PNG + .npy); progress goes to OUT_DIR/log.txt."""
 
     run_dir: Pos[Path]
     """Run folder written by ``sceneforge train`` (or ``complete``)."""
@@ -385,8 +431,14 @@ class Export:
     config: Annotated[ExportConfig, Flat] = field(default_factory=ExportConfig)
 
     def run(self) -> int:
-        from sceneforge.fields.export import export
+        from sceneforge.core import run_files
+        from sceneforge.fields.export import PROGRESS_UNITS, export
+        from sceneforge.progress import RunLog
 
-        info = export(self.run_dir, self.out_dir, self.config)
-        print(table(info))
+        def make_log() -> RunLog:
+            return RunLog(self.out_dir / run_files.LOG_FILE)
+
+        with StageProgress(make_log, "export", PROGRESS_UNITS) as progress:
+            info = export(self.run_dir, self.out_dir, self.config, progress=progress)
+        (progress.log or make_log())(table(info))
         return 0
