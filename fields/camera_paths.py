@@ -16,6 +16,8 @@ batch with the intrinsics and image size of the first input camera, unless noted
   ``render_height`` and per frame a row-major 4x4 OpenGL ``camera_to_world`` and a vertical
   ``fov`` in degrees. Poses are read in the scene's world frame (a path saved by nerfstudio's
   viewer on the ``sceneforge`` plugin is in nerfstudio's centred and scaled frame instead);
+  :func:`write_camera_path_versioned` writes the next free ``NAME.vNNN.json`` instead of
+  replacing a file (what ``sceneforge view``'s camera path panel saves);
 - :func:`is_forward_facing`: the test ``sceneforge run`` uses to choose spiral over orbit.
 """
 
@@ -30,7 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sceneforge.core.atomic import atomic_write_json
+from sceneforge.core.atomic import atomic_write_json, write_json_versioned
 from sceneforge.core.cameras import Cameras, invert_rigid, make_rigid
 from sceneforge.core.conventions import (
     opencv_to_opengl_world_from_cam,
@@ -309,8 +311,8 @@ def read_camera_path(path: str | Path) -> Cameras:
     )
 
 
-def write_camera_path(path: str | Path, cameras: Cameras, fps: float = 24.0) -> Path:
-    """Write ``cameras`` as a nerfstudio ``camera_path.json`` (atomically): the first camera's
+def camera_path_dict(cameras: Cameras, fps: float = 24.0) -> dict:
+    """``cameras`` as the content of a nerfstudio ``camera_path.json``: the first camera's
     image size, each camera's vertical field of view (from ``fy``) and OpenGL pose."""
     K = cameras.K.double()
     h = cameras.height.double()
@@ -318,7 +320,7 @@ def write_camera_path(path: str | Path, cameras: Cameras, fps: float = 24.0) -> 
     gl = opencv_to_opengl_world_from_cam(cameras.world_from_cam.double())
     bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64).expand(len(cameras), 1, 4)
     c2w = torch.cat([gl, bottom], 1).reshape(len(cameras), 16)
-    data = {
+    return {
         "camera_type": "perspective",
         "render_width": int(cameras.width[0]),
         "render_height": int(cameras.height[0]),
@@ -329,13 +331,25 @@ def write_camera_path(path: str | Path, cameras: Cameras, fps: float = 24.0) -> 
             for c, v, a in zip(c2w, fov, cameras.width.double() / h)
         ],
     }
-    return atomic_write_json(Path(path), data)
+
+
+def write_camera_path(path: str | Path, cameras: Cameras, fps: float = 24.0) -> Path:
+    """Write ``cameras`` as a nerfstudio ``camera_path.json`` (atomically, replacing ``path``;
+    content of :func:`camera_path_dict`); returns ``path``."""
+    return atomic_write_json(Path(path), camera_path_dict(cameras, fps))
+
+
+def write_camera_path_versioned(path: str | Path, cameras: Cameras, fps: float = 24.0) -> Path:
+    """Like :func:`write_camera_path` but never replaces a file: writes ``path``, or the first
+    free ``STEM.vNNN.json`` beside it when ``path`` exists; returns the path written."""
+    return write_json_versioned(Path(path), camera_path_dict(cameras, fps))
 
 
 __all__ = [
     "PATH_NAMES",
     "CameraPathError",
     "ForwardFacingTest",
+    "camera_path_dict",
     "interpolate_cameras",
     "is_forward_facing",
     "look_at_pose",
@@ -348,4 +362,5 @@ __all__ = [
     "spiral_cameras",
     "view_directions",
     "write_camera_path",
+    "write_camera_path_versioned",
 ]

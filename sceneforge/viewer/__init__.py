@@ -10,18 +10,30 @@
   completion run wrote them);
 - a 3D box (translation gizmo + size sliders) whose ``--mask-box xmin ymin zmin xmax ymax zmax``
   string, the one ``sceneforge complete`` takes, is shown in the panel and written to
-  ``mask_box.txt`` in the run folder.
+  ``mask_box.txt`` in the run folder;
+- a camera path panel: browser views added as keyframes, saved as a smooth nerfstudio
+  ``camera_path.json`` under ``camera_paths/`` in the folder (never replacing a file), with
+  the ``sceneforge render RUN OUT --path file:PATH`` command that renders it.
 
 Modules: :mod:`.app` (the server and ``sceneforge view``), :mod:`.config` (settings),
 :mod:`.run_folder` (what a folder holds), :mod:`.progressive` (field rendering),
-:mod:`.cameras` (browser <-> sceneforge cameras), :mod:`.images` (thumbnails) and
-:mod:`.mask_box`. viser and torch are imported lazily, so importing this package (the CLI
-does, for ``sceneforge view --help``) costs neither.
+:mod:`.cameras` (browser <-> sceneforge cameras), :mod:`.images` (thumbnails),
+:mod:`.mask_box`, :mod:`.camera_path` (keyframes -> path file) and :mod:`.camera_path_panel`
+(its widgets). viser and torch are imported lazily, so importing this package (the CLI does,
+for ``sceneforge view --help``) costs neither.
 """
 
 from __future__ import annotations
 
 from sceneforge.viewer.app import Viewer, view
+from sceneforge.viewer.camera_path import (
+    CAMERA_PATHS_DIR,
+    CameraPathRecorder,
+    CameraPathRecordError,
+    CameraPathSettings,
+    SavedPath,
+)
+from sceneforge.viewer.camera_path_panel import CameraPathPanel
 from sceneforge.viewer.cameras import (
     ViewCamera,
     frustum_pose,
@@ -47,14 +59,20 @@ from sceneforge.viewer.run_folder import (
 )
 
 __all__ = [
+    "CAMERA_PATHS_DIR",
     "MASK_BOX_FILE",
     "VISER_REQUIREMENT",
+    "CameraPathPanel",
+    "CameraPathRecordError",
+    "CameraPathRecorder",
+    "CameraPathSettings",
     "FieldSource",
     "ImageSet",
     "MaskBox",
     "ProgressiveRenderer",
     "RaysRenderer",
     "RunContents",
+    "SavedPath",
     "ViewCamera",
     "Viewer",
     "ViewerConfig",

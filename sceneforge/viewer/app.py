@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sceneforge.core import run_files
+from sceneforge.viewer.camera_path import CAMERA_PATHS_DIR
+from sceneforge.viewer.camera_path_panel import CameraPathPanel
 from sceneforge.viewer.cameras import (
     ViewCamera,
     frustum_pose,
@@ -127,6 +130,7 @@ class Viewer:
         self._add_cameras(wxyz, pos)
         self._add_gui()
         self._add_mask_box()
+        self._add_camera_path()
         server.on_client_connect(self._on_connect)
         server.on_client_disconnect(self._on_disconnect)
 
@@ -347,6 +351,21 @@ class Viewer:
             self.box_text.value = box.to_arg()
             if self.box_toggle.value:
                 box.write(self.mask_box_path)
+
+    # -- camera path -------------------------------------------------------------------------
+
+    def _add_camera_path(self) -> None:
+        cams = self.scene.cameras
+        long_side = max(int(cams.width[0]), int(cams.height[0]))
+        shown = self.contents.shown or self.root
+        self.camera_path = CameraPathPanel(
+            self.server,
+            self.cfg.camera_path_dir or (self.root / CAMERA_PATHS_DIR),
+            self.root,
+            long_side,
+            self.cfg.frustum_scale or 0.04 * self.extent,
+            self.contents.field.available or (shown / run_files.CHECKPOINT).is_file(),
+        )
 
     # -- clients -----------------------------------------------------------------------------
 

@@ -56,6 +56,8 @@ class ViewerConfig:
     """Torch device for field rendering: auto (CUDA when available), cpu, cuda or cuda:N."""
     mask_box_file: Path | None = None
     """Where the box control writes its ``--mask-box`` (default: ``mask_box.txt`` in the folder)."""
+    camera_path_dir: Path | None = None
+    """Where the camera path panel saves paths (default: ``camera_paths/`` in the folder)."""
     verbose: bool = False
     """Print viser's connection messages."""
 
