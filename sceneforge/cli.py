@@ -95,10 +95,25 @@ def version() -> str:
 
 def _user_facing(e: BaseException) -> bool:
     """Errors that describe bad input or a machine fault (our named errors, OSError such as a
-    full disk): printed as one message; anything else is a bug and keeps its traceback."""
-    return isinstance(e, OSError) or any(
-        c.__module__.startswith("sceneforge.") for c in type(e).__mro__
+    full disk, an optional package missing): printed as one message; anything else is a bug
+    and keeps its traceback."""
+    return (
+        isinstance(e, OSError)
+        or _missing_optional_package(e)
+        or any(c.__module__.startswith("sceneforge.") for c in type(e).__mro__)
     )
+
+
+def _missing_optional_package(e: BaseException) -> bool:
+    """Our lazy imports re-raise a failed optional import as ``ImportError("... needs X: pip
+    install X") from`` the original, in a sceneforge module. A plain failed ``import`` (a
+    ``ModuleNotFoundError``, or ``ImportError`` without a cause) is a bug or a broken install."""
+    if type(e) is not ImportError or not isinstance(e.__cause__, ImportError):
+        return False
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("sceneforge.")
 
 
 if __name__ == "__main__":
