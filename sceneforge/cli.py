@@ -11,7 +11,8 @@ import importlib
 import os
 import sys
 
-#: name -> (attribute in sceneforge.commands, one-line help). The one registry of verbs.
+#: name -> (class in sceneforge.commands, or ``module:Class`` for a verb defined elsewhere,
+#: one-line help). The one registry of verbs.
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("Info", "Load a scene (COLMAP, transforms.json or LLFF) and print a summary."),
     "reconstruct": ("Reconstruct", "Structure from motion: images in, a COLMAP model out."),
@@ -58,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import tyro
 
-    commands = importlib.import_module("sceneforge.commands")
-    cls = getattr(commands, COMMANDS[name][0])
+    cls = command_class(name)
     if "--help-all" in rest:  # tyro's full help: every option with its whole docstring
         rest = ["--help"]
     elif "-h" in rest or "--help" in rest:  # one line per option, deep sections folded
@@ -80,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"sceneforge {name}: error: {e}", file=sys.stderr)
         return 1
+
+
+def command_class(name: str) -> type:
+    """The dataclass of verb ``name`` (imported now: this loads the engine)."""
+    target = COMMANDS[name][0]
+    module, _, attr = target.rpartition(":")
+    return getattr(importlib.import_module(module or "sceneforge.commands"), attr)
 
 
 def version() -> str:
