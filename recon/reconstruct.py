@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -41,6 +42,13 @@ class ReconstructConfig:
     """SIFT implementation: OpenCV (~4x less CPU) or pycolmap (COLMAP's own extractor)."""
     num_query_frames: int = 8
     """Query frames of the tracker (0 = every frame)."""
+    sequential: bool | None = None
+    """Images are frames in capture order (sorted by name, e.g. sampled from a video): match
+    every image also with its next ``sequential_overlap`` images (None: on for a video given to
+    ``sceneforge run``, off otherwise)."""
+    sequential_overlap: int = 3
+    """With ``sequential``: following images matched with each image (otherwise 1), so that one
+    blurred or poorly matched frame does not break the chain of matches along the video."""
     retrack_on_doubt: bool = True
     """When the global poses cannot be trusted (see :attr:`IncrementalConfig.min_rotation_inliers`)
     or the reconstruction fails, track again with every image as a query frame (all pairs
@@ -237,13 +245,45 @@ def plot_reconstruction(
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
+def plain_text(message: str) -> str:
+    """``message`` without its rich markup (``[yellow]...`` -> ``...``); as it is when it is
+    not valid markup."""
+    from rich.errors import MarkupError
+    from rich.markup import render
+
+    try:
+        return render(message).plain
+    except MarkupError:
+        return message
+
+
+def neighbor_frames(cfg: ReconstructConfig) -> int:
+    """Following images the tracker matches with each image (``TracksConfig.neighbor_frames``):
+    ``sequential_overlap`` with ``sequential``, else the tracker's default (1)."""
+    from sceneforge.recon.tracking import TracksConfig
+
+    if not cfg.sequential:
+        return TracksConfig().neighbor_frames
+    if cfg.sequential_overlap < 1:
+        raise ValueError(f"sequential_overlap must be at least 1, got {cfg.sequential_overlap}")
+    return cfg.sequential_overlap
+
+
 def reconstruct(
-    images_dir: str | Path, out_dir: str | Path, config: ReconstructConfig | None = None
+    images_dir: str | Path,
+    out_dir: str | Path,
+    config: ReconstructConfig | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Images in, COLMAP model + ``transforms.json`` + PNG + ``summary.json`` out.
 
+    ``log`` receives every message shown on the console (loading, tracking, SfM, the result)
+    as plain text (rich markup removed), also when ``config.progress`` is off, e.g. to put them
+    into a run's log file.
+
     Returns the summary: registered images (and by which step), unregistered and unreadable
-    images, points, mean track length, mean reprojection error and time per stage.
+    images, points, mean track length, mean reprojection error, the matching used and time per
+    stage.
     """
     from rich.console import Console
 
@@ -255,8 +295,16 @@ def reconstruct(
     cfg = config or ReconstructConfig()
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     console = Console(stderr=True, quiet=not cfg.progress)
-    # A quiet console still renders every message (~7 ms each): skip them entirely.
-    log = console.log if cfg.progress else (lambda *_a, **_k: None)
+    sink = log
+    nbr = neighbor_frames(cfg)
+
+    def log(message: str) -> None:
+        # A quiet console still renders every message (~7 ms each): skip them entirely.
+        if cfg.progress:
+            console.log(message, _stack_offset=2)
+        if sink is not None:
+            sink(plain_text(message))
+
     if not images_dir.is_dir():
         raise SfMError(f"{images_dir}: images folder does not exist or is not a folder")
     if out_dir.exists() and any(out_dir.iterdir()) and not cfg.overwrite:
@@ -283,7 +331,10 @@ def reconstruct(
             ),
             matching=MatchingConfig(method="auto"),
             num_query_frames=cfg.num_query_frames,
+            neighbor_frames=nbr,
         )
+        if cfg.sequential:
+            log(f"sequential matching: every image also with its next {nbr} image(s)")
         mask_list = masks if any(m is not None for m in masks) else None
         with _tracking_threads(cfg):
             feats = extract_features(images, tcfg, mask_list)
@@ -316,7 +367,8 @@ def reconstruct(
             status.update("[bold]tracking (all pairs)")
             t0 = time.perf_counter()
             with _tracking_threads(cfg):
-                tcfg = replace(tcfg, num_query_frames=0)
+                # every pair: also the frames farther apart than the sequential overlap
+                tcfg = replace(tcfg, num_query_frames=0, max_frame_distance=None)
                 tracks = build_tracks(images, tcfg, mask_list, log=log, features=feats)
             timings["retrack_s"] = time.perf_counter() - t0
             status.update("[bold]structure from motion")
@@ -358,6 +410,13 @@ def reconstruct(
     summary["skipped_non_image_files"] = skipped
     summary["config"] = asdict(cfg)
     summary["tracks"] = {"num_tracks": tracks.num_tracks, "mean_length": tracks.mean_length()}
+    summary["matching"] = {
+        "sequential": bool(cfg.sequential),
+        "neighbor_frames": tcfg.neighbor_frames,
+        "num_query_frames": tcfg.num_query_frames,
+        "query_frames": tracks.info.get("query_frames"),
+        "num_pairs": tracks.info.get("num_pairs"),
+    }
     atomic_write_json(out_dir / run_files.SFM_SUMMARY, summary, default=str)
     log(
         f"[green]registered {summary['num_registered']}/{summary['num_images']} images, "

@@ -36,7 +36,7 @@ from sceneforge.fields.trainer import TrainerConfig
 from sceneforge.inpaint.complete import CompleteConfig
 from sceneforge.plan import Plan, PlanOverrides, Quality, plan_run
 from sceneforge.progress import RunLog, Task, format_seconds
-from sceneforge.recon.reconstruct import ReconstructConfig
+from sceneforge.recon.reconstruct import ReconstructConfig, neighbor_frames
 from sceneforge.report import STAGES, write_report
 from sceneforge.video_input import VideoConfig
 
@@ -158,9 +158,10 @@ def run(
     stages = _Stages(out)
     images_dir, sizes, rcfg = _prepare_images(src, out, cfg, log)
     plan = make_plan(cfg, sizes, cfg.train.device or device)
-    for line in plan.lines():
+    matching = sfm_matching(rcfg, is_file)
+    for line in plan.lines() + ["  " + matching["line"]]:
         log(line)
-    atomic_write_json(out / run_files.PLAN, plan.to_dict())
+    atomic_write_json(out / run_files.PLAN, {**plan.to_dict(), "sfm_matching": matching})
     train_cfg, render_cfg = planned_configs(cfg, plan)
     t_start = time.perf_counter()
 
@@ -188,14 +189,15 @@ def run(
             f"reconstruct: {n} images in {images_dir} (features {rcfg.features}, at most "
             f"{rcfg.max_image_size} px)"
         )
-        s = reconstruct(images_dir, sfm_dir, rcfg)
+        # every message of the reconstruction into log.txt; the console has its own display
+        s = reconstruct(images_dir, sfm_dir, rcfg, log=lambda m: log.write(m, echo=False))
         for line in _sfm_lines(s):
             log(line)
         return {
             k: s[k]
             for k in ("num_images", "num_registered", "registered_by", "unregistered_images")
             + ("num_points", "mean_track_length", "mean_reproj_error_px", "image_groups")
-            + ("unreadable_images", "skipped_non_image_files")
+            + ("unreadable_images", "skipped_non_image_files", "matching")
             if k in s
         }
 
@@ -288,7 +290,8 @@ def _prepare_images(
 ) -> tuple[Path, list[tuple[int, int]], ReconstructConfig]:
     """Put the input inside ``OUT/images`` (photos: copies scaled to at most
     ``reconstruct.max_image_size``; a video: its sharpest frames) and return that folder, the
-    images' sizes and the reconstruction config (its masks copied alongside when given).
+    images' sizes and the reconstruction config (its masks copied alongside when given; for a
+    video, sequential matching unless ``reconstruct.sequential`` is given).
 
     A photo folder already inside ``OUT`` is used as it is. ``OUT/images`` made from another
     input (a video record that does not match) is an error, never overwritten.
@@ -318,6 +321,8 @@ def _prepare_images(
             record = sample_video_frames(src, images, cfg.video, max_size, log)
             write_json(record_path, record)
         files = [images / f["file"] for f in record["frames"]]
+        if rcfg.sequential is None:  # frame_NNNNN.jpg: sorted by name = in temporal order
+            rcfg = dataclasses.replace(rcfg, sequential=True)
     elif src.resolve() == out.resolve() or out.resolve() in src.resolve().parents:
         files = scan_folder(src)[0]  # already inside OUT: nothing to copy
         images = src
@@ -332,6 +337,26 @@ def _prepare_images(
         files = [images / n for n in info["sizes"]]
     sizes = [wh for wh in (image_size(p) for p in files) if wh is not None]
     return images, sizes, rcfg
+
+
+def sfm_matching(rcfg: ReconstructConfig, video: bool) -> dict:
+    """Which image pairs the reconstruction matches (recorded in ``plan.json``), with a line
+    for the log."""
+    seq = bool(rcfg.sequential)
+    nbr = neighbor_frames(rcfg)
+    nq = "every image" if rcfg.num_query_frames <= 0 else f"{rcfg.num_query_frames} query images"
+    if seq:
+        why = " (video frames, in order)" if video else ""
+        line = f"sfm matching: sequential{why}: each frame with its next {nbr}, plus {nq}"
+    else:
+        line = f"sfm matching: unordered photos: {nq} with every image"
+    return {
+        "sequential": seq,
+        "neighbor_frames": nbr,
+        "num_query_frames": rcfg.num_query_frames,
+        "video": video,
+        "line": line,
+    }
 
 
 def plan_overrides(cfg: RunConfig) -> PlanOverrides:

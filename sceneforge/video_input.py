@@ -107,8 +107,9 @@ def sample_video_frames(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Write the sharpest frame of each of ``config.num_frames`` equal windows of ``video`` into
-    ``out_dir`` (``frame_NNNNN.jpg``, NNNNN = the frame's index in the video), scaled so that
-    the longest side is at most ``max_size``; returns ``{"video", "num_video_frames",
+    ``out_dir`` (``frame_NNNNN.jpg``, NNNNN = the frame's index in the video: sorted by name =
+    in temporal order, which ``sceneforge run`` relies on to match them sequentially), scaled
+    so that the longest side is at most ``max_size``; returns ``{"video", "num_video_frames",
     "frames": [{"index", "file", "sharpness", "window_median_sharpness"}], ...}``.
 
     Raises :class:`VideoError` (naming the file) for a file that is not a readable video or

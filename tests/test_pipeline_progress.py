@@ -112,3 +112,44 @@ def test_complete_reports_progress_through_its_optional_callback(tmp_path, one_t
     # without a callback: the same outputs
     info2 = complete(tmp_path / "run", tmp_path / "out2", cfg, scene=scene)
     assert info2["steps"] == info["steps"] and info2["rounds"] == info["rounds"]
+
+
+def test_sfm_messages_reach_the_log_file(tmp_path, one_thread):
+    """The reconstruction's own messages (loading, tracking, SfM, its result) go to
+    ``OUT/log.txt`` as plain text, once, and not again to the caller's console callback (rich
+    shows them there); a photo folder is matched as an unordered collection."""
+    import json
+
+    from sceneforge.core import run_files
+    from sceneforge.demo import render_demo_images
+    from sceneforge.pipeline import RunConfig, run
+    from sceneforge.recon.reconstruct import ReconstructConfig
+    from sceneforge.recon.sfm import SfMConfig
+
+    render_demo_images(tmp_path, replace(DemoConfig(), num_views=16, size=192))
+    images = tmp_path / run_files.DEMO_IMAGES_DIR
+    assert len(list(images.iterdir())) == 16
+    rcfg = ReconstructConfig(sfm=SfMConfig(num_threads=1), progress=False, write_png=False)
+    cfg = RunConfig(device="cpu", reconstruct=rcfg)
+    messages: list[str] = []
+    stages = run(images, tmp_path / "out", cfg, log=messages.append, stop_after="reconstruct")
+    n, reg = stages["reconstruct"]["num_images"], stages["reconstruct"]["num_registered"]
+    assert n == 16 and reg >= 14
+    text = _log_text(tmp_path / "out" / "log.txt")
+    start = text.index("[reconstruct] ...")
+    end = next(i for i, t in enumerate(text) if t.startswith("[reconstruct] done"))
+    sfm = text[start:end]
+    assert any(t.startswith("16 images loaded from ") for t in sfm), sfm
+    assert any(re.match(r"features: \d+ keypoints in 16 images", t) for t in sfm), sfm
+    assert any(re.match(r"matching: \d+ pairs, \d+ matches", t) for t in sfm), sfm
+    assert any(re.match(r"two-view: \d+/\d+ pairs verified", t) for t in sfm), sfm
+    assert any(re.match(rf"registered {reg}/16 images, \d+ points, ", t) for t in sfm), sfm
+    assert not any("[green]" in t or "[yellow]" in t for t in sfm)
+    # the summary's lines still follow, and the console callback got no duplicates
+    assert any(t.startswith(f"reconstruct: registered {reg}/16 images") for t in text)
+    assert not any(re.match(r"matching: \d+ pairs", m) for m in messages)
+    assert sum(t.startswith(f"registered {reg}/16 images") for t in text) == 1
+    assert "  sfm matching: unordered photos: 8 query images with every image" in text
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert plan["sfm_matching"]["sequential"] is False and plan["sfm_matching"]["video"] is False
+    assert stages["reconstruct"]["matching"]["neighbor_frames"] == 1

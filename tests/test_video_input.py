@@ -105,12 +105,17 @@ def test_run_takes_a_video_and_names_bad_input(video, tmp_path, capsys):
     single image is a one-line error naming the file."""
     from sceneforge.cli import main
     from sceneforge.pipeline import RunConfig, RunError, _prepare_images
+    from sceneforge.recon.reconstruct import ReconstructConfig
 
     out = tmp_path / "out"
     out.mkdir()
     cfg = RunConfig(video=VideoConfig(num_frames=TARGET))
-    images, sizes, _ = _prepare_images(video, out, cfg, log=lambda m: None)
+    images, sizes, rcfg = _prepare_images(video, out, cfg, log=lambda m: None)
     assert images == out / "images" and sizes == [(W, H)] * TARGET
+    # frames are written in temporal order: matched sequentially unless said otherwise
+    assert cfg.reconstruct.sequential is None and rcfg.sequential is True
+    off = RunConfig(video=cfg.video, reconstruct=ReconstructConfig(sequential=False))
+    assert _prepare_images(video, out, off, log=lambda m: None)[2].sequential is False
     record = json.loads((out / "video.json").read_text())
     assert [f["index"] for f in record["frames"]] == [_sharp_index(k) for k in range(TARGET)]
     stamp = (images / record["frames"][0]["file"]).stat().st_mtime_ns
@@ -173,4 +178,16 @@ def test_run_reconstructs_from_a_video(tmp_path):
     for f in tj["frames"]:
         path = (out / "sfm" / f["file_path"]).resolve()
         assert path.parent == (out / "images").resolve() and path.is_file()
-    assert json.loads((out / "plan.json").read_text())["num_images"] == 24
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["num_images"] == 24
+    # a video: sequential matching, recorded in the plan, the stage record and the summary
+    assert plan["sfm_matching"]["sequential"] is True and plan["sfm_matching"]["video"] is True
+    nbr = plan["sfm_matching"]["neighbor_frames"]
+    assert nbr == cfg.reconstruct.sequential_overlap >= 2
+    matching = stages["reconstruct"]["matching"]
+    assert matching["sequential"] is True and matching["neighbor_frames"] == nbr
+    summary = json.loads((out / "sfm" / "summary.json").read_text())
+    assert summary["config"]["sequential"] is True and summary["matching"] == matching
+    log = (out / "log.txt").read_text()
+    assert "sfm matching: sequential (video frames, in order)" in log
+    assert f"sequential matching: every image also with its next {nbr} image(s)" in log
