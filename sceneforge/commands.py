@@ -369,11 +369,29 @@ class Complete:
             raise SystemExit(
                 "sceneforge complete: give --mask-box XMIN YMIN ZMIN XMAX YMAX ZMAX or --masks DIR"
             )
+        from sceneforge.core import run_files
+        from sceneforge.progress import RunLog, task_progress
+
         cfg = self.config
         if cfg.device is not None:
             cfg = dataclasses.replace(cfg, device=str(resolve_device(cfg.device)))
-        summary = complete(self.run_dir, self.out_dir, cfg)
-        print(table(summary))
+        # Progress lines with an ETA (and OUT_DIR/log.txt), made at the first report so that a
+        # refused completion leaves no output folder.
+        log: RunLog | None = None
+        stack = ExitStack()
+        report = None
+
+        def progress(done: int, total: int, message: str = "") -> None:
+            nonlocal log, report
+            if report is None:
+                log = RunLog(self.out_dir / run_files.LOG_FILE)
+                task = log.task("complete", total, own_bar=cfg.progress)
+                report = task_progress(stack.enter_context(task))
+            report(done, total, message)
+
+        with stack:
+            summary = complete(self.run_dir, self.out_dir, cfg, progress=progress)
+        (log or print)(table(summary))
         return 0
 
 

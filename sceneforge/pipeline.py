@@ -35,7 +35,7 @@ from sceneforge.fields.api import RenderConfig, TrainConfig
 from sceneforge.fields.trainer import TrainerConfig
 from sceneforge.inpaint.complete import CompleteConfig
 from sceneforge.plan import Plan, PlanOverrides, Quality, plan_run
-from sceneforge.progress import RunLog, Task, format_seconds
+from sceneforge.progress import RunLog, Task, format_seconds, task_progress
 from sceneforge.recon.reconstruct import ReconstructConfig, neighbor_frames
 from sceneforge.report import STAGES, write_report
 from sceneforge.video_input import VideoConfig
@@ -238,7 +238,7 @@ def run(
         with log.task("complete", total, own_bar=c.progress) as task:
             # the scene found relative to field/ (OUT may have moved since training)
             scene = load_scene(scene_source(field_dir))
-            s = complete(field_dir, complete_dir, c, scene=scene, progress=_task_progress(task))
+            s = complete(field_dir, complete_dir, c, scene=scene, progress=task_progress(task))
         return {k: v for k, v in s.items() if isinstance(v, int | float | str)}
 
     final_dir = complete_dir if cfg.mask_box is not None else field_dir
@@ -437,20 +437,6 @@ def _train_progress(task: Task) -> Callable:
         task.update(trainer.step, info)
 
     return hook
-
-
-def _task_progress(task: Task) -> Callable[[int, int, str], None]:
-    """A ``progress(done, total, message)`` callback (completion, export) reporting to
-    ``task``; ``done == 0`` restarts the ETA's clock (the work before the first unit, e.g.
-    building fill masks, does not count towards the rate)."""
-
-    def progress(done: int, total: int, message: str = "") -> None:
-        task.total = total
-        if done <= 0:
-            task.rebase(0)
-        task.update(done, message, force=done <= 0)
-
-    return progress
 
 
 def _sfm_lines(summary: dict) -> list[str]:

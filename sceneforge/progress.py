@@ -165,4 +165,18 @@ class RunLog:
                 bar[0].stop()
 
 
-__all__ = ["RunLog", "Task", "format_seconds", "stdout_is_terminal"]
+def task_progress(task: Task) -> Callable[[int, int, str], None]:
+    """A ``progress(done, total, message)`` callback (completion) reporting to ``task``;
+    ``done == 0`` restarts the ETA's clock (the work before the first unit, e.g. building fill
+    masks, does not count towards the rate)."""
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        task.total = total
+        if done <= 0:
+            task.rebase(0)
+        task.update(done, message, force=done <= 0)
+
+    return progress
+
+
+__all__ = ["RunLog", "Task", "format_seconds", "stdout_is_terminal", "task_progress"]

@@ -50,7 +50,9 @@ def test_complete_resolves_auto(monkeypatch, tmp_path, cuda):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     seen = {}
-    monkeypatch.setattr(mod, "complete", lambda run, out, cfg: seen.update(cfg=cfg) or {})
+    monkeypatch.setattr(
+        mod, "complete", lambda run, out, cfg, progress=None: seen.update(cfg=cfg) or {}
+    )
     args = ["complete", str(tmp_path / "run"), str(tmp_path / "out"), "--masks", "m"]
     assert main(args) == 0
     assert seen["cfg"].device == ("cuda" if cuda else "cpu")

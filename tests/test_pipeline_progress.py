@@ -153,3 +153,46 @@ def test_sfm_messages_reach_the_log_file(tmp_path, one_thread):
     plan = json.loads((tmp_path / "out" / "plan.json").read_text())
     assert plan["sfm_matching"]["sequential"] is False and plan["sfm_matching"]["video"] is False
     assert stages["reconstruct"]["matching"]["neighbor_frames"] == 1
+
+
+def test_complete_command_shows_progress_and_writes_the_log(tmp_path, one_thread, capsys):
+    """``sceneforge complete``: progress lines with an ETA on a non-terminal stdout and in
+    ``OUT_DIR/log.txt``, then the summary as a table (not a dict)."""
+    from sceneforge.cli import main
+    from sceneforge.core.io import save_scene
+    from sceneforge.core.synthetic import turntable_scene
+    from sceneforge.fields.api import TrainConfig, train
+    from sceneforge.fields.nerf_model import NerfConfig
+    from sceneforge.fields.sampling import SamplerConfig
+    from sceneforge.fields.trainer import TrainerConfig
+
+    scene = replace(turntable_scene(num_views=4, size=16, num_points=10), masks=None)
+    save_scene(scene, tmp_path / "scene", "nerfstudio")
+    tcfg = TrainerConfig(
+        max_steps=3,
+        batch_rays=64,
+        progress=False,
+        tensorboard=False,
+        holdout_every=0,
+        checkpoint_every=0,
+        nerf=NerfConfig(sampler=SamplerConfig(num_samples=16, grid_alpha_threshold=1e-3)),
+    )
+    train(tmp_path / "scene", tmp_path / "run", TrainConfig(trainer=tcfg, save_eval_images=False))
+    mesh = scene.metadata["mesh"]
+    v = mesh.vertices[mesh.faces[mesh.face_object == 0].reshape(-1)]
+    box = [f"{x:.6f}" for x in v.min(0).values.tolist() + v.max(0).values.tolist()]
+    updates = ["--update.warmup-steps", "2", "--update.update-every", "1"]
+    updates += ["--update.num-rounds", "2", "--update.final-steps", "1"]
+    out = tmp_path / "out"
+    args = ["complete", str(tmp_path / "run"), str(out), "--mask-box", *box]
+    args += ["--inpainter", "telea", "--no-progress", "--device", "cpu", *updates]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    text = _log_text(out / "log.txt")
+    steps = [t for t in text if t.startswith("[complete] step ")]
+    assert steps[0].startswith("[complete] step 0/4 (0%)") and "telea" in steps[0], text
+    assert steps[-1].startswith("[complete] step 4/4 (100%)") and all("ETA " in t for t in steps)
+    assert [ln for ln in printed.splitlines() if ln.startswith("[complete] step ")] == steps
+    assert "{'" not in printed and any(ln.startswith("steps ") for ln in printed.splitlines()), (
+        printed
+    )
