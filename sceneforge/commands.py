@@ -281,20 +281,22 @@ class Render:
     config: Annotated[RenderConfig, Flat] = field(default_factory=RenderConfig)
 
     def run(self) -> int:
+        from sceneforge.core import run_files
         from sceneforge.fields.api import render
         from sceneforge.progress import RunLog
 
         run = final_field(self.run_dir)
-        with RunLog(None).task("render", self.config.num_frames, unit="frame") as task:
+        log = RunLog(self.out_dir / run_files.LOG_FILE)  # progress lines also in OUT_DIR/log.txt
+        with log.task("render", self.config.num_frames, unit="frame") as task:
 
             def frame_done(done: int, total: int) -> None:
                 task.total = total
                 task.update(done)
 
             out = render(run, self.out_dir, self.config, progress=frame_done)
-        print(f"{out['num_frames']} frames ({out['path']} path): {out['frames']}")
+        log(f"{out['num_frames']} frames ({out['path']} path): {out['frames']}")
         if "video" in out:
-            print(f"video: {out['video']}")
+            log(f"video: {out['video']}")
         return 0
 
 

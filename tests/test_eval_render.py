@@ -131,6 +131,8 @@ def test_render_command_shows_progress_and_the_video_path(trained, tmp_path, cap
     assert "[render] frame 2/2 (100%)" in text  # stdout is not a terminal here
     assert f"video: {out / 'video.mp4'}" in text
     assert iio.imread(out / "video.mp4", plugin="FFMPEG", index=None).shape[0] == 2
+    logged = (out / "log.txt").read_text()
+    assert "[render] frame 2/2 (100%)" in logged and "video: " in logged
 
 
 def test_train_command_prints_a_table_not_a_dict(trained, tmp_path, capsys):
