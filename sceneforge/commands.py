@@ -24,7 +24,7 @@ from sceneforge.recon.reconstruct import ReconstructConfig
 from sceneforge.viewer import ViewerConfig
 
 if TYPE_CHECKING:
-    from sceneforge.progress import RunLog
+    from sceneforge.core.progress import RunLog
 
 Pos = tyro.conf.Positional
 
@@ -52,7 +52,7 @@ def table(values: dict, keys: tuple[str, ...] | None = None) -> str:
 
 class StageProgress:
     """A ``progress(stage, done, total)`` callback (:data:`sceneforge.fields.export.Progress`)
-    showing each stage as a :meth:`RunLog.task <sceneforge.progress.RunLog.task>` named
+    showing each stage as a :meth:`RunLog.task <sceneforge.core.progress.RunLog.task>` named
     ``PREFIX STAGE`` (lines with an ETA, or a bar on a terminal); a new stage ends the last.
     The log is made by ``make_log()`` at the first call (no log file, nor its folder, for work
     refused before it starts). Use as a context manager: leaving it ends the last stage."""
@@ -282,8 +282,8 @@ class Render:
 
     def run(self) -> int:
         from sceneforge.core import run_files
+        from sceneforge.core.progress import RunLog
         from sceneforge.fields.api import render
-        from sceneforge.progress import RunLog
 
         run = final_field(self.run_dir)
         log = RunLog(self.out_dir / run_files.LOG_FILE)  # progress lines also in OUT_DIR/log.txt
@@ -372,7 +372,7 @@ class Complete:
                 "sceneforge complete: give --mask-box XMIN YMIN ZMIN XMAX YMAX ZMAX or --masks DIR"
             )
         from sceneforge.core import run_files
-        from sceneforge.progress import RunLog, task_progress
+        from sceneforge.core.progress import RunLog, task_progress
 
         cfg = self.config
         if cfg.device is not None:
@@ -452,8 +452,8 @@ class Export:
 
     def run(self) -> int:
         from sceneforge.core import run_files
+        from sceneforge.core.progress import RunLog
         from sceneforge.fields.export import PROGRESS_UNITS, export
-        from sceneforge.progress import RunLog
 
         def make_log() -> RunLog:
             return RunLog(self.out_dir / run_files.LOG_FILE)

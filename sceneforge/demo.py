@@ -220,9 +220,9 @@ def demo(
     ``stage_s`` are wall seconds, ``stage_cpu_s`` CPU seconds of this process (with one
     torch thread about the wall time on an idle machine).
     """
+    from sceneforge.core.progress import RunLog
     from sceneforge.core.run_files import LOG_FILE
     from sceneforge.pipeline import run
-    from sceneforge.progress import RunLog
 
     cfg = cfg or DemoConfig()
     out = Path(out_dir)

@@ -150,10 +150,10 @@ def evaluate_run(
     JSON file it was written to."""
     from sceneforge.core.devices import resolve_device
     from sceneforge.core.metrics import psnr, ssim
+    from sceneforge.core.progress import RunLog
     from sceneforge.fields.api import load_trained
     from sceneforge.fields.datasets import downscale_image, downscale_mask
     from sceneforge.fields.evaluation import color_correct
-    from sceneforge.progress import RunLog
 
     cfg = config or EvalConfig()
     if cfg.downscale < 1:

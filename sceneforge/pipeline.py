@@ -30,12 +30,12 @@ from typing import Literal
 from sceneforge.core import run_files
 from sceneforge.core.atomic import atomic_write_json
 from sceneforge.core.devices import resolve_device
+from sceneforge.core.progress import RunLog, Task, format_seconds, task_progress
 from sceneforge.core.timing import cpu_seconds
 from sceneforge.fields.api import RenderConfig, TrainConfig
 from sceneforge.fields.trainer import TrainerConfig
 from sceneforge.inpaint.complete import CompleteConfig
 from sceneforge.plan import Plan, PlanOverrides, Quality, plan_run
-from sceneforge.progress import RunLog, Task, format_seconds, task_progress
 from sceneforge.recon.reconstruct import ReconstructConfig, neighbor_frames
 from sceneforge.report import STAGES, write_report
 from sceneforge.video_input import VideoConfig
@@ -132,7 +132,7 @@ def run(
     ``render/`` (frames of the camera path + video), ``points.ply``, ``report.html`` and ``log.txt``
     (``log``'s messages, the reconstruction's result and the training / completion /
     rendering progress lines, see
-    :class:`sceneforge.progress.RunLog`). The user's photos or video are only read.
+    :class:`sceneforge.core.progress.RunLog`). The user's photos or video are only read.
     """
     from sceneforge.core.image_io import IMAGE_EXTENSIONS, list_images
 

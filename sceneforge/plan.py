@@ -194,7 +194,7 @@ class Plan:
 
     def lines(self) -> list[str]:
         """The plan as a few human-readable lines (printed and logged at the start)."""
-        from sceneforge.progress import format_seconds
+        from sceneforge.core.progress import format_seconds
 
         def size(wh: tuple[int, int]) -> str:
             return f"{wh[0]}x{wh[1]}"

@@ -16,6 +16,7 @@ import torch
 from sceneforge.cli import main
 from sceneforge.core.atomic import write_json_versioned
 from sceneforge.core.io import save_scene
+from sceneforge.core.progress import RunLog, format_seconds
 from sceneforge.core.synthetic import turntable_scene
 from sceneforge.eval_run import LPIPS, EvalConfig, EvalError, evaluate_run
 from sceneforge.fields import api
@@ -29,7 +30,6 @@ from sceneforge.fields.api import (
 )
 from sceneforge.fields.trainer import TrainerConfig
 from sceneforge.pipeline import _train_progress
-from sceneforge.progress import RunLog, format_seconds
 
 STEPS = 20
 

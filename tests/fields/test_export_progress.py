@@ -193,7 +193,7 @@ def test_cli_export_shows_and_logs_progress_and_prints_a_table(
 
 def test_stage_progress_on_a_terminal_draws_bars_and_still_logs(tmp_path):
     from sceneforge.commands import StageProgress
-    from sceneforge.progress import RunLog
+    from sceneforge.core.progress import RunLog
 
     shown: list[str] = []
     log = RunLog(tmp_path / "log.txt", console=shown.append, interval_s=3600, terminal=True)

@@ -1,4 +1,4 @@
-"""Progress of the app's long stages: a log file in the output folder, periodic lines, a bar.
+"""Progress of long stages: a log file in the output folder, periodic lines, a bar.
 
 :class:`RunLog` is the ``log`` callable that :func:`sceneforge.pipeline.run` already passes
 around, extended: every message also goes to a log file (``OUT_DIR/log.txt``, appended, with a
