@@ -26,6 +26,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("Run", "The main job: photos or a video in; planned, resumable, a report out."),
     "demo": ("Demo", "The main job on a procedural scene, with a quality check."),
     "view": ("View", "Open a scene or run folder in the browser viewer (localhost)."),
+    "novel-views": (
+        "sceneforge.free3d_commands:NovelViews",
+        "Novel views of one object photo with a local Free3D model (then a field).",
+    ),
+    "free3d-train": (
+        "sceneforge.free3d_commands:Free3DTrain",
+        "Train or fine-tune a Free3D novel-view model on posed multi-view sets.",
+    ),
 }
 
 

@@ -12,11 +12,13 @@ loaded.
 
 from .cross_view import CrossViewAttention, CrossViewAttentions
 from .model import Free3DConfig, Free3DModel, build_tiny, load_free3d_model
+from .novel_views import NovelViewsConfig  # the job: novel_views.novel_views
 from .pipeline import Free3DPipeline, build_tiny_pipeline, load_free3d
 from .prior import Free3DPrior
 from .rays import plucker_rays, rays_for_views, relative_pose, resize_ray_map, scale_intrinsics
 from .rcn import RayConditionedNorm
 from .sampler import SamplerConfig, denoise, initial_noise, sample_views
+from .train import Free3DTrainConfig, train_free3d
 
 __all__ = [
     "CrossViewAttention",
@@ -25,6 +27,8 @@ __all__ = [
     "Free3DModel",
     "Free3DPipeline",
     "Free3DPrior",
+    "Free3DTrainConfig",
+    "NovelViewsConfig",
     "RayConditionedNorm",
     "SamplerConfig",
     "build_tiny",
@@ -39,4 +43,5 @@ __all__ = [
     "resize_ray_map",
     "sample_views",
     "scale_intrinsics",
+    "train_free3d",
 ]

@@ -265,3 +265,27 @@ def test_a_failure_while_writing_leaves_no_output(
     with pytest.raises(RuntimeError, match="trainer failed"):
         novel_views(rgba_image, out, _cfg(model_dir, train=True), progress=lambda m: None)
     assert out.is_dir() and not any(out.iterdir()) and _leftovers(out) == []
+
+
+def test_novel_views_command(model_dir, rgba_image, tmp_path, capsys):
+    """``sceneforge novel-views IMAGE OUT --model PATH --poses orbit:N``: the verb's flags reach
+    the job, the result is printed as a table; a missing model folder is a one-line error."""
+    from sceneforge.cli import main
+
+    out = tmp_path / "cli"
+    args = ["novel-views", str(rgba_image), str(out), "--model", str(model_dir)]
+    args += ["--poses", "orbit:3", "--sampler.num-steps", "2", "--device", "cpu"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    frames = json.loads((out / "scene" / "transforms.json").read_text())["frames"]
+    assert len(frames) == 4
+    record = json.loads((out / "novel_views.json").read_text())
+    assert record["num_steps"] == 2 and record["poses"] == "orbit:3"
+    assert any(ln.startswith("scene_dir ") for ln in printed.splitlines())
+    assert "{'" not in printed
+    missing = tmp_path / "no_model"
+    bad = ["novel-views", str(rgba_image), str(tmp_path / "cli2"), "--model", str(missing)]
+    assert main(bad) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sceneforge novel-views: error: ") and str(missing) in err
+    assert not (tmp_path / "cli2").exists()
