@@ -34,6 +34,7 @@ LAYERS: dict[str, tuple[str, frozenset[str]]] = {
     "sceneforge.inpaint": ("inpaint", frozenset({"stylize", "app"})),
     "sceneforge.stylize": ("stylize", frozenset({"inpaint", "app"})),
     "sceneforge.stylize.free3d": ("stylize", frozenset({"inpaint", "app"})),
+    "sceneforge.stylize.human": ("stylize", frozenset({"inpaint", "app"})),
     # the app layer: CLI, pipeline, demo, viewer, nerfstudio plugins; may import every layer
     "sceneforge": ("app", frozenset()),
     "sceneforge.nerfstudio": ("app", frozenset()),

@@ -1,0 +1,48 @@
+"""4D human capture (issue 20): body models, skinning and (later) pose from video and the
+canonical human field.
+
+Body models share one interface (:class:`BodyModel`, axis-angle pose per joint, one shape per
+subject, canonical->posed bone transforms): :class:`AnnyModel` (default; the optional
+``anny`` package, ``pip install 'sceneforge[human]'``, imported only when built) and
+:class:`SMPLModel` (the user's own SMPL/SMPL-X file). :mod:`.lbs` has the kinematic chain and
+forward/inverse linear blend skinning; :class:`SkinningGrid` the canonical skinning-weight grid
+that maps observation-space samples back to the canonical body.
+
+Caches (anny's model data, skinning grids) go to the user cache folder
+(:func:`sceneforge_cache_dir`: ``$SCENEFORGE_CACHE``, default ``~/.cache/sceneforge``).
+"""
+
+from .anny_model import ANNY_KEYPOINT_JOINTS, AnnyModel, anny_cache_dir, build_anny
+from .body_model import MEDIAPIPE_POSE_LANDMARKS, BodyModel, BodyOutput, sceneforge_cache_dir
+from .lbs import (
+    batch_rigid_transform,
+    blend_transforms,
+    invert_bone_transforms,
+    lbs_forward,
+    lbs_inverse,
+    rigid_4x4,
+)
+from .skinning_grid import SkinningGrid
+from .smpl_model import SMPL_JOINT_NAMES, SMPLModel, find_smpl_file, load_smpl_arrays
+
+__all__ = [
+    "ANNY_KEYPOINT_JOINTS",
+    "MEDIAPIPE_POSE_LANDMARKS",
+    "SMPL_JOINT_NAMES",
+    "AnnyModel",
+    "BodyModel",
+    "BodyOutput",
+    "SMPLModel",
+    "SkinningGrid",
+    "anny_cache_dir",
+    "batch_rigid_transform",
+    "blend_transforms",
+    "build_anny",
+    "find_smpl_file",
+    "invert_bone_transforms",
+    "lbs_forward",
+    "lbs_inverse",
+    "load_smpl_arrays",
+    "rigid_4x4",
+    "sceneforge_cache_dir",
+]
