@@ -22,27 +22,51 @@ from .lbs import (
     lbs_inverse,
     rigid_4x4,
 )
+from .motions import ANNY_RIG, MOTIONS, SMPL_RIG, BodyRig, Motion, body_rig, make_motion
 from .skinning_grid import SkinningGrid
 from .smpl_model import SMPL_JOINT_NAMES, SMPLModel, find_smpl_file, load_smpl_arrays
+from .synthetic import (
+    HumanFrames,
+    HumanVideo,
+    HumanVideoConfig,
+    make_human_video,
+    read_human_video,
+    render_person_in_room,
+    write_human_video,
+)
 
 __all__ = [
     "ANNY_KEYPOINT_JOINTS",
+    "ANNY_RIG",
     "MEDIAPIPE_POSE_LANDMARKS",
+    "MOTIONS",
     "SMPL_JOINT_NAMES",
+    "SMPL_RIG",
     "AnnyModel",
     "BodyModel",
     "BodyOutput",
+    "BodyRig",
+    "HumanFrames",
+    "HumanVideo",
+    "HumanVideoConfig",
+    "Motion",
     "SMPLModel",
     "SkinningGrid",
     "anny_cache_dir",
     "batch_rigid_transform",
     "blend_transforms",
+    "body_rig",
     "build_anny",
     "find_smpl_file",
     "invert_bone_transforms",
     "lbs_forward",
     "lbs_inverse",
     "load_smpl_arrays",
+    "make_human_video",
+    "make_motion",
+    "read_human_video",
+    "render_person_in_room",
     "rigid_4x4",
     "sceneforge_cache_dir",
+    "write_human_video",
 ]
