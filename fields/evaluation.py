@@ -13,12 +13,16 @@ ways to measure without that shift:
   appearance is optimised on the left half of the image (model frozen) and the metric is
   computed on the right half only.
 
-:func:`evaluate_heldout` is the trainer's held-out evaluation (every model, same metrics).
+:func:`evaluate_heldout` is the trainer's held-out evaluation (every model, same metrics). It is
+bounded: held-out images are rendered at the working (training) resolution, and images larger
+than a pixel budget at a further integer downscale (:func:`eval_downscale`); full-size
+evaluation is ``sceneforge eval``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -69,12 +73,31 @@ def color_correct(
     return apply_color_affine(pred, fit_color_affine(pred, target, mask))
 
 
+def bar_callback(bar, task, what: str | None = None) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback for task ``task`` of the rich progress ``bar``:
+    it advances the task, or with ``what`` shows ``what done/total`` as its description."""
+    if what is None:
+        return lambda done, total: bar.update(task, completed=done)
+    return lambda done, total: bar.update(task, description=f"{what} {done}/{total}")
+
+
+def eval_downscale(height: int, width: int, downscale: int, max_pixels: int) -> int:
+    """The downscale of a full-size ``height x width`` image for evaluation: ``downscale``
+    times the smallest integer that brings it to at most ``max_pixels`` pixels (0 = any)."""
+    k = 1
+    while max_pixels > 0 and (height // (downscale * k)) * (width // (downscale * k)) > max_pixels:
+        k += 1
+    return downscale * k
+
+
 def evaluate_heldout(
     trainer,
     max_images: int | None = None,
     save_dir: Path | None = None,
     color_correct_metrics: bool = True,
     appearance_fit_steps: int = 0,
+    max_pixels: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Held-out PSNR / SSIM of ``trainer``'s model over whole images, plus ``psnr_masked`` /
     ``ssim_masked`` over the mask's True pixels when the scene has masks (renders use the mean
@@ -84,6 +107,12 @@ def evaluate_heldout(
     :func:`color_correct` (for the masked ones fitted on the masked pixels only). With
     ``appearance_fit_steps`` > 0 and a model with per-image appearance, also NeRF-W's left-half
     / right-half metrics ``psnr_right_fit`` / ``psnr_right_mean``.
+
+    Images are rendered at the training downscale, or at :func:`eval_downscale` when they have
+    more than ``max_pixels`` pixels there (> 0); the result states ``train_downscale``,
+    ``working_size`` (largest training view), ``eval_downscale`` (the largest used) and
+    ``eval_size`` (largest evaluated image, ``WxH``). ``progress(done, total)`` is called after
+    every image.
     """
     from sceneforge.core.image_io import write_image_atomic
     from sceneforge.core.metrics import psnr, ssim
@@ -96,13 +125,18 @@ def evaluate_heldout(
     fit_steps = appearance_fit_steps if getattr(model, "has_appearance", False) else 0
     vals: dict[str, list[float]] = {}
     samples, rays = 0, 0
+    used, eval_size = ds, (0, 0)
     t0 = time.perf_counter()
-    for i in idx:
-        gt = downscale_image(scene.load_image(i), ds)
-        r = trainer.render_camera(scene.cameras, i)
+    for n, i in enumerate(idx):
+        h, w = int(scene.cameras.height[i]), int(scene.cameras.width[i])
+        eds = eval_downscale(h, w, ds, max_pixels)
+        used = max(used, eds)
+        gt = downscale_image(scene.load_image(i), eds)
+        r = trainer.render_camera(scene.cameras, i, downscale=eds)
         pred = r["rgb"]
+        eval_size = max(eval_size, (pred.shape[1], pred.shape[0]), key=lambda s: s[0] * s[1])
         m = scene.load_mask(i)
-        m = downscale_mask(m, ds) if m is not None else None
+        m = downscale_mask(m, eds) if m is not None else None
         m = m if m is not None and bool(m.any()) else None
         preds = {"": pred}
         if color_correct_metrics:
@@ -120,7 +154,7 @@ def evaluate_heldout(
             right = torch.zeros(pred.shape[:2], dtype=torch.bool)
             right[:, pred.shape[1] // 2 :] = True
             vals.setdefault("psnr_right_mean", []).append(psnr(pred, gt, right))
-            o, d, _ = scene.cameras.rays(i, downscale=ds)
+            o, d, _ = scene.cameras.rays(i, downscale=eds)
             left = ~right.reshape(-1)
             try:
                 model.fit_unseen_appearance(
@@ -131,7 +165,7 @@ def evaluate_heldout(
                     trainer.cfg.batch_rays,
                     seed=i,
                 )
-                fitted = trainer.render_camera(scene.cameras, i)["rgb"]
+                fitted = trainer.render_camera(scene.cameras, i, downscale=eds)["rgb"]
             finally:
                 model.clear_unseen_appearance()
             fit = torch.where(right[..., None], fitted, pred)
@@ -140,6 +174,9 @@ def evaluate_heldout(
             name = Path(scene.image_names[i]).stem
             write_image_atomic(save_dir / f"{name}_pred.png", pred)
             write_image_atomic(save_dir / f"{name}_gt.png", gt)
+        if progress is not None:
+            progress(n + 1, len(idx))
+    wh = max(trainer.view_shape(j)[::-1] for j in range(trainer.num_views))
     res: dict = {k: sum(v) / len(v) for k, v in vals.items()}
     res.update(
         {
@@ -147,9 +184,20 @@ def evaluate_heldout(
             "steps": trainer.step,
             "eval_samples_per_ray": samples / max(rays, 1),
             "eval_rays_per_s": rays / max(time.perf_counter() - t0, 1e-9),
+            "train_downscale": ds,
+            "working_size": f"{wh[0]}x{wh[1]}",
+            "eval_downscale": used,
+            "eval_size": f"{eval_size[0]}x{eval_size[1]}",
         }
     )
     return res
 
 
-__all__ = ["apply_color_affine", "color_correct", "evaluate_heldout", "fit_color_affine"]
+__all__ = [
+    "apply_color_affine",
+    "bar_callback",
+    "color_correct",
+    "eval_downscale",
+    "evaluate_heldout",
+    "fit_color_affine",
+]

@@ -29,9 +29,11 @@ from torch import Tensor
 
 from sceneforge.core.cameras import Cameras
 from sceneforge.core.devices import resolve_device
+from sceneforge.core.progress import rich_bar
 from sceneforge.core.run_files import CHECKPOINT, TENSORBOARD_DIR
 from sceneforge.core.scene import SceneData, undistorted_scene
 from sceneforge.core.torch_state import TorchStateScope
+from sceneforge.fields import camera_opt as camopt
 from sceneforge.fields.checkpoints import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -44,11 +46,13 @@ from sceneforge.fields.checkpoints import (
 from sceneforge.fields.datasets import (
     RayBatch,
     RayDataset,
+    dataset_budget,
     downscale_image,
     scale_cameras,
     split_indices,
+    working_downscale,
 )
-from sceneforge.fields.evaluation import evaluate_heldout
+from sceneforge.fields.evaluation import bar_callback, evaluate_heldout
 from sceneforge.fields.field import SceneBox
 from sceneforge.fields.losses import photometric_loss
 from sceneforge.fields.masks import mask_loss, object_scene, require_masks, scene_hull_box
@@ -96,6 +100,7 @@ class Trainer:
     ) -> None:
         cfg = config or TrainerConfig()
         self._model_cls = model_class(cfg.model)
+        cfg = camopt.real_capture_config(cfg, self._model_cls.renders_rays)
         if cfg.object_masks:
             cfg = self._object_config(cfg, self._model_cls)
             scene = object_scene(scene, background_color(cfg.render.background, None))
@@ -110,7 +115,10 @@ class Trainer:
         self.train_indices, self.eval_indices = split_indices(len(scene), cfg.holdout_every)
         self._coverage: tuple[int, Tensor] | None = None
         use_masks = cfg.use_masks and not cfg.object_masks
-        self.dataset = RayDataset(scene, self.train_indices, cfg.downscale, use_masks)
+        ds = working_downscale(scene.cameras, cfg.downscale, cfg.max_long_side, log=True)
+        self.cfg = cfg = dataclasses.replace(cfg, downscale=ds)
+        budget = dataset_budget(cfg.dataset_memory_gb)
+        self.dataset = RayDataset(scene, self.train_indices, ds, use_masks, budget)
         if cfg.scene_box == "masks":
             rough = auto_scene_box(scene, "unbounded", 0.35).aabb
             self.box = SceneBox(scene_hull_box(scene, rough), contract=False)
@@ -135,6 +143,7 @@ class Trainer:
         self.photometric = cfg.photometric
         if cfg.photometric == "auto":
             self.photometric = "l1-ssim" if self.model.batch_kind == "images" else "mse"
+        self.camera_opt = camopt.camera_optimizer(cfg, scene, self.train_indices, self.device)
         self.optimizer = self._make_optimizer()
         self.step = 0
         self.wall_s = 0.0
@@ -160,7 +169,7 @@ class Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         groups = []
-        for g in self.model.param_groups():
+        for g in [*self.model.param_groups(), *camopt.param_groups(self.camera_opt)]:
             g = dict(g)
             g["base_lr"] = g["lr"]
             g.setdefault("final_factor", self.cfg.lr_final_factor)
@@ -176,7 +185,7 @@ class Trainer:
             cov = [
                 downscale_image(ds.scene.load_mask(i)[..., None].float(), ds.downscale)
                 .reshape(-1)
-                .to(ds.rgb)
+                .float()
                 for i in ds.indices
             ]
             self._coverage = (ds.version, torch.cat(cov))
@@ -235,7 +244,8 @@ class Trainer:
 
     def describe(self) -> dict:
         """Model, device and representation facts for eval.json (compare like with like)."""
-        return {"model": self.cfg.model, "device": str(self.device), **self.model.describe()}
+        d = {"model": self.cfg.model, "device": str(self.device), **self.model.describe()}
+        return {**d, **camopt.describe(self)}
 
     def update_views(
         self,
@@ -289,7 +299,7 @@ class Trainer:
         cfg, model = self.cfg, self.model
         model.train()
         model.before_step(self.step, self.generator)
-        batch = self._sample_batch()
+        batch = camopt.refine_batch(self.camera_opt, self._sample_batch())
         out = model.train_outputs(batch, self.generator)
         target = batch.rgb.to(out["rgb"].device)
         loss, mse = photometric_loss(
@@ -297,6 +307,7 @@ class Trainer:
         )
         for term in model.regularizers(batch, out, self.step).values():
             loss = loss + term
+        loss = loss + camopt.regularizer(self.camera_opt)
         if cfg.object_masks and cfg.mask_loss_weight > 0:
             cov = self.mask_coverage()[batch.pixel_idx].to(out["accumulation"])
             loss = loss + cfg.mask_loss_weight * mask_loss(out["accumulation"], cov)
@@ -345,13 +356,17 @@ class Trainer:
                 for every, fn in self.hooks:
                     if self.step % every == 0:
                         fn(self)
-                if cfg.log_every and self.step % cfg.log_every == 0:
-                    self.history.append({"step": self.step, **stats})
-                    self._log_scalars("train", stats)
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.eval_indices:
-                    ev = self.evaluate(max_images=cfg.eval_max_images or None)
+                    ev = self.evaluate(
+                        max_images=cfg.eval_max_images or None,
+                        progress=None if progress is None else bar_callback(*progress, "eval"),
+                    )
                     self._log_scalars("eval", ev)
                     stats["eval_psnr"] = ev["psnr"]
+                # after the evaluation: the history row of an evaluated step has its eval_psnr
+                if cfg.log_every and (self.step % cfg.log_every == 0 or "eval_psnr" in stats):
+                    self.history.append({"step": self.step, **stats})
+                    self._log_scalars("train", {k: v for k, v in stats.items() if k != "eval_psnr"})
                 if (
                     self.out_dir is not None
                     and cfg.checkpoint_every
@@ -369,21 +384,10 @@ class Trainer:
                 progress[0].stop()
         return stats
 
-    def _progress(self, total: int):
+    def _progress(self, total: int, description: str = "train", completed: int | None = None):
         if not self.cfg.progress:
             return None
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        p = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            transient=False,
-        )
-        task = p.add_task("train", total=total, completed=self.step)
-        p.start()
-        return p, task
+        return rich_bar(description, total, self.step if completed is None else completed, False)
 
     def _log_scalars(self, prefix: str, values: dict) -> None:
         if not self.cfg.tensorboard or self.out_dir is None:
@@ -443,13 +447,22 @@ class Trainer:
         max_images: int | None = None,
         save_dir: Path | None = None,
         color_correct: bool | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> dict:
-        """Held-out metrics (see :func:`~sceneforge.fields.evaluation.evaluate_heldout`)."""
+        """Held-out metrics (see :func:`~sceneforge.fields.evaluation.evaluate_heldout`), at
+        most ``eval_max_pixels`` per image; ``progress(done, total)`` after every image (default:
+        a progress bar when ``progress`` is on)."""
         cc = self.cfg.eval_color_correct if color_correct is None else color_correct
-        with self._torch():
-            return evaluate_heldout(
-                self, max_images, save_dir, cc, self.cfg.eval_appearance_fit_steps
-            )
+        n = len(self.eval_indices[:max_images] if max_images else self.eval_indices)
+        bar = self._progress(n, "eval", 0) if progress is None else None
+        cb, fit = bar_callback(*bar) if bar else progress, self.cfg.eval_appearance_fit_steps
+        try:
+            with self._torch():
+                mp = self.cfg.eval_max_pixels
+                return evaluate_heldout(self, max_images, save_dir, cc, fit, mp, cb)
+        finally:
+            if bar is not None:
+                bar[0].stop()
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -465,6 +478,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": {"generator": self.generator.get_state(), "torch": self._torch.rng_state},
             "dataset": self.dataset.state_dict(),
+            "camera_opt": camopt.state(self.camera_opt),
             "train_indices": list(self.train_indices),
             "eval_indices": list(self.eval_indices),
             "image_names": list(self.scene.image_names),
@@ -498,6 +512,7 @@ class Trainer:
                 + f" {path} was not overwritten."
             )
         write_checkpoint(path, self.state_dict())
+        camopt.write_refined_cameras(self, path.parent)
         self.last_checkpoint = (path, self.step)
         return path
 
@@ -514,6 +529,7 @@ class Trainer:
         self.box.aabb.copy_(s["box"]["aabb"])
         self.box.contract = bool(s["box"]["contract"])
         self.model.load_state_dict(s["model"])
+        camopt.load_state(self.camera_opt, s.get("camera_opt"))
         self.optimizer = self._make_optimizer()  # the model may have changed its parameters
         self.optimizer.load_state_dict(s["optimizer"])
         self.generator.set_state(s["rng"]["generator"])
@@ -552,9 +568,12 @@ class Trainer:
 def checkpoint_config(s: dict, path: str | Path) -> TrainerConfig:
     """The trainer config stored in checkpoint ``s`` (read from ``path``)."""
     try:
-        return config_from_dict(TrainerConfig, s["config"])
+        cfg = config_from_dict(TrainerConfig, s["config"])
     except (KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: bad config in checkpoint ({e})") from e
+    if "max_long_side" not in s["config"]:  # written before the cap: its downscale as given
+        cfg = dataclasses.replace(cfg, max_long_side=0)
+    return cfg
 
 
 __all__ = [

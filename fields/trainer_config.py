@@ -44,6 +44,10 @@ class TrainerConfig:
     """Held-out evaluation every N steps during training (0 = only at the end)."""
     eval_max_images: int = 0
     """Evaluate at most this many held-out images during training (0 = all)."""
+    eval_max_pixels: int = 1_000_000
+    """Held-out images larger than this many pixels at the working resolution are evaluated at
+    the smallest integer extra downscale that fits (eval.json: ``eval_downscale``; 0 = no
+    limit; ``sceneforge eval`` renders any size)."""
     eval_appearance_fit_steps: int = 0
     """NeRF-W evaluation when > 0 (and the field has per-image appearance): per held-out
     image, the appearance is optimised for this many steps on the image's left half (field
@@ -53,6 +57,20 @@ class TrainerConfig:
     """Also report colour-corrected held-out metrics (``psnr_cc``, ...): each render mapped by
     its least-squares affine colour transform onto the ground truth (removes per-photo
     exposure / white balance that the mean appearance cannot know); raw metrics are kept."""
+    real_capture: bool = False
+    """Real photos (``sceneforge run`` sets it; synthetic scenes leave it off): ``camera_opt
+    auto`` refines the training cameras and NeRF gets per-image colour transforms
+    (``nerf.field.color_affine``); eval.json labels the held-out protocol."""
+    camera_opt: Literal["auto", "off", "SO3xR3", "SE3"] = "auto"
+    """Per-training-image pose refinement while training (nerfstudio's camera optimizer; ray
+    models only): ``auto`` = ``SO3xR3`` with ``real_capture`` (NeRF), else off. Held-out views
+    keep their input cameras; the refined ones go to ``refined_cameras.json``."""
+    camera_opt_lr: float = 1e-3
+    """Learning rate of the camera corrections (decays like the others)."""
+    camera_opt_weight: float = 1e-2
+    """Weight of the L2 regulariser ``mean |correction|^2`` of the camera corrections."""
+    camera_opt_focal: bool = False
+    """Also refine a per-image focal-length scale (with ``camera_opt``)."""
     checkpoint_every: int = 1000
     """Write a checkpoint every N steps (0 = only at the end)."""
     log_every: int = 25
@@ -60,7 +78,14 @@ class TrainerConfig:
     seed: int = 0
     """Seed of the trainer's random generator."""
     downscale: int = 1
-    """Integer image downscale factor for training and evaluation."""
+    """Integer image downscale factor for training and evaluation (1: see ``max_long_side``)."""
+    max_long_side: int = 1600
+    """With ``downscale`` 1: train at the smallest power-of-two downscale whose longest image
+    side is at most this many pixels (nerfstudio's rule; 0 = full size)."""
+    dataset_memory_gb: float = 0.0
+    """Most memory the training images may take (3 bytes per pixel at the working resolution);
+    larger sets are refused before loading, naming a downscale that fits (0 = half of this
+    machine's physical memory, negative = no check)."""
     use_masks: bool = True
     """Train only on usable pixels (mask True) when the scene has masks (ignored with
     ``object_masks``, whose masks are foreground masks)."""

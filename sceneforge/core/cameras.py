@@ -352,6 +352,20 @@ class Cameras:
         origins = T[:, 3].expand_as(directions)
         return origins, directions, z_per_t
 
+    def rays_at(
+        self, index: Int[Tensor, " R"], pixels: Float[Tensor, "R 2"]
+    ) -> tuple[Float[Tensor, "R 3"], Float[Tensor, "R 3"], Float[Tensor, " R"]]:
+        """World-space rays of camera ``index[r]`` through pixel ``pixels[r]`` (full-resolution
+        pixel coordinates), with the maths of :meth:`rays`: ``origins``, unit ``directions``
+        and ``z_per_t``. Computes only the requested rays (training batches)."""
+        index = index.to(device=self.device, dtype=torch.long)
+        d_cam = unproject(pixels, self.model, self.params[index])
+        norm = d_cam.norm(dim=-1, keepdim=True)
+        z_per_t = (1.0 / norm)[..., 0]
+        T = invert_rigid(self.cam_from_world[index])
+        directions = (T[:, :, :3] * (d_cam / norm)[:, None, :]).sum(-1)
+        return T[:, :, 3], directions, z_per_t
+
 
 def pixel_centers(
     height: int, width: int, dtype=torch.float32, device=None

@@ -61,6 +61,20 @@ def align_cameras_sim3(
     return torch.cat([R_new, t_new[..., None]], dim=-1), (s, R, t)
 
 
+def pose_errors_sim3(
+    cam_from_world_est: Float[Tensor, "N 3 4"], cam_from_world_gt: Float[Tensor, "N 3 4"]
+) -> tuple[float, float]:
+    """Mean rotation error (degrees) and mean camera-centre error (ground-truth units) of the
+    estimated cameras after a Sim3 alignment to the ground truth (float64)."""
+    from sceneforge.core.rotations import rotation_angle_deg
+
+    gt = cam_from_world_gt.double()
+    aligned, _ = align_cameras_sim3(cam_from_world_est.double(), gt)
+    rot = rotation_angle_deg(aligned[:, :, :3] @ gt[:, :, :3].transpose(-1, -2))
+    d = invert_rigid(aligned)[..., 3] - invert_rigid(gt)[..., 3]
+    return float(rot.mean()), float(d.norm(dim=-1).mean())
+
+
 def absolute_trajectory_error(
     cam_from_world_est: Float[Tensor, "N 3 4"], cam_from_world_gt: Float[Tensor, "N 3 4"]
 ) -> Tensor:

@@ -145,24 +145,35 @@ class RunLog:
         """Progress of ``total`` units named ``name``: lines to the log file (and to the console
         when stdout is not a terminal); a rich bar on a terminal unless ``own_bar`` (the stage
         draws one itself)."""
-        bar = None
-        if self.terminal and not own_bar:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            p = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
-                TimeRemainingColumn(),
-            )
-            bar = (p, p.add_task(name, total=total, completed=start))
-            p.start()
+        bar = rich_bar(name, total, start) if self.terminal and not own_bar else None
         task = Task(self, name, total, start, unit, echo=not self.terminal, bar=bar)
         try:
             yield task
         finally:
             if bar is not None:
                 bar[0].stop()
+
+
+def rich_bar(description: str, total: int, completed: int = 0, eta: bool = True):
+    """A started rich progress bar ``(Progress, task_id)`` showing ``completed/total`` and the
+    time remaining (``eta``) or elapsed; the caller stops it (``bar[0].stop()``)."""
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    p = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn() if eta else TimeElapsedColumn(),
+    )
+    bar = (p, p.add_task(description, total=total, completed=completed))
+    p.start()
+    return bar
 
 
 def task_progress(task: Task) -> Callable[[int, int, str], None]:
@@ -179,4 +190,11 @@ def task_progress(task: Task) -> Callable[[int, int, str], None]:
     return progress
 
 
-__all__ = ["RunLog", "Task", "format_seconds", "stdout_is_terminal", "task_progress"]
+__all__ = [
+    "RunLog",
+    "Task",
+    "format_seconds",
+    "rich_bar",
+    "stdout_is_terminal",
+    "task_progress",
+]

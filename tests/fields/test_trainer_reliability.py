@@ -227,7 +227,8 @@ def test_training_set_names_a_corrupt_image_and_handles_mixed_sizes(tmp_path):
     params = cams.params.clone()
     params[1, 2:] = torch.tensor([12.0, 6.0])
     mixed = Cameras(cams.model, params, w, h, cams.cam_from_world)
-    imgs = [torch.rand(int(h[i]), int(w[i]), 3) for i in range(3)]
+    # 8-bit values: the dataset keeps uint8 pixels, which round-trip 8-bit images exactly
+    imgs = [torch.randint(0, 256, (int(h[i]), int(w[i]), 3)) / 255.0 for i in range(3)]
     ds = RayDataset(SceneData(cameras=mixed, image_names=["a", "b", "c"], images=imgs), [0, 1, 2])
     assert ds.shapes == [(16, 16), (12, 24), (16, 16)]
     assert torch.equal(ds.image(1), imgs[1])
