@@ -12,7 +12,9 @@ its time cap; the caps add up to at most ``TOTAL_CAP_S``):
 - ``ba_cuda_vs_cpu``: bundle adjustment of the small shared BAL problems and the benchmark's
   largest generated one (438k observations) on CUDA, on our CPU path (1 thread) and with Ceres
   (pycolmap, 1 thread and all cores, when importable): final costs, wall times, speed-ups;
-  target on the largest: CUDA >= 10x Ceres-CPU; skipped when ``--bal-dir`` is absent.
+  target on the largest: CUDA >= 10x Ceres-CPU; skipped when ``--bal-dir`` is absent;
+- ``free3d_cuda``: ``benchmarks/free3d.py``'s CUDA run (noise sharing, pose sensitivity, and the
+  RCN / cross-view ablation), when diffusers and transformers import.
 
 Each section returns a dict of figures or skips with a reason; without CUDA every CUDA
 section skips and the script exits 0. It exits 1 when a section fails or passes its cap.
@@ -499,17 +501,34 @@ def _ratio(ceres: dict | str, gpu: dict) -> float | str:
     return round(ceres["wall_s"] / max(gpu["wall_s"], 1e-9), 2)
 
 
+def section_free3d(ctx: Context) -> dict:
+    """``benchmarks/free3d.py --device cuda`` within the cap: the main model and the RCN /
+    cross-view ablation (target: RCN beats the pose-token-only model on held-out PSNR)."""
+    dev = ctx.cuda_device()
+    for mod in ("diffusers", "transformers"):
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except ImportError:  # a finder that refuses the name
+            found = False
+        if not found:
+            raise Skip(f"{mod} is not installed here (Free3D's UNet needs it)")
+    from free3d import gpu_section  # benchmarks/ is on sys.path
+
+    return gpu_section(dev, max(ctx.seconds_left() - 20.0, 30.0), quick=ctx.quick)
+
+
 for _s in (
-    Section("pytest_gpu", section_pytest_gpu, 260.0, "pytest -m gpu on the gpu-marked test files"),
-    Section("nerf_cuda_vs_cpu", section_nerf, 100.0, "NeRF training, torch hash grid, CUDA vs CPU"),
+    Section("pytest_gpu", section_pytest_gpu, 200.0, "pytest -m gpu on the gpu-marked test files"),
+    Section("nerf_cuda_vs_cpu", section_nerf, 80.0, "NeRF training, torch hash grid, CUDA vs CPU"),
     Section("tcnn_vs_torch", section_tcnn, 30.0, "tinycudann vs torch hash grid"),
     Section(
         "ba_cuda_vs_cpu",
         section_ba,
-        80.0,
+        70.0,
         "bundle adjustment: shared BAL problems and the largest generated one, CUDA vs our CPU "
         "and Ceres' (pycolmap, when importable)",
     ),
+    Section("free3d_cuda", section_free3d, 90.0, "Free3D toy benchmark + RCN ablation on CUDA"),
 ):
     register(_s)
 

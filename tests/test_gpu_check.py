@@ -18,7 +18,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 WRAPPER = REPO / "benchmarks" / "gpu_check.sh"
-SECTION_NAMES = ["pytest_gpu", "nerf_cuda_vs_cpu", "tcnn_vs_torch", "ba_cuda_vs_cpu"]
+SECTION_NAMES = [
+    "pytest_gpu",
+    "nerf_cuda_vs_cpu",
+    "tcnn_vs_torch",
+    "ba_cuda_vs_cpu",
+    "free3d_cuda",
+]
 # What the bare GPU machine lacks: these imports fail, and the editable install is hidden so
 # that sceneforge can only come from the wrapper's shim.
 BARE_MACHINE = """
@@ -240,3 +246,31 @@ def test_tcnn_section_compares_two_hash_grids(gc, monkeypatch):
     f = row["figures"]
     assert f["max_abs_diff"] == 0.0 and f["max_abs_diff_vs_loop_reference"] < gc.TCNN_TOLERANCE
     assert f["tcnn_fwd_mpts_per_s"] > 0 and f["torch_fwd_bwd_mpts_per_s"] > 0
+
+
+def test_free3d_section_runs_the_benchmarks_cuda_run_within_its_cap(gc, monkeypatch):
+    # the benchmark itself (benchmarks/free3d.py, --quick ~1-2 min) is not run here: the
+    # section's wiring is (device, time left, quick), and a missing diffusers is a skip
+    pytest.importorskip("diffusers")
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import free3d
+
+    calls = []
+
+    def fake(device, seconds, quick=False):
+        calls.append((device, seconds, quick))
+        return {"rcn_heldout_psnr": 1.0, "targets": {"rcn_beats_pose_token_only": False}}
+
+    monkeypatch.setattr(free3d, "gpu_section", fake)
+    ctx = gc.Context(quick=True, cpu_dry_run=True, deadline=gc.time.monotonic() + 100.0)
+    assert gc.section_free3d(ctx)["rcn_heldout_psnr"] == 1.0
+    ((device, seconds, quick),) = calls
+    assert device == "cpu" and quick is True and 30.0 <= seconds <= 80.0  # time left less a margin
+    real_find_spec = gc.importlib.util.find_spec
+    monkeypatch.setattr(
+        gc.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "diffusers" else real_find_spec(name, *a),
+    )
+    with pytest.raises(gc.Skip, match="diffusers is not installed"):
+        gc.section_free3d(ctx)
