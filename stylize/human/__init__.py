@@ -70,3 +70,8 @@ __all__ = [
     "sceneforge_cache_dir",
     "write_human_video",
 ]
+from .fit import FitConfig, FitResult, fit_body, read_fit, to_landmarks, write_fit  # noqa: E402
+from .metrics import mpjpe, pa_mpjpe, procrustes_align  # noqa: E402
+
+__all__ += ["FitConfig", "FitResult", "fit_body", "read_fit", "to_landmarks", "write_fit"]
+__all__ += ["mpjpe", "pa_mpjpe", "procrustes_align"]
