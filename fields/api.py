@@ -57,6 +57,9 @@ from sceneforge.fields.trainer import (
     config_to_dict,
 )
 
+TIME_BUDGET_MAX_STEPS = 10**9
+"""``max_steps`` of a run given only ``max_seconds`` (no step cap in practice)."""
+
 
 @dataclass
 class TrainConfig:
@@ -65,7 +68,8 @@ class TrainConfig:
     max_steps: int | None = None
     """Training steps (overrides ``trainer.max_steps``; also sets the learning-rate decay)."""
     max_seconds: float | None = None
-    """Training time budget in seconds (overrides ``trainer.max_seconds``)."""
+    """Training time budget in seconds (overrides ``trainer.max_seconds``); without
+    ``max_steps`` the run trains for that long and its schedules follow the time used."""
     device: str | None = None
     """Torch device: auto (CUDA when available), cpu, cuda, cuda:N (overrides
     ``trainer.device``; a resumed run keeps its own unless this is given)."""
@@ -196,6 +200,8 @@ def train(
         overrides["max_steps"] = config.max_steps
     if config.max_seconds is not None:
         overrides["max_seconds"] = config.max_seconds
+        if config.max_steps is None:  # a time budget alone: train for that long
+            overrides.update(schedule="time", max_steps=TIME_BUDGET_MAX_STEPS)
     if config.device is not None:
         overrides["device"] = config.device
     if config.model is not None:
@@ -220,6 +226,7 @@ def train(
             max_steps=config.trainer.max_steps,
             max_seconds=config.trainer.max_seconds,
             progress=config.trainer.progress,
+            **({"schedule": "time"} if overrides.get("schedule") == "time" else {}),
             **({"device": config.device} if config.device is not None else {}),
         )
     else:

@@ -59,7 +59,7 @@ from sceneforge.fields.masks import mask_loss, object_scene, require_masks, scen
 from sceneforge.fields.rendering import background_color
 from sceneforge.fields.scene_box import auto_scene_box
 from sceneforge.fields.scene_model import ModelContext, SceneModel, model_class
-from sceneforge.fields.trainer_config import TrainerConfig
+from sceneforge.fields.trainer_config import TrainerConfig, checkpoint_config
 
 
 def lr_decay_factor(step: int, max_steps: int, final_factor: float) -> float:
@@ -99,6 +99,8 @@ class Trainer:
         out_dir: str | Path | None = None,
     ) -> None:
         cfg = config or TrainerConfig()
+        if cfg.schedule == "time" and not (cfg.max_seconds and cfg.max_seconds > 0):
+            raise ValueError("trainer.schedule 'time' needs a positive trainer.max_seconds")
         self._model_cls = model_class(cfg.model)
         cfg = camopt.real_capture_config(cfg, self._model_cls.renders_rays)
         if cfg.object_masks:
@@ -273,10 +275,19 @@ class Trainer:
         """Extend (or shorten) the run; the learning-rate schedule follows the new length."""
         self.cfg.max_steps = int(max_steps)
 
-    def lr_factor(self, step: int, final_factor: float | None = None) -> float:
-        """Exponential learning-rate decay factor at ``step`` (depends on the step only)."""
+    def schedule_fraction(self, step: int | None = None) -> float:
+        """The fraction of the run done, which the learning-rate decay follows: ``step /
+        max_steps`` (``step`` default: the current one), or with ``schedule time`` the training
+        time used, ``wall_s / max_seconds`` (restored with a checkpoint); at most 1."""
+        cfg = self.cfg
+        if cfg.schedule == "time":
+            return min(self.wall_s / cfg.max_seconds, 1.0)
+        return min((self.step if step is None else step) / max(cfg.max_steps, 1), 1.0)
+
+    def lr_factor(self, step: int | None = None, final_factor: float | None = None) -> float:
+        """Exponential learning-rate decay factor ``final_factor ** schedule_fraction(step)``."""
         f = self.cfg.lr_final_factor if final_factor is None else final_factor
-        return lr_decay_factor(step, self.cfg.max_steps, f)
+        return float(f ** self.schedule_fraction(step))
 
     # -- training ----------------------------------------------------------------------------
 
@@ -316,7 +327,7 @@ class Trainer:
         if not bool(torch.isfinite(loss.detach())):
             raise TrainingDivergedError(self._diverged(f"the loss is {float(loss.detach())}"))
         for g in self.optimizer.param_groups:
-            g["lr"] = g["base_lr"] * self.lr_factor(self.step, g["final_factor"])
+            g["lr"] = g["base_lr"] * self.lr_factor(final_factor=g["final_factor"])
         self.optimizer.zero_grad(set_to_none=True)
         if loss.requires_grad:
             loss.backward()
@@ -334,20 +345,26 @@ class Trainer:
         }
 
     def train(self, max_steps: int | None = None, max_seconds: float | None = None) -> dict:
-        """Train until ``max_steps`` (total) or ``max_seconds`` (this call); returns last stats."""
+        """Train until ``max_steps`` (total) or ``max_seconds`` (this call; by default the
+        config's, which with ``schedule time`` is the whole run's training time); returns the
+        last step's stats."""
         with self._torch():
             return self._train(max_steps, max_seconds)
 
     def _train(self, max_steps: int | None, max_seconds: float | None) -> dict:
         cfg = self.cfg
         max_steps = cfg.max_steps if max_steps is None else max_steps
-        max_seconds = cfg.max_seconds if max_seconds is None else max_seconds
+        timed = cfg.schedule == "time"
+        if max_seconds is None and not timed:
+            max_seconds = cfg.max_seconds
         start = time.perf_counter()
         stats: dict = {}
-        progress = self._progress(max_steps)
+        progress = self._progress(int(math.ceil(cfg.max_seconds)) if timed else max_steps)
         try:
             while self.step < max_steps:
                 if max_seconds is not None and time.perf_counter() - start >= max_seconds:
+                    break
+                if timed and self.wall_s >= cfg.max_seconds:
                     break
                 t0 = time.perf_counter()
                 stats = self._train_step()
@@ -376,8 +393,9 @@ class Trainer:
                 if progress is not None:
                     progress[0].update(
                         progress[1],
-                        completed=self.step,
-                        description=f"train  loss {stats['loss']:.4f}  psnr {stats['psnr']:.2f}",
+                        completed=int(self.wall_s) if timed else self.step,
+                        description=f"train{f' step {self.step} s' if timed else ''}  loss "
+                        f"{stats['loss']:.4f}  psnr {stats['psnr']:.2f}",
                     )
         finally:
             if progress is not None:
@@ -387,7 +405,9 @@ class Trainer:
     def _progress(self, total: int, description: str = "train", completed: int | None = None):
         if not self.cfg.progress:
             return None
-        return rich_bar(description, total, self.step if completed is None else completed, False)
+        if completed is None:
+            completed = int(self.wall_s) if self.cfg.schedule == "time" else self.step
+        return rich_bar(description, total, completed, False)
 
     def _log_scalars(self, prefix: str, values: dict) -> None:
         if not self.cfg.tensorboard or self.out_dir is None:
@@ -563,17 +583,6 @@ class Trainer:
         tr = cls(scene, dataclasses.replace(cfg, **overrides) if overrides else cfg, out_dir)
         tr._restore(s, path)
         return tr
-
-
-def checkpoint_config(s: dict, path: str | Path) -> TrainerConfig:
-    """The trainer config stored in checkpoint ``s`` (read from ``path``)."""
-    try:
-        cfg = config_from_dict(TrainerConfig, s["config"])
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: bad config in checkpoint ({e})") from e
-    if "max_long_side" not in s["config"]:  # written before the cap: its downscale as given
-        cfg = dataclasses.replace(cfg, max_long_side=0)
-    return cfg
 
 
 __all__ = [

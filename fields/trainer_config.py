@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+from sceneforge.fields.checkpoints import CheckpointError, config_from_dict
 from sceneforge.fields.gaussian_model import GaussiansConfig
 from sceneforge.fields.nerf_model import NerfConfig
 from sceneforge.fields.rendering import RenderConfig
@@ -19,7 +21,12 @@ class TrainerConfig:
     max_steps: int = 3000
     """Number of optimisation steps (also sets the learning-rate schedule)."""
     max_seconds: float | None = None
-    """Stop earlier after this much training time (seconds); None = no time limit."""
+    """Stop earlier after this much training time (seconds; with ``schedule time`` counted over
+    the whole run, resumes included); None = no time limit."""
+    schedule: Literal["steps", "time"] = "steps"
+    """What the learning-rate decay follows: the fraction of ``max_steps`` done, or (``time``,
+    needs ``max_seconds``) the fraction of ``max_seconds`` of training time used
+    (``sceneforge train --max-seconds S`` without ``--max-steps`` sets it)."""
     model: Literal["nerf", "gaussians"] = "nerf"
     """Scene model (its settings: the section of the same name, e.g. ``nerf``)."""
     batch_rays: int = 2048
@@ -124,4 +131,15 @@ class TrainerConfig:
     """3D Gaussian model settings (``model gaussians``)."""
 
 
-__all__ = ["TrainerConfig"]
+def checkpoint_config(s: dict, path: str | Path) -> TrainerConfig:
+    """The trainer config stored in checkpoint ``s`` (read from ``path``)."""
+    try:
+        cfg = config_from_dict(TrainerConfig, s["config"])
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: bad config in checkpoint ({e})") from e
+    if "max_long_side" not in s["config"]:  # written before the cap: its downscale as given
+        cfg = dataclasses.replace(cfg, max_long_side=0)
+    return cfg
+
+
+__all__ = ["TrainerConfig", "checkpoint_config"]
