@@ -211,6 +211,38 @@ def essential_from_pose(
     return skew(t) @ R
 
 
+def fundamental_from_poses(
+    K_i: Float[Tensor, "3 3"],
+    cam_from_world_i: Float[Tensor, "3 4"],
+    K_j: Float[Tensor, "3 3"],
+    cam_from_world_j: Float[Tensor, "3 4"],
+) -> Float[Tensor, "3 3"]:
+    """``F`` with ``x_j^T F x_i = 0`` for homogeneous pixels of views ``i`` and ``j`` (float64;
+    the pinhole part of the intrinsics)."""
+    T_i, T_j = cam_from_world_i.double(), cam_from_world_j.double()
+    R = T_j[:, :3] @ T_i[:, :3].T
+    t = T_j[:, 3] - R @ T_i[:, 3]
+    return (
+        torch.linalg.inv(K_j.double()).T
+        @ essential_from_pose(R, t)
+        @ torch.linalg.inv(K_i.double())
+    )
+
+
+def symmetric_epipolar_distance(
+    F: Float[Tensor, "3 3"], x_i: Float[Tensor, "N 2"], x_j: Float[Tensor, "N 2"]
+) -> Float[Tensor, " N"]:
+    """Per match ``(d(x_j, F x_i) + d(x_i, F^T x_j)) / 2``: the mean distance in pixels of each
+    point to the epipolar line of its match (``x_j^T F x_i = 0``)."""
+    xi, xj = _homog(x_i.to(F)), _homog(x_j.to(F))
+    l_j = xi @ F.T  # lines in j
+    l_i = xj @ F  # lines in i
+    num = (xj * l_j).sum(-1).abs()
+    d_j = num / l_j[:, :2].norm(dim=-1).clamp_min(1e-12)
+    d_i = num / l_i[:, :2].norm(dim=-1).clamp_min(1e-12)
+    return 0.5 * (d_i + d_j)
+
+
 # ----------------------------------------------------------------------------- refinement
 
 

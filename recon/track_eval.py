@@ -17,7 +17,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from sceneforge.core.cameras import Cameras, transform_points, unproject
-from sceneforge.core.rotations import skew
+from sceneforge.recon.epipolar import fundamental_from_poses, symmetric_epipolar_distance
 from sceneforge.recon.tracks import Tracks
 
 
@@ -121,12 +121,8 @@ def error_summary(err: Tensor, outlier_px: float = 3.0) -> dict[str, float]:
 def fundamental_from_cameras(cameras: Cameras, i: int, j: int) -> Float[Tensor, "3 3"]:
     """Fundamental matrix ``F`` with ``x_j^T F x_i = 0`` (pinhole part of the intrinsics)."""
     cams = cameras.to(dtype=torch.float64)
-    T_i, T_j = cams.cam_from_world[i], cams.cam_from_world[j]
-    R = T_j[:, :3] @ T_i[:, :3].T
-    t = T_j[:, 3] - R @ T_i[:, 3]
-    E = skew(t) @ R
     K = cams.K
-    return torch.linalg.inv(K[j]).T @ E @ torch.linalg.inv(K[i])
+    return fundamental_from_poses(K[i], cams.cam_from_world[i], K[j], cams.cam_from_world[j])
 
 
 def epipolar_errors(tracks: Tracks, cameras: Cameras) -> Float[Tensor, " O"]:
@@ -137,7 +133,6 @@ def epipolar_errors(tracks: Tracks, cameras: Cameras) -> Float[Tensor, " O"]:
     for r in tracks.ref_frame.unique().tolist():
         rows = (tracks.ref_frame == r).nonzero()[:, 0]
         xa = tracks.xy[rows, r].double()
-        xa_h = torch.cat([xa, torch.ones_like(xa[:, :1])], -1)
         for j in range(tracks.num_frames):
             if j == r:
                 continue
@@ -145,14 +140,7 @@ def epipolar_errors(tracks: Tracks, cameras: Cameras) -> Float[Tensor, " O"]:
             if not vis.any():
                 continue
             Fm = fundamental_from_cameras(cameras, r, j)
-            xj = tracks.xy[rows[vis], j].double()
-            xj_h = torch.cat([xj, torch.ones_like(xj[:, :1])], -1)
-            l_j = xa_h[vis] @ Fm.T  # lines in j
-            l_i = xj_h @ Fm  # lines in r
-            num = (xj_h * l_j).sum(-1).abs()
-            d_j = num / l_j[:, :2].norm(dim=-1).clamp_min(1e-12)
-            d_i = num / l_i[:, :2].norm(dim=-1).clamp_min(1e-12)
-            out.append(0.5 * (d_i + d_j))
+            out.append(symmetric_epipolar_distance(Fm, xa[vis], tracks.xy[rows[vis], j]))
     del ar
     return torch.cat(out).float() if out else torch.zeros(0)
 

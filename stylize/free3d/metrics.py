@@ -34,6 +34,7 @@ from torch import Tensor
 
 from sceneforge.core.cameras import compose_rigid, invert_rigid, pixel_centers
 from sceneforge.core.metrics import psnr
+from sceneforge.recon.epipolar import fundamental_from_poses, symmetric_epipolar_distance
 
 #: TSED thresholds of Yu et al. 2023 / Free3D (pixels at a 256-pixel image; matches).
 TSED_MAX_ERROR = 2.0
@@ -159,36 +160,6 @@ def warped_psnr(
 # ----------------------------------------------------------------------------- TSED
 
 
-def fundamental_matrix(
-    K_i: Float[Tensor, "3 3"],
-    cam_from_world_i: Float[Tensor, "3 4"],
-    K_j: Float[Tensor, "3 3"],
-    cam_from_world_j: Float[Tensor, "3 4"],
-) -> np.ndarray:
-    """``F`` with ``x_j^T F x_i = 0`` for homogeneous pixels (COLMAP centres) of views i, j."""
-    T = compose_rigid(cam_from_world_j.double(), invert_rigid(cam_from_world_i.double()))
-    R, t = T[:, :3].numpy(), T[:, 3].numpy()
-    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
-    Ki_inv = np.linalg.inv(K_i.double().numpy())
-    Kj_inv = np.linalg.inv(K_j.double().numpy())
-    return Kj_inv.T @ tx @ R @ Ki_inv
-
-
-def symmetric_epipolar_distance(
-    F_ji: np.ndarray, pts_i: np.ndarray, pts_j: np.ndarray
-) -> np.ndarray:
-    """Per match ``(d(x_j, F x_i) + d(x_i, F^T x_j)) / 2``: the mean distance in pixels of
-    each point to the epipolar line of its match (``pts``: ``[N, 2]`` pixel coordinates)."""
-    xi = np.concatenate([pts_i, np.ones((len(pts_i), 1))], 1)
-    xj = np.concatenate([pts_j, np.ones((len(pts_j), 1))], 1)
-    li = xi @ F_ji.T  # lines in j
-    lj = xj @ F_ji  # lines in i
-    alg = np.abs(np.sum(xj * li, 1))
-    d_j = alg / np.maximum(np.hypot(li[:, 0], li[:, 1]), 1e-12)
-    d_i = alg / np.maximum(np.hypot(lj[:, 0], lj[:, 1]), 1e-12)
-    return 0.5 * (d_i + d_j)
-
-
 def _gray_u8(image: Tensor, size: int) -> np.ndarray:
     import cv2
 
@@ -245,11 +216,15 @@ def tsed_pair(
     sj = torch.tensor(
         [size / image_j.shape[-1], size / image_j.shape[-2], 1.0], dtype=torch.float64
     )
-    Fm = fundamental_matrix(
+    Fm = fundamental_from_poses(
         K_i.double() * si[:, None], cam_from_world_i, K_j.double() * sj[:, None], cam_from_world_j
     )
     n = len(pi)
-    sed = symmetric_epipolar_distance(Fm, pi, pj) if n else np.zeros(0)
+    sed = (
+        symmetric_epipolar_distance(Fm, torch.from_numpy(pi), torch.from_numpy(pj)).numpy()
+        if n
+        else np.zeros(0)
+    )
     inliers = int((sed < max_error).sum())
     return {"consistent": inliers >= min_matches, "matches": n, "inliers": inliers,
             "median_sed": float(np.median(sed)) if n else math.inf}  # fmt: skip
@@ -289,10 +264,8 @@ __all__ = [
     "TSED_MAX_ERROR",
     "TSED_MIN_MATCHES",
     "TSED_SIZE",
-    "fundamental_matrix",
     "render_with_depth",
     "sift_matches",
-    "symmetric_epipolar_distance",
     "tsed",
     "tsed_pair",
     "warp_to_view",
