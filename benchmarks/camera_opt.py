@@ -21,35 +21,15 @@ arguments.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 
 import torch
 
 from sceneforge.core.metrics import pose_errors_sim3
-from sceneforge.core.rotations import angle_axis_to_matrix
 from sceneforge.core.scene import SceneData
 from sceneforge.core.synthetic import turntable_scene
+from sceneforge.fields.camera_opt import perturb_training_cameras
 from sceneforge.fields.trainer import Trainer, TrainerConfig
-
-
-def perturb_training_cameras(
-    scene: SceneData, rot_deg: float, trans: float, holdout_every: int = 8, seed: int = 0
-) -> SceneData:
-    """``scene`` with every camera except the held-out ones (index % ``holdout_every`` == 0)
-    turned by ``rot_deg`` degrees about a random axis and moved by ``trans`` (camera frame)."""
-    g = torch.Generator().manual_seed(seed)
-    n = len(scene)
-    axis = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
-    tdir = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
-    cfw = scene.cameras.cam_from_world.clone()
-    R = angle_axis_to_matrix(axis * math.radians(rot_deg)).to(cfw)
-    new_t = (R @ cfw[:, :, 3:])[..., 0] + trans * tdir.to(cfw)
-    new = torch.cat([R @ cfw[:, :, :3], new_t[..., None]], -1)
-    keep = torch.tensor([i % holdout_every == 0 for i in range(n)])
-    new[keep] = cfw[keep]
-    return dataclasses.replace(scene, cameras=scene.cameras.with_poses(new))
 
 
 def run(scene: SceneData, steps: int, camera_opt: str, lr: float) -> Trainer:

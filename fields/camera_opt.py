@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from sceneforge.core.cameras import MODEL_PARAMS, Cameras
 from sceneforge.core.rotations import _sinc_and_cosc, angle_axis_to_matrix, skew
+from sceneforge.core.scene import SceneData
 
 #: Refined training cameras of a run (next to its checkpoint), written when refinement is on.
 REFINED_CAMERAS = "refined_cameras.json"
@@ -346,7 +347,27 @@ def write_refined_cameras(trainer, run_dir: Path) -> Path | None:
     return path
 
 
+def perturb_training_cameras(
+    scene: SceneData, rot_deg: float, trans: float, holdout_every: int = 8, seed: int = 0
+) -> SceneData:
+    """``scene`` with every camera except the held-out ones (index % ``holdout_every`` == 0)
+    turned by ``rot_deg`` degrees about a random axis and moved by ``trans`` (camera frame):
+    the wrong-pose input of camera-refinement tests and benchmarks."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(scene)
+    axis = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    tdir = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    cfw = scene.cameras.cam_from_world.clone()
+    R = angle_axis_to_matrix(axis * math.radians(rot_deg)).to(cfw)
+    new_t = (R @ cfw[:, :, 3:])[..., 0] + trans * tdir.to(cfw)
+    new = torch.cat([R @ cfw[:, :, :3], new_t[..., None]], -1)
+    keep = torch.tensor([i % holdout_every == 0 for i in range(n)])
+    new[keep] = cfw[keep]
+    return dataclasses.replace(scene, cameras=scene.cameras.with_poses(new))
+
+
 __all__ = [
+    "perturb_training_cameras",
     "REFINED_CAMERAS",
     "CameraOptimizer",
     "camera_optimizer",

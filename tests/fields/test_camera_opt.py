@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ from sceneforge.fields import camera_opt as camopt
 from sceneforge.fields.camera_opt import (
     REFINED_CAMERAS,
     CameraOptimizer,
+    perturb_training_cameras,
     pose_delta,
     real_capture_config,
     refine_rays,
@@ -234,29 +234,6 @@ def test_trainer_refines_resumes_exactly_and_writes_refined_cameras(scene, tmp_p
         )
 
 
-def perturbed(scene, rot_deg: float, trans: float, seed: int = 0):
-    """``scene`` with every camera but the held-out ones (``holdout_every`` 8) moved by a
-    random rotation of ``rot_deg`` degrees and a translation of length ``trans``."""
-    g = torch.Generator().manual_seed(seed)
-    n = len(scene)
-    axis = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
-    tdir = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
-    keep = torch.tensor([i % 8 == 0 for i in range(n)])
-    cfw = scene.cameras.cam_from_world.clone()
-    R = angle_axis_to_matrix(axis * math.radians(rot_deg)).to(cfw)
-    tdir = tdir.to(cfw)
-    newR = R @ cfw[:, :, :3]
-    newt = (R @ cfw[:, :, 3:])[..., 0] + trans * tdir
-    new = torch.cat([newR, newt[..., None]], -1)
-    new[keep] = cfw[keep]
-    return dataclasses.replace(scene, cameras=scene.cameras.with_poses(new))
-
-
-def pose_errors(est: torch.Tensor, gt: torch.Tensor) -> tuple[float, float]:
-    """Mean rotation (degrees) and centre errors after a Sim(3) alignment of ``est``."""
-    return pose_errors_sim3(est, gt)
-
-
 def _refine_run(scene, steps: int, mode: str, **kw) -> Trainer:
     tr = Trainer(scene, _tiny(max_steps=steps, camera_opt=mode, **kw))
     tr.train()
@@ -268,12 +245,12 @@ def test_refinement_shrinks_the_pose_error_of_perturbed_training_cameras():
     steps the refined training cameras, Sim(3)-aligned to the true ones, are closer to them
     than the perturbed inputs."""
     true = sphere_scene(n_views=12, size=24)
-    bad = perturbed(true, 3.0, 0.08)
+    bad = perturb_training_cameras(true, 3.0, 0.08)
     tr = _refine_run(bad, 300, "SO3xR3")
     idx = tr.train_indices
     gt = true.cameras.cam_from_world[idx]
-    rot0, c0 = pose_errors(bad.cameras.cam_from_world[idx], gt)
-    rot1, c1 = pose_errors(tr.camera_opt.refined_cameras().cam_from_world, gt)
+    rot0, c0 = pose_errors_sim3(bad.cameras.cam_from_world[idx], gt)
+    rot1, c1 = pose_errors_sim3(tr.camera_opt.refined_cameras().cam_from_world, gt)
     assert rot0 == pytest.approx(3.0, abs=0.1)
     assert rot1 < 0.8 * rot0, (rot0, rot1)
     assert c1 < c0, (c0, c1)
