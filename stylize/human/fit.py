@@ -54,7 +54,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from sceneforge.core.atomic import atomic_write_json
-from sceneforge.core.cameras import Cameras, split_params
+from sceneforge.core.cameras import Cameras, split_params, transform_points
 from sceneforge.core.rotations import matrix_to_angle_axis, matrix_to_rot6d, rot6d_to_matrix
 
 from .body_model import MEDIAPIPE_POSE_LANDMARKS, BodyModel
@@ -156,8 +156,7 @@ def project_pinhole(
 ) -> Float[Tensor, "F K 2"]:
     """Pixels of world points: ``f * (x, y) / z + c`` in each frame's camera (depth clamped
     to ``min_depth``, so points behind the camera stay finite)."""
-    pc = (cam_from_world[:, None, :, :3] @ points_world[..., None])[..., 0]
-    pc = pc + cam_from_world[:, None, :, 3]
+    pc = transform_points(cam_from_world[:, None], points_world)
     z = pc[..., 2:].clamp_min(min_depth)
     return pc[..., :2] / z * focal[:, None] + principal[:, None]
 
