@@ -40,7 +40,7 @@ from sceneforge.fields.datasets import RayBatch
 from sceneforge.fields.encodings import FrequencyEncoding, TriPlaneConfig, TriPlaneEncoding
 from sceneforge.fields.field import FieldConfig, RadianceField, SceneBox
 from sceneforge.fields.rendering import background_color, composite, render_weights
-from sceneforge.fields.sampling import SamplerConfig, ray_intervals
+from sceneforge.fields.sampling import SamplerConfig, ray_aabb, ray_intervals
 from sceneforge.fields.scene_model import (
     MODELS,
     ModelContext,
@@ -152,21 +152,6 @@ def build_body_model(cfg: Human4DConfig) -> BodyModel:
 
         return AnnyModel()
     raise ValueError(f"human4d: unknown body_model {cfg.body_model!r}; use smpl or anny")
-
-
-def ray_box_interval(
-    origins: Float[Tensor, "R 3"], directions: Float[Tensor, "R 3"], box: Float[Tensor, "2 3"]
-) -> tuple[Float[Tensor, " R"], Float[Tensor, " R"]]:
-    """Entry and exit distances of rays through an axis-aligned box (``t1 <= t0``: missed;
-    entries clamped to 0)."""
-    inv = 1.0 / torch.where(
-        directions.abs() < 1e-12, torch.full_like(directions, 1e-12), directions
-    )
-    a = (box[0] - origins) * inv
-    b = (box[1] - origins) * inv
-    t0 = torch.minimum(a, b).amax(-1).clamp_min(0)
-    t1 = torch.maximum(a, b).amin(-1)
-    return t0, t1
 
 
 class CanonicalHumanField(nn.Module):
@@ -408,7 +393,8 @@ class Human4DModel(SceneModel):
             verts = out.vertices[b]
             pad = cfg.band
             box = torch.stack([verts.amin(0) - pad, verts.amax(0) + pad]).detach()
-            t0, t1 = ray_box_interval(origins[rays], directions[rays], box)
+            t0, t1 = ray_aabb(origins[rays], directions[rays], box)
+            t0 = t0.clamp_min(0)  # rays start at the camera
             hit = t1 > t0
             rays, t0, t1 = rays[hit], t0[hit], t1[hit]
             if rays.numel() == 0:
@@ -529,6 +515,5 @@ __all__ = [
     "HumanFieldConfig",
     "HumanTrainerConfig",
     "build_body_model",
-    "ray_box_interval",
     "register",
 ]

@@ -18,6 +18,7 @@ from sceneforge.core.scene import SceneData
 from sceneforge.core.synthetic import look_at
 from sceneforge.core.torch_state import torch_threads
 from sceneforge.fields.rendering import RenderConfig
+from sceneforge.fields.sampling import ray_aabb
 from sceneforge.fields.scene_model import MODELS
 from sceneforge.fields.trainer import Trainer
 from sceneforge.stylize.human import SMPLModel, lbs_forward
@@ -25,7 +26,6 @@ from sceneforge.stylize.human.field import (
     Human4DConfig,
     Human4DModel,
     HumanTrainerConfig,
-    ray_box_interval,
 )
 
 SIZE = 32
@@ -241,7 +241,7 @@ def test_background_rays_get_no_human_weight(trained):
         out = model.render_rays_of_frames(origins, dirs, frames)
         verts = model.posed_bodies(frames[:1]).vertices[0]
     box = torch.stack([verts.amin(0), verts.amax(0)]) + torch.tensor([[-1.0], [1.0]]) * 0.05
-    t0, t1 = ray_box_interval(origins, dirs, box)
+    t0, t1 = ray_aabb(origins, dirs, box)
     assert bool(t1[0] <= t0[0]) and bool((t1[1:] > t0[1:]).all())
     assert (out["human"][:3] == 0).all()
     # measured 0.95 (the background field holds a little of the weight in front)
@@ -251,12 +251,14 @@ def test_background_rays_get_no_human_weight(trained):
 
 
 def test_ray_box_interval():
-    """Entry / exit distances of rays through the unit box (entries behind the origin: 0)."""
+    """Entry / exit distances of rays through the unit box as the field takes them
+    (``ray_aabb``, entries behind the origin clamped to 0)."""
     origins = torch.tensor([[0.0, 0.0, 2.6], [0.0, 0.0, 2.6], [0.0, 0.0, 0.0], [0.0, 0, 2.6]])
     dirs = torch.nn.functional.normalize(
         torch.tensor([[0.0, 0, -1], [0.9, 0, -1], [1.0, 0, 0], [0.0, 0, 1]]), dim=-1
     )
-    t0, t1 = ray_box_interval(origins, dirs, torch.tensor([[-1.0, -1, -1], [1, 1, 1]]))
+    t0, t1 = ray_aabb(origins, dirs, torch.tensor([[-1.0, -1, -1], [1, 1, 1]]))
+    t0 = t0.clamp_min(0)
     torch.testing.assert_close(t0[[0, 2]], torch.tensor([1.6, 0.0]))
     torch.testing.assert_close(t1[[0, 2]], torch.tensor([3.6, 1.0]))
     # leaves x = 1 (t = 1.49) before it reaches z = 1 (t = 2.15); points away from the box
