@@ -36,7 +36,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from sceneforge.core.cameras import MODEL_PARAMS, Cameras
+from sceneforge.core.cameras import MODEL_PARAMS, Cameras, compose_rigid, invert_rigid
 from sceneforge.core.rotations import _sinc_and_cosc, angle_axis_to_matrix, skew
 from sceneforge.core.scene import SceneData
 
@@ -118,10 +118,7 @@ def refined_cam_from_world(
     cam_from_world: Float[Tensor, "N 3 4"], delta: Float[Tensor, "N 3 4"]
 ) -> Float[Tensor, "N 3 4"]:
     """``cam_from_world'`` of ``world_from_cam @ delta``: ``[R_d^T R | R_d^T (t - t_d)]``."""
-    Rd_t = delta[..., :3].transpose(-1, -2)
-    R = Rd_t @ cam_from_world[..., :3]
-    t = (Rd_t @ (cam_from_world[..., 3] - delta[..., 3])[..., None])[..., 0]
-    return torch.cat([R, t[..., None]], dim=-1)
+    return compose_rigid(invert_rigid(delta), cam_from_world)
 
 
 def scale_focal(cameras: Cameras, scale: Float[Tensor, " N"]) -> Cameras:
