@@ -192,7 +192,9 @@ def train(
 
     Writes ``OUT_DIR/checkpoint.pt``, ``config.json``, ``eval.json`` (``psnr``, ``ssim``,
     ``num_eval_images``, ``steps``, ``wall_s``, ...) and returns the eval dict. Hooks given
-    with :func:`train_hooks` around the call are added to the trainer (e.g. progress).
+    with :func:`train_hooks` around the call are added to the trainer (e.g. progress). Under
+    ``torchrun`` every rank trains its share (:mod:`sceneforge.fields.distributed`), rank 0
+    alone writes and evaluates, and every rank returns rank 0's eval dict.
     """
     config = config or TrainConfig()
     overrides = {}
@@ -233,12 +235,16 @@ def train(
         trainer = Trainer(scene, config.trainer, out)
     for every, fn in _TRAIN_HOOKS.get():
         trainer.add_hook(fn, every)
-    atomic_write_json(out / CONFIG, config_to_dict(trainer.config))
-    if scene_dir is not None:
+    main = trainer.dist.is_main  # under torchrun only rank 0 writes and evaluates
+    if main:
+        atomic_write_json(out / CONFIG, config_to_dict(trainer.config))
+    if scene_dir is not None and main:
         atomic_write_json(out / SOURCE, source_record(scene_dir, out))
     last = trainer.train()
     trainer.save_checkpoint(ckpt)
     train_s = time.perf_counter() - t0
+    if not main:
+        return trainer.dist.share_object(None)  # rank 0's eval dict
     if trainer.eval_indices:
         res = trainer.evaluate(save_dir=out / EVAL_DIR if config.save_eval_images else None)
     else:
@@ -258,7 +264,7 @@ def train(
     atomic_write_json(out / EVAL, res)
     # Training curve (loss / PSNR per logged step) for reports; rewritten on every run.
     atomic_write_json(out / HISTORY, {"history": trainer.history})
-    return res
+    return trainer.dist.share_object(res)
 
 
 def load_trained(

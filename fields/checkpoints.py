@@ -4,7 +4,10 @@
 A checkpoint is one ``torch.save`` dict: ``format``, ``step``, ``wall_s``, ``config`` (the
 trainer config as plain data), ``model_name``, ``model`` (the scene model's state), ``box``,
 ``optimizer``, ``rng`` (the trainer's generator and its torch RNG), ``dataset`` (version, plus
-its pixels once updated), ``train_indices``, ``eval_indices`` and ``image_names``.
+its pixels once updated), ``train_indices``, ``eval_indices``, ``image_names`` and
+``world_size`` (the processes of the data-parallel run that wrote it, 1 without torchrun; absent
+in older files; informative only: a checkpoint resumes at any world size, with the same global
+batches, not bit-exactly, see :mod:`sceneforge.fields.distributed`).
 """
 
 from __future__ import annotations
@@ -44,8 +47,13 @@ def config_from_dict(cls, d: dict):
             continue
         v = d[f.name]
         sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-        if sub is not None and dataclasses.is_dataclass(sub) and isinstance(v, dict):
-            kwargs[f.name] = config_from_dict(sub, v)
+        proto = sub() if sub is not None and isinstance(v, dict) else None
+        if dataclasses.is_dataclass(proto):  # a section (its factory may be a lambda)
+            built = config_from_dict(type(proto), v)
+            given = {
+                g.name: getattr(built, g.name) for g in dataclasses.fields(built) if g.name in v
+            }
+            kwargs[f.name] = dataclasses.replace(proto, **given)  # absent keys: the factory's
         elif isinstance(v, list):
             kwargs[f.name] = tuple(v)
         else:

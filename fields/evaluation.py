@@ -132,7 +132,8 @@ def evaluate_heldout(
         eds = eval_downscale(h, w, ds, max_pixels)
         used = max(used, eds)
         gt = downscale_image(scene.load_image(i), eds)
-        r = trainer.render_camera(scene.cameras, i, downscale=eds)
+        opts = model.view_options(i)
+        r = trainer.render_camera(scene.cameras, i, downscale=eds, **opts)
         pred = r["rgb"]
         eval_size = max(eval_size, (pred.shape[1], pred.shape[0]), key=lambda s: s[0] * s[1])
         m = scene.load_mask(i)
@@ -165,7 +166,7 @@ def evaluate_heldout(
                     trainer.cfg.batch_rays,
                     seed=i,
                 )
-                fitted = trainer.render_camera(scene.cameras, i, downscale=eds)["rgb"]
+                fitted = trainer.render_camera(scene.cameras, i, downscale=eds, **opts)["rgb"]
             finally:
                 model.clear_unseen_appearance()
             fit = torch.where(right[..., None], fitted, pred)

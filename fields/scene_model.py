@@ -102,6 +102,12 @@ class SceneModel(nn.Module, metaclass=abc.ABCMeta):
         """The model's own loss terms (already weighted); none by default."""
         return {}
 
+    def view_options(self, scene_index: int) -> dict:
+        """Keyword options of :meth:`render_camera` that render scene image ``scene_index`` as
+        it was captured, for held-out evaluation (e.g. ``human4d``'s ``frame``); none by
+        default."""
+        return {}
+
     def before_step(self, step: int, generator: torch.Generator) -> None:
         """Called before drawing the batch of step ``step`` (e.g. occupancy-grid updates)."""
 

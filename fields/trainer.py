@@ -28,12 +28,12 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from sceneforge.core.cameras import Cameras
-from sceneforge.core.devices import resolve_device
 from sceneforge.core.progress import rich_bar
 from sceneforge.core.run_files import CHECKPOINT, TENSORBOARD_DIR
 from sceneforge.core.scene import SceneData, undistorted_scene
 from sceneforge.core.torch_state import TorchStateScope
 from sceneforge.fields import camera_opt as camopt
+from sceneforge.fields import distributed
 from sceneforge.fields.checkpoints import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -86,11 +86,12 @@ class Trainer:
         num_views
         view_shape view_image view_pixel_range view_cameras dataset_version scene_box
         render_view render_camera render_rays update_views add_loss add_hook generator train
-        set_max_steps evaluate save_checkpoint history wall_s describe from_checkpoint
+        set_max_steps evaluate save_checkpoint history wall_s describe from_checkpoint dist
         """.split()
     )
     """What editors (dataset updates, completion, stylization, the viewer, ``fields.api``) may
-    use: views in and out, rendering at any resolution, losses, hooks, the step counter."""
+    use: views in and out, rendering at any resolution, losses, hooks, the step counter, and
+    ``dist`` (under torchrun editors run on every rank; only ``dist.is_main`` writes files)."""
 
     def __init__(
         self,
@@ -110,7 +111,9 @@ class Trainer:
             scene = undistorted_scene(scene)
         self.cfg, self.scene = cfg, scene
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.device = resolve_device(cfg.device)
+        self.dist = distributed.from_env(cfg.device, cfg.dist_timeout_s)
+        """This process's place in a data-parallel (torchrun) run: see ``fields.distributed``."""
+        self.device = self.dist.device
         self._torch = TorchStateScope(
             cfg.num_threads, cfg.deterministic, self.device.type == "cuda", cfg.seed
         )
@@ -147,6 +150,7 @@ class Trainer:
             self.photometric = "l1-ssim" if self.model.batch_kind == "images" else "mse"
         self.camera_opt = camopt.camera_optimizer(cfg, scene, self.train_indices, self.device)
         self.optimizer = self._make_optimizer()
+        self.dist.check_model(cfg.model, self._batch_kind())
         self.step = 0
         self.wall_s = 0.0
         self.hooks: list[tuple[int, Hook]] = []
@@ -291,9 +295,11 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------
 
+    def _batch_kind(self) -> str:
+        return self.model.batch_kind if self.cfg.batch == "auto" else self.cfg.batch
+
     def _sample_batch(self) -> RayBatch:
-        cfg = self.cfg
-        kind = self.model.batch_kind if cfg.batch == "auto" else cfg.batch
+        cfg, kind = self.cfg, self._batch_kind()
         if kind == "patches":
             n = max(1, cfg.batch_rays // (cfg.patch_size * cfg.patch_size))
             return self.dataset.sample_patches(n, cfg.patch_size, self.generator)
@@ -310,36 +316,43 @@ class Trainer:
         cfg, model = self.cfg, self.model
         model.train()
         model.before_step(self.step, self.generator)
-        batch = camopt.refine_batch(self.camera_opt, self._sample_batch())
-        out = model.train_outputs(batch, self.generator)
+        # data parallel (fields.distributed): this rank's slice of the global batch, each loss
+        # term weighted by its share, gradients summed over the ranks; one process: unchanged
+        dp = self.dist
+        part = dp.shard(camopt.refine_batch(self.camera_opt, self._sample_batch()))
+        batch = part.batch
+        with dp.shard_draws(self.generator, part, cfg.model):
+            out = model.train_outputs(batch, self.generator)
         target = batch.rgb.to(out["rgb"].device)
         loss, mse = photometric_loss(
             self.photometric, out["rgb"], target, batch.valid, batch.patches, cfg.ssim_lambda
         )
+        loss, mse = dp.weigh(loss, part.photometric), dp.weigh(mse, part.photometric)
         for term in model.regularizers(batch, out, self.step).values():
-            loss = loss + term
-        loss = loss + camopt.regularizer(self.camera_opt)
+            loss = loss + dp.weigh(term, part.once)
+        loss = loss + dp.weigh(camopt.regularizer(self.camera_opt), part.once)
         if cfg.object_masks and cfg.mask_loss_weight > 0:
             cov = self.mask_coverage()[batch.pixel_idx].to(out["accumulation"])
-            loss = loss + cfg.mask_loss_weight * mask_loss(out["accumulation"], cov)
+            term = cfg.mask_loss_weight * mask_loss(out["accumulation"], cov)
+            loss = loss + dp.weigh(term, part.per_row)
         for fn in self.loss_hooks:
-            loss = loss + fn(self, batch, out)
-        if not bool(torch.isfinite(loss.detach())):
-            raise TrainingDivergedError(self._diverged(f"the loss is {float(loss.detach())}"))
+            loss = loss + dp.weigh(fn(self, batch, out), part.per_row)
+        total, mse, samples = dp.global_stats(loss, mse, out["num_samples"])
+        if not bool(torch.isfinite(total)):
+            raise TrainingDivergedError(self._diverged(f"the loss is {float(total)}"))
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * self.lr_factor(final_factor=g["final_factor"])
         self.optimizer.zero_grad(set_to_none=True)
-        if loss.requires_grad:
-            loss.backward()
+        if dp.backward(loss, self.optimizer):
             self.optimizer.step()
         # else: nothing in the batch reached a trainable parameter (e.g. no ray met an
         # occupied cell and the background is fixed); the step still counts
         model.after_step(self.step, self.optimizer, self.generator)
         self.step += 1
         return {
-            "loss": float(loss.detach()),
+            "loss": float(total),
             "psnr": float(-10 * torch.log10(mse.detach().clamp(min=1e-10))),
-            "samples_per_ray": float(out["num_samples"]) / batch.rgb.shape[0],
+            "samples_per_ray": float(samples) / part.total_rows,
             **model.stats(),
             "dataset_version": self.dataset.version,
         }
@@ -360,9 +373,13 @@ class Trainer:
         start = time.perf_counter()
         stats: dict = {}
         progress = self._progress(int(math.ceil(cfg.max_seconds)) if timed else max_steps)
+        facts, cams = {"step": self.step, "dataset_version": self.dataset.version}, self.camera_opt
+        self.dist.sync(facts, self.model, *([] if cams is None else [cams]))
         try:
             while self.step < max_steps:
-                if max_seconds is not None and time.perf_counter() - start >= max_seconds:
+                # several ranks: rank 0's clock decides (same stop step, same time schedule)
+                self.wall_s, elapsed = self.dist.from_main(self.wall_s, time.perf_counter() - start)
+                if max_seconds is not None and elapsed >= max_seconds:
                     break
                 if timed and self.wall_s >= cfg.max_seconds:
                     break
@@ -373,7 +390,8 @@ class Trainer:
                 for every, fn in self.hooks:
                     if self.step % every == 0:
                         fn(self)
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.eval_indices:
+                due = cfg.eval_every and self.step % cfg.eval_every == 0 and self.eval_indices
+                if due and self.dist.is_main:  # other ranks go on and wait in the next step
                     ev = self.evaluate(
                         max_images=cfg.eval_max_images or None,
                         progress=None if progress is None else bar_callback(*progress, "eval"),
@@ -403,14 +421,14 @@ class Trainer:
         return stats
 
     def _progress(self, total: int, description: str = "train", completed: int | None = None):
-        if not self.cfg.progress:
+        if not self.cfg.progress or not self.dist.is_main:
             return None
         if completed is None:
             completed = int(self.wall_s) if self.cfg.schedule == "time" else self.step
         return rich_bar(description, total, completed, False)
 
     def _log_scalars(self, prefix: str, values: dict) -> None:
-        if not self.cfg.tensorboard or self.out_dir is None:
+        if not self.cfg.tensorboard or self.out_dir is None or not self.dist.is_main:
             return
         if self._writer is None:
             try:
@@ -428,15 +446,22 @@ class Trainer:
 
     @torch.no_grad()
     def render_camera(
-        self, cameras: Cameras, index: int, image_idx: int = -1, downscale: int | None = None
+        self,
+        cameras: Cameras,
+        index: int,
+        image_idx: int = -1,
+        downscale: int | None = None,
+        **model_options,
     ) -> dict[str, Tensor]:
         """Render camera ``index`` as ``H W C`` images (rgb, depth, accumulation, optional
         features) at ``1 / downscale`` of its full resolution (default: the training
-        downscale); ``image_idx`` = a training view's appearance (-1 = the mean)."""
+        downscale); ``image_idx`` = a training view's appearance (-1 = the mean);
+        ``model_options`` go to the model's ``render_camera`` (e.g. ``human4d``'s ``frame``,
+        ``pose``, ``transl``)."""
         ds = self.downscale if downscale is None else max(int(downscale), 1)
         with self._torch():
             self.model.eval()
-            return self.model.render_camera(cameras, index, ds, image_idx)
+            return self.model.render_camera(cameras, index, ds, image_idx, **model_options)
 
     @torch.no_grad()
     def render_rays(
@@ -502,6 +527,7 @@ class Trainer:
             "train_indices": list(self.train_indices),
             "eval_indices": list(self.eval_indices),
             "image_names": list(self.scene.image_names),
+            "world_size": self.dist.world_size,
         }
 
     def _diverged(self, what: str) -> str:
@@ -531,8 +557,9 @@ class Trainer:
                 self._diverged(f"non-finite parameters ({', '.join(bad)})")
                 + f" {path} was not overwritten."
             )
-        write_checkpoint(path, self.state_dict())
-        camopt.write_refined_cameras(self, path.parent)
+        if self.dist.is_main:  # data parallel: rank 0 writes, the other ranks hold the same
+            write_checkpoint(path, self.state_dict())
+            camopt.write_refined_cameras(self, path.parent)
         self.last_checkpoint = (path, self.step)
         return path
 

@@ -4,6 +4,7 @@ evaluation, checkpoints, object captures, device, and the scene model's own sect
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -123,6 +124,9 @@ class TrainerConfig:
     which)."""
     num_threads: int = 0
     """CPU threads for torch (0 = torch's default; 1 is much faster on an oversubscribed CPU)."""
+    dist_timeout_s: float = 1800.0
+    """Data-parallel runs (``torchrun``): most seconds a rank waits for the others (a rank that
+    died, or rank 0 evaluating / writing a checkpoint) before it stops with an error."""
     render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
     """Compositing and background (every model)."""
     nerf: NerfConfig = dataclasses.field(default_factory=NerfConfig)
@@ -131,10 +135,37 @@ class TrainerConfig:
     """3D Gaussian model settings (``model gaussians``)."""
 
 
+_BUILTIN_MODELS = ("nerf", "gaussians")
+
+CONFIG_CLASSES: dict[str, str] = {}
+"""Models whose settings live in a section of a :class:`TrainerConfig` subclass: model name ->
+``module:class`` (added by the module that registers the model in ``scene_model.MODELS``, e.g.
+``human4d``), so that a checkpoint's config is rebuilt with its model's section."""
+
+
+def config_class(model: str) -> type[TrainerConfig]:
+    """The trainer-config class of ``model`` (:class:`TrainerConfig` unless registered in
+    :data:`CONFIG_CLASSES`)."""
+    if model not in CONFIG_CLASSES:
+        return TrainerConfig
+    mod, cls = CONFIG_CLASSES[model].split(":")
+    return getattr(importlib.import_module(mod), cls)
+
+
 def checkpoint_config(s: dict, path: str | Path) -> TrainerConfig:
-    """The trainer config stored in checkpoint ``s`` (read from ``path``)."""
+    """The trainer config stored in checkpoint ``s`` (read from ``path``), of its model's
+    config class (:func:`config_class`)."""
     try:
-        cfg = config_from_dict(TrainerConfig, s["config"])
+        model = s["config"].get("model", "nerf")
+        if model not in _BUILTIN_MODELS and model not in CONFIG_CLASSES:
+            from sceneforge.fields.scene_model import MODELS
+
+            if model not in MODELS:
+                raise CheckpointError(
+                    f"{path}: the checkpoint's model {model!r} is not registered (import the "
+                    "module that registers it first)"
+                )
+        cfg = config_from_dict(config_class(model), s["config"])
     except (KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: bad config in checkpoint ({e})") from e
     if "max_long_side" not in s["config"]:  # written before the cap: its downscale as given
@@ -142,4 +173,4 @@ def checkpoint_config(s: dict, path: str | Path) -> TrainerConfig:
     return cfg
 
 
-__all__ = ["TrainerConfig", "checkpoint_config"]
+__all__ = ["CONFIG_CLASSES", "TrainerConfig", "checkpoint_config", "config_class"]

@@ -1,0 +1,339 @@
+"""Data-parallel training (``fields.distributed``): two gloo ranks on CPU against one process,
+only rank 0 writing, a dead rank, resuming at another world size, and ``torchrun`` on the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from fields_analytic import sphere_scene
+
+from sceneforge.fields.api import TrainConfig, train, train_hooks
+from sceneforge.fields.datasets import PatchLayout, RayBatch
+from sceneforge.fields.distributed import (
+    ENV_VARS,
+    DistContext,
+    DistributedError,
+    from_env,
+    shard,
+    skip_draws,
+    split_bounds,
+)
+from sceneforge.fields.encodings import TriPlaneConfig
+from sceneforge.fields.field import FieldConfig
+from sceneforge.fields.losses import masked_mean
+from sceneforge.fields.nerf_model import NerfConfig
+from sceneforge.fields.sampling import SamplerConfig
+from sceneforge.fields.trainer import TrainerConfig, read_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+STEPS, MORE = 6, 9
+"""Steps of the first run, and the total after resuming."""
+
+
+def tiny_config(**kw) -> TrainerConfig:
+    cfg = TrainerConfig(
+        max_steps=STEPS,
+        batch_rays=128,
+        checkpoint_every=3,
+        progress=False,
+        tensorboard=False,
+        device="cpu",
+        num_threads=1,
+        dist_timeout_s=60.0,
+        nerf=NerfConfig(
+            field=FieldConfig(
+                triplane=TriPlaneConfig(resolutions=(16, 32), features=4),
+                density_grid_resolution=32,
+                hidden_dim=16,
+                color_hidden_dim=16,
+                sh_degree=2,
+                appearance_dim=4,
+            ),
+            sampler=SamplerConfig(num_samples=32, grid_resolution=16, grid_update_every=4),
+        ),
+    )
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def run_config(max_steps: int, **kw) -> TrainConfig:
+    return TrainConfig(max_steps=max_steps, trainer=tiny_config(**kw), save_eval_images=False)
+
+
+def scene():
+    return sphere_scene(n_views=9, size=16)
+
+
+def model_params(run: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(run / "checkpoint.pt")["model"]
+
+
+def assert_close(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+
+# -- the rank processes ---------------------------------------------------------------------
+
+
+def _die_at_step_4(tr) -> None:
+    if tr.dist.rank == 1 and tr.step == 4:
+        os._exit(3)  # a rank killed mid-run: no cleanup, its sockets just close
+
+
+def _rank_main(rank: int, world: int, port: int, job: str, tmp: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    tmp_dir, result = Path(tmp), {}
+    try:
+        if job == "train":
+            # rank 1 gets a folder of its own: it must stay empty (rank 0 writes everything)
+            out = tmp_dir / ("dp" if rank == 0 else "dp_rank1")
+            result["eval"] = train(None, out, run_config(STEPS), scene=scene())
+            # resume a one-process checkpoint at world size 2 (every rank reads the same file)
+            result["resumed"] = train(None, tmp_dir / "single_to_dp", run_config(MORE), scene())
+            # rank 1 cannot see rank 0's checkpoint (a folder not shared between machines)
+            out = tmp_dir / ("single" if rank == 0 else "not_shared")
+            try:
+                train(None, out, run_config(MORE), scene=scene())
+            except DistributedError as e:
+                result["not_shared"] = str(e)
+        elif job == "die":
+            with train_hooks((1, _die_at_step_4)):
+                train(None, tmp_dir / "die", run_config(40, checkpoint_every=2), scene=scene())
+        else:
+            raise ValueError(job)
+    except Exception as e:  # reported to the test
+        result["error"] = (type(e).__name__, str(e))
+    finally:
+        (tmp_dir / f"result_{job}_{rank}.json").write_text(json.dumps(result, default=str))
+        import torch.distributed as dist
+
+        if dist.is_initialized() and "error" not in result:
+            dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(job: str, tmp: Path, world: int = 2, timeout_s: float = 240) -> list[dict]:
+    """Start ``world`` rank processes (spawn) for ``job`` and return each one's result; a
+    rank that exits without one gives ``{"exitcode": code}``."""
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [
+        ctx.Process(target=_rank_main, args=(r, world, port, job, str(tmp))) for r in range(world)
+    ]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+        p.join(max(deadline - time.monotonic(), 1))
+    hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    assert not hung, f"ranks {hung} of job {job!r} still running after {timeout_s} s"
+    out = []
+    for r, p in enumerate(procs):
+        f = tmp / f"result_{job}_{r}.json"
+        out.append(json.loads(f.read_text()) if f.is_file() else {"exitcode": p.exitcode})
+    return out
+
+
+# -- splitting a batch ------------------------------------------------------------------------
+
+
+def test_split_bounds_cover_the_batch_in_order():
+    assert split_bounds(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert split_bounds(4, 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+def _batch(n: int, valid=None, patches=None) -> RayBatch:
+    g = torch.Generator().manual_seed(1)
+    return RayBatch(
+        torch.rand(n, 3, generator=g),
+        torch.rand(n, 3, generator=g),
+        torch.rand(n, 3, generator=g),
+        torch.arange(n) % 3,
+        torch.arange(n),
+        torch.ones(n),
+        patches,
+        valid,
+    )
+
+
+def test_shard_weights_reproduce_the_global_masked_mean():
+    valid = torch.rand(11, generator=torch.Generator().manual_seed(2)) > 0.4
+    b = _batch(11, valid)
+    err = torch.rand(11, 3, generator=torch.Generator().manual_seed(3))
+    whole = masked_mean(err, valid)
+    parts = [shard(b, r, 3) for r in range(3)]
+    assert [p.rows for p in parts] == [slice(0, 4), slice(4, 8), slice(8, 11)]
+    assert [p.once for p in parts] == [1.0, 0.0, 0.0]
+    assert sum(p.per_row for p in parts) == pytest.approx(1.0)
+    total = sum(p.photometric * masked_mean(err[p.rows], p.batch.valid) for p in parts)
+    torch.testing.assert_close(total, whole)
+    one = shard(b, 0, 1)
+    assert one.batch is b and one.photometric == one.per_row == one.once == 1.0
+
+
+def test_patch_batches_split_on_whole_patches():
+    layout = PatchLayout(torch.arange(3), torch.zeros(3, dtype=torch.long), torch.arange(3), 2, 2)
+    b = _batch(12, patches=layout)
+    p = shard(b, 1, 2)
+    assert p.rows == slice(8, 12) and p.batch.patches.view.tolist() == [2]
+    assert torch.equal(p.batch.rgb, b.rgb[8:12])
+    with pytest.raises(DistributedError, match="3 patches cannot be split over 4 ranks"):
+        shard(b, 0, 4)
+
+
+def test_skipped_draws_continue_the_global_stream():
+    g = torch.Generator().manual_seed(5)
+    whole = torch.rand((100, 1), generator=g)
+    h = torch.Generator().manual_seed(5)
+    skip_draws(h, 37)
+    assert torch.equal(torch.rand((63, 1), generator=h), whole[37:])
+    assert torch.equal(h.get_state(), g.get_state())
+
+
+def test_without_torchrun_the_context_is_one_process(monkeypatch):
+    for v in ENV_VARS:
+        monkeypatch.delenv(v, raising=False)
+    ctx = from_env("cpu")
+    assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.active) == (0, 1, True, False)
+    assert ctx.from_main(1.5, 2.0) == (1.5, 2.0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DistributedError, match="MASTER_ADDR, MASTER_PORT is not set"):
+        from_env("cpu")
+
+
+def test_models_that_cannot_be_split_are_refused_under_torchrun():
+    two = DistContext(rank=1, world_size=2, backend="gloo")
+    with pytest.raises(DistributedError, match="'gaussians' model does not train data-parallel"):
+        two.check_model("gaussians", "images")
+    with pytest.raises(DistributedError, match="batch 'images'"):
+        two.check_model("nerf", "images")
+    two.check_model("nerf", "patches")
+    DistContext().check_model("gaussians", "images")  # one process: anything goes
+
+
+# -- two gloo ranks -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One process: ``single`` (STEPS steps); two ranks: ``dp`` (STEPS steps), then a copy of
+    ``single`` resumed at world size 2 to MORE steps (``single_to_dp``); one process again: a
+    copy of ``dp`` resumed at world size 1 to MORE steps (``dp_to_single``)."""
+    tmp = tmp_path_factory.mktemp("dp")
+    for v in ENV_VARS:
+        assert v not in os.environ, "run this test outside torchrun"
+    t0 = time.perf_counter()
+    single_eval = train(None, tmp / "single", run_config(STEPS), scene=scene())
+    shutil.copytree(tmp / "single", tmp / "single_to_dp")
+    results = run_ranks("train", tmp)
+    for r in results:
+        assert "error" not in r and "exitcode" not in r, r
+    shutil.copytree(tmp / "dp", tmp / "dp_to_single")
+    train(None, tmp / "dp_to_single", run_config(MORE), scene=scene())
+    print(f"one-process + two-rank + resumed runs: {time.perf_counter() - t0:.1f} s")
+    return tmp, single_eval, results
+
+
+def test_two_ranks_train_the_parameters_of_one_process(runs):
+    tmp, _, _ = runs
+    assert read_checkpoint(tmp / "dp" / "checkpoint.pt")["step"] == STEPS
+    assert_close(model_params(tmp / "dp"), model_params(tmp / "single"), atol=1e-5)
+    assert read_checkpoint(tmp / "dp" / "checkpoint.pt")["world_size"] == 2
+    assert read_checkpoint(tmp / "single" / "checkpoint.pt")["world_size"] == 1
+
+
+def test_only_rank_0_writes_and_every_rank_returns_its_results(runs):
+    tmp, single_eval, (r0, r1) = runs
+    assert sorted(p.name for p in (tmp / "dp").iterdir()) == sorted(
+        p.name for p in (tmp / "single").iterdir()
+    )
+    assert list((tmp / "dp_rank1").iterdir()) == []  # created, nothing written
+    assert r0["eval"] == r1["eval"]  # rank 0's evaluation, shared
+    assert r0["eval"]["steps"] == STEPS
+    assert r0["eval"]["psnr"] == pytest.approx(single_eval["psnr"], abs=1e-3)
+    history = json.loads((tmp / "dp" / "history.json").read_text())["history"]
+    single = json.loads((tmp / "single" / "history.json").read_text())["history"]
+    assert [h["step"] for h in history] == [h["step"] for h in single]
+    for a, b in zip(history, single, strict=True):  # the global batch's loss, not a shard's
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+def test_resume_at_another_world_size(runs):
+    tmp, _, (r0, _) = runs
+    a = read_checkpoint(tmp / "single_to_dp" / "checkpoint.pt")
+    b = read_checkpoint(tmp / "dp_to_single" / "checkpoint.pt")
+    assert (a["step"], a["world_size"], b["step"], b["world_size"]) == (MORE, 2, MORE, 1)
+    assert r0["resumed"]["steps"] == MORE
+    # the same global batches: only the float summation order differs (not bit-exact)
+    assert_close(a["model"], b["model"], atol=1e-4)
+
+
+def test_ranks_that_start_from_different_checkpoints_stop(runs):
+    tmp, _, (r0, r1) = runs
+    assert "rank 1 of 2 starts at {'step': 0, 'dataset_version': 0}" in r1["not_shared"]
+    assert "rank 0 at {'step': 6, 'dataset_version': 0}" in r1["not_shared"]
+    assert "rank 0 of 2" in r0["not_shared"]  # its peer left: stopped too, with the error
+    assert read_checkpoint(tmp / "single" / "checkpoint.pt")["step"] == STEPS  # untouched
+
+
+def test_a_dead_rank_stops_the_others_and_keeps_the_last_checkpoint(tmp_path):
+    t0 = time.perf_counter()
+    r0, r1 = run_ranks("die", tmp_path, timeout_s=120)
+    assert r1 == {"exitcode": 3}
+    assert r0["error"][0] == "DistributedError", r0
+    assert "rank 0 of 2" in r0["error"][1] and "last checkpoint" in r0["error"][1]
+    assert time.perf_counter() - t0 < 60  # well inside dist_timeout_s: noticed, not waited out
+    s = read_checkpoint(tmp_path / "die" / "checkpoint.pt")
+    assert s["step"] == 4 and s["world_size"] == 2
+    assert not list((tmp_path / "die").glob("*.tmp*"))
+
+
+def test_cli_train_under_torchrun(tmp_path):
+    from sceneforge.core.io import save_scene
+
+    scene_dir = save_scene(scene(), tmp_path / "scene", "colmap")
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "sceneforge.cli", "train", str(scene_dir), str(run), "--max-steps", "3"]
+    cmd += ["--device", "cpu", "--trainer.no-progress", "--trainer.no-tensorboard"]
+    cmd += ["--trainer.batch-rays", "128", "--trainer.num-threads", "1", "--no-save-eval-images"]
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    env.update(OMP_NUM_THREADS="1")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["steps"] == 3 and ev["model"] == "nerf"
+    assert read_checkpoint(run / "checkpoint.pt")["world_size"] == 2
