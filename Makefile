@@ -11,10 +11,11 @@ NS_STAMP := $(NS_VENV)/.sceneforge-installed
 
 .PHONY: venv venv-ns test test-ns lint pytest demo bench clean-venv
 
-$(STAMP): pyproject.toml third_party/opencv_python_shim/pyproject.toml
+$(STAMP): pyproject.toml third_party/opencv_python_shim/pyproject.toml \
+		third_party/opencv_contrib_python_shim/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q ./third_party/opencv_python_shim
+	$(PY) -m pip install -q ./third_party/opencv_python_shim ./third_party/opencv_contrib_python_shim
 	$(PY) -m pip install -q -e '.[dev,learned,viewer,gaussians,human]'
 	$(PY) -m pip check
 	touch $(STAMP)

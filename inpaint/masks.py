@@ -12,6 +12,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from sceneforge.core.cameras import Cameras
+from sceneforge.core.metrics import dilate_mask
 from sceneforge.core.scene import SceneData, SceneDataError
 
 
@@ -115,13 +116,8 @@ def unobserved_mask(
     return accumulation < threshold
 
 
-def dilate(mask: Bool[Tensor, "h w"], pixels: int) -> Bool[Tensor, "h w"]:
-    """Binary dilation by a ``(2 p + 1)^2`` square (grows fill masks over edge pixels)."""
-    if pixels <= 0:
-        return mask
-    k = 2 * pixels + 1
-    x = mask[None, None].float()
-    return torch.nn.functional.max_pool2d(x, k, stride=1, padding=pixels)[0, 0] > 0
+#: binary dilation by a ``(2 p + 1)^2`` square (grows fill masks over edge pixels)
+dilate = dilate_mask
 
 
 __all__ = [

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "sceneforge.free3d_commands:Free3DTrain",
         "Train or fine-tune a Free3D novel-view model on posed multi-view sets.",
     ),
+    "human": ("sceneforge.human_commands:Human", "4D human capture from a video of a person."),
 }
 
 

@@ -2,7 +2,7 @@
 scene out.
 
 ``run`` first puts its input inside ``OUT_DIR/images`` (downscaled copies of the photos, or
-the sharpest frames of a video, :mod:`sceneforge.video_input`), so that every path the run
+the sharpest frames of a video, :mod:`sceneforge.core.video_input`), so that every path the run
 writes (``transforms.json``, the COLMAP model) stays inside ``OUT_DIR`` and the folder can be
 moved or shared. It then makes its plan (:mod:`sceneforge.plan`: working resolution, steps,
 render size and an estimated time, printed and logged; explicit settings win) and chains
@@ -30,15 +30,15 @@ from typing import Literal
 from sceneforge.core import run_files
 from sceneforge.core.atomic import atomic_write_json
 from sceneforge.core.devices import resolve_device
-from sceneforge.core.progress import RunLog, Task, format_seconds, task_progress
+from sceneforge.core.progress import RunLog, format_seconds, task_progress, trainer_progress
 from sceneforge.core.timing import cpu_seconds
+from sceneforge.core.video_input import VideoConfig
 from sceneforge.fields.api import RenderConfig, TrainConfig
 from sceneforge.fields.trainer import TrainerConfig
 from sceneforge.inpaint.complete import CompleteConfig
 from sceneforge.plan import Plan, PlanOverrides, Quality, plan_run
 from sceneforge.recon.reconstruct import ReconstructConfig, neighbor_frames
 from sceneforge.report import STAGES, write_report
-from sceneforge.video_input import VideoConfig
 
 #: The run's log (``OUT_DIR/log.txt``): stage messages and periodic progress lines (step, loss,
 #: ETA) whether or not stdout is a terminal. Appended to by every (re)run.
@@ -208,7 +208,7 @@ def run(
             train_cfg, device=cfg.train.device or device, model=cfg.model or cfg.train.model
         )
         with log.task("train", 0, own_bar=tc.trainer.progress) as task:
-            with train_hooks((1, _train_progress(task))):
+            with train_hooks((1, trainer_progress(task))):
                 res = train(sfm_dir, field_dir, tc)
         return {
             k: res[k]
@@ -298,7 +298,7 @@ def _prepare_images(
     """
     from sceneforge.core.atomic import atomic_write_json as write_json
     from sceneforge.core.image_io import scan_folder
-    from sceneforge.video_input import copy_images, image_size, sample_video_frames
+    from sceneforge.core.video_input import copy_images, image_size, sample_video_frames
 
     rcfg = cfg.reconstruct
     max_size = rcfg.max_image_size
@@ -416,27 +416,6 @@ def planned_configs(cfg: RunConfig, plan: Plan) -> tuple[TrainConfig, RenderConf
         cfg.render, downscale=plan.render_downscale, num_frames=plan.num_frames
     )
     return train, render
-
-
-def _train_progress(task: Task) -> Callable:
-    """A trainer hook (every step) reporting the step, the last logged loss / PSNR and the ETA
-    to ``task`` (the first call sets the task's start: a resumed run starts mid-way)."""
-    started = False
-
-    def hook(trainer) -> None:
-        nonlocal started
-        if not started:
-            started = True
-            task.total = trainer.config.max_steps
-            task.rebase(trainer.step)
-        hist = trainer.history
-        info = ""
-        if hist:
-            h = hist[-1]
-            info = f"loss {h.get('loss', math.nan):.4f}  psnr {h.get('psnr', math.nan):.2f}"
-        task.update(trainer.step, info)
-
-    return hook
 
 
 def _sfm_lines(summary: dict) -> list[str]:

@@ -16,7 +16,7 @@ import torch
 from sceneforge.cli import main
 from sceneforge.core.atomic import write_json_versioned
 from sceneforge.core.io import save_scene
-from sceneforge.core.progress import RunLog, format_seconds
+from sceneforge.core.progress import RunLog, format_seconds, trainer_progress
 from sceneforge.core.synthetic import turntable_scene
 from sceneforge.eval_run import LPIPS, EvalConfig, EvalError, evaluate_run
 from sceneforge.fields import api
@@ -29,7 +29,6 @@ from sceneforge.fields.api import (
     write_video,
 )
 from sceneforge.fields.trainer import TrainerConfig
-from sceneforge.pipeline import _train_progress
 
 STEPS = 20
 
@@ -57,7 +56,7 @@ def trained(tmp_path_factory):
     lines: list[str] = []
     log = RunLog(root / "log.txt", console=lines.append, interval_s=0.0, terminal=False)
     with log.task("train", 0, own_bar=True) as task:
-        with train_hooks((1, _train_progress(task))):
+        with train_hooks((1, trainer_progress(task))):
             train(scene_dir, root / "run", _train_config())
     return scene_dir, root / "run", root / "log.txt", lines
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sceneforge.video_input import (
+from sceneforge.core.video_input import (
     VideoConfig,
     VideoError,
     copy_images,

@@ -228,6 +228,16 @@ def ssim(
     return float(m.mean())
 
 
+def dilate_mask(mask: Bool[Tensor, "H W"], pixels: int) -> Bool[Tensor, "H W"]:
+    """Binary dilation by a ``(2 p + 1)^2`` square (region metrics round an object, fill masks
+    grown over edge pixels)."""
+    if pixels <= 0:
+        return mask
+    k = 2 * pixels + 1
+    x = mask[None, None].float()
+    return F.max_pool2d(x, k, stride=1, padding=pixels)[0, 0] > 0
+
+
 def mean_or_nan(x: Tensor) -> float:
     """Mean of a tensor, NaN when empty (for summaries)."""
     return float(x.mean()) if x.numel() else math.nan

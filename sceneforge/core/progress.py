@@ -190,6 +190,27 @@ def task_progress(task: Task) -> Callable[[int, int, str], None]:
     return progress
 
 
+def trainer_progress(task: Task) -> Callable:
+    """A trainer hook (every step) reporting the step, the last logged loss / PSNR and the ETA
+    to ``task`` (the first call sets the task's start: a resumed run starts mid-way)."""
+    started = False
+
+    def hook(trainer) -> None:
+        nonlocal started
+        if not started:
+            started = True
+            task.total = trainer.config.max_steps
+            task.rebase(trainer.step)
+        hist = trainer.history
+        info = ""
+        if hist:
+            h = hist[-1]
+            info = f"loss {h.get('loss', math.nan):.4f}  psnr {h.get('psnr', math.nan):.2f}"
+        task.update(trainer.step, info)
+
+    return hook
+
+
 __all__ = [
     "RunLog",
     "Task",
@@ -197,4 +218,5 @@ __all__ = [
     "rich_bar",
     "stdout_is_terminal",
     "task_progress",
+    "trainer_progress",
 ]

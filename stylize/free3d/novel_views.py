@@ -56,7 +56,7 @@ from sceneforge.core.atomic import atomic_dir, atomic_write_json
 from sceneforge.core.cameras import Cameras
 from sceneforge.core.devices import resolve_device
 from sceneforge.core.diffusion import pick_dtype
-from sceneforge.core.progress import RunLog, Task, format_seconds
+from sceneforge.core.progress import RunLog, Task, format_seconds, trainer_progress
 from sceneforge.core.run_files import LOG_FILE, SOURCE
 from sceneforge.core.scene import SceneData
 
@@ -233,20 +233,6 @@ class _BufferedLog(RunLog):
         super().write(message, echo)
 
 
-def _train_progress(task: Task) -> Callable:
-    """A trainer hook (every step) reporting the step, loss and PSNR to ``task``."""
-
-    def hook(trainer) -> None:
-        task.total = trainer.config.max_steps
-        info = ""
-        if trainer.history:
-            h = trainer.history[-1]
-            info = f"loss {h.get('loss', math.nan):.4f}  psnr {h.get('psnr', math.nan):.2f}"
-        task.update(trainer.step, info)
-
-    return hook
-
-
 def _camera_record(cams: Cameras) -> dict:
     return {
         "width": int(cams.width[0]),
@@ -391,7 +377,7 @@ def novel_views(
                 field_cfg = dataclasses.replace(field_cfg, device=str(device))
             rl(f"training a {cfg.field.model} field on the views ({cfg.field.max_steps} steps)")
             with rl.task("train", cfg.field.max_steps, own_bar=cfg.field.progress) as task:
-                with train_hooks((1, _train_progress(task))):
+                with train_hooks((1, trainer_progress(task))):
                     res = views_to_field(scene, tmp, field_cfg)
             timings["train_s"] = time.perf_counter() - t0
             # the run's source.json as it will be once OUT is in place

@@ -71,7 +71,11 @@ __all__ = [
     "write_human_video",
 ]
 from .fit import FitConfig, FitResult, fit_body, read_fit, to_landmarks, write_fit  # noqa: E402
-from .metrics import mpjpe, pa_mpjpe, procrustes_align  # noqa: E402
+from .metrics import mpjpe, pa_mpjpe, person_psnr, procrustes_align  # noqa: E402
 
 __all__ += ["FitConfig", "FitResult", "fit_body", "read_fit", "to_landmarks", "write_fit"]
-__all__ += ["mpjpe", "pa_mpjpe", "procrustes_align"]
+__all__ += ["mpjpe", "pa_mpjpe", "person_psnr", "procrustes_align"]
+from .detect import DetectConfig, detect_pose  # noqa: E402
+from .detections import PoseDetections, read_detections, write_detections  # noqa: E402
+
+__all__ += ["DetectConfig", "PoseDetections", "detect_pose", "read_detections", "write_detections"]

@@ -80,7 +80,8 @@ def import_anny():
     except ImportError as err:
         raise ImportError(
             f"the anny body model needs the 'anny' package: pip install 'sceneforge[human]' "
-            f"(anny=={ANNY_VERSION}), or use --body-model smplx --body-model-path DIR"
+            f"(anny=={ANNY_VERSION}), or use --body-model smpl --body-model-path DIR (your "
+            "SMPL or SMPL-X files)"
         ) from err
     return anny
 

@@ -19,9 +19,9 @@ any frame from new cameras, and new poses (``pose`` / ``transl`` overrides).
 
 Fits: ``scene.metadata["human"]`` = ``{"frame": [one int per scene image], "pose": [F, J, 3]
 axis-angle, "transl": [F, 3], "shape": [S] (optional)}``. The model's settings ride in the
-trainer config's ``human4d`` section (:class:`HumanTrainerConfig` adds it until the trainer
-config has a model-section registry); importing this module registers ``human4d`` in
-:data:`~sceneforge.fields.scene_model.MODELS` (:func:`register`).
+trainer config's ``human4d`` section (:class:`HumanTrainerConfig` adds it); importing this module registers ``human4d`` in
+:data:`~sceneforge.fields.scene_model.MODELS` and its config class in
+:data:`~sceneforge.fields.trainer_config.CONFIG_CLASSES` (:func:`register`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from sceneforge.fields.scene_model import (
     learned_background,
     reshape_image,
 )
-from sceneforge.fields.trainer_config import TrainerConfig
+from sceneforge.fields.trainer_config import CONFIG_CLASSES, TrainerConfig
 
 from .body_model import BodyModel
 from .canonical import NonRigidResidual, canonicalize, signed_distance
@@ -135,8 +135,10 @@ class HumanTrainerConfig(TrainerConfig):
 
 
 def register() -> None:
-    """Add ``human4d`` to the scene-model registry (idempotent)."""
+    """Add ``human4d`` to the scene-model registry and its config class to the trainer-config
+    registry (idempotent)."""
     MODELS.setdefault("human4d", "sceneforge.stylize.human.field:Human4DModel")
+    CONFIG_CLASSES.setdefault("human4d", "sceneforge.stylize.human.field:HumanTrainerConfig")
 
 
 def build_body_model(cfg: Human4DConfig) -> BodyModel:
@@ -225,6 +227,7 @@ class Human4DModel(SceneModel):
         self.pose = nn.Parameter(pose.to(ctx.device), requires_grad=train)
         self.transl = nn.Parameter(transl.reshape(n_frames, 3).to(ctx.device), train)
         frame_of_image = torch.as_tensor(fits["frame"], dtype=torch.long)
+        self.scene_frame = frame_of_image  # every scene image's frame (held-out ones too)
         views = torch.as_tensor(list(ctx.dataset.indices), dtype=torch.long)
         self.register_buffer("view_frame", frame_of_image[views].to(ctx.device))
         grid = body.skinning_grid(shape, cfg.grid_resolution, band=cfg.band)
@@ -288,6 +291,10 @@ class Human4DModel(SceneModel):
         if self._offsets is None or self._offsets.numel() == 0 or self.cfg.nonrigid_weight <= 0:
             return {}
         return {"nonrigid": self.cfg.nonrigid_weight * self._offsets.pow(2).sum(-1).mean()}
+
+    def view_options(self, scene_index: int) -> dict:
+        """Scene image ``scene_index`` is rendered with its own frame's body."""
+        return {"frame": int(self.scene_frame[scene_index])}
 
     def stats(self) -> dict[str, float]:
         return {"frames": float(self.num_frames)}

@@ -95,9 +95,9 @@ def _config(body_dir, **kw) -> HumanTrainerConfig:
         lr=2e-2,
     )
     kw.setdefault("max_steps", 40)
+    kw.setdefault("holdout_every", 0)
     return HumanTrainerConfig(
         batch_rays=256,
-        holdout_every=0,
         progress=False,
         tensorboard=False,
         checkpoint_every=0,
@@ -300,3 +300,36 @@ def test_checkpoint_round_trip(scene, body_dir, tmp_path):
     for k, v in tr.model.state_dict().items():
         assert torch.equal(v, again.model.state_dict()[k]), k
     assert math.isfinite(s1["loss"])
+
+
+def test_from_checkpoint_rebuilds_the_human4d_section(scene, body_dir, tmp_path):
+    cfg = _config(body_dir, max_steps=2)
+    cfg.human4d.human_samples = 20  # not the default: must come back from the checkpoint
+    tr = Trainer(scene, cfg)
+    tr.train_step()
+    path = tr.save_checkpoint(tmp_path / "ckpt.pt")
+    again = Trainer.from_checkpoint(path, scene)
+    assert isinstance(again.config, HumanTrainerConfig)
+    assert again.config.human4d.human_samples == 20
+    assert again.config.human4d.field == cfg.human4d.field  # a lambda-built section, not a dict
+    assert again.step == tr.step
+
+
+def test_heldout_evaluation_renders_each_images_frame(scene, body_dir):
+    from sceneforge.fields.evaluation import evaluate_heldout
+
+    tr = Trainer(scene, _config(body_dir, max_steps=1, holdout_every=2))
+    held = list(tr.eval_indices)
+    seen: list[dict] = []
+    real = tr.model.render_camera
+
+    def spy(cameras, index, downscale=1, image_idx=-1, **kw):
+        seen.append({"index": index, **kw})
+        return real(cameras, index, downscale, image_idx, **kw)
+
+    tr.model.render_camera = spy
+    evaluate_heldout(tr)
+    frames = scene.metadata["human"]["frame"]
+    assert [s["index"] for s in seen] == held
+    assert [s["frame"] for s in seen] == [frames[i] for i in held]
+    assert any(frames[i] != 0 for i in held)  # frame 0 for all would fail here
