@@ -196,3 +196,22 @@ def test_complete_command_shows_progress_and_writes_the_log(tmp_path, one_thread
     assert "{'" not in printed and any(ln.startswith("steps ") for ln in printed.splitlines()), (
         printed
     )
+
+
+def test_trainer_progress_counts_seconds_under_a_time_budget(tmp_path):
+    from types import SimpleNamespace
+
+    from sceneforge.core.progress import RunLog, trainer_progress
+
+    lines: list[str] = []
+    log = RunLog(tmp_path / "log.txt", console=lines.append, interval_s=0.0)
+    fake = SimpleNamespace(step=0, wall_s=0.0, history=[], config=None)
+    for schedule, total in (("time", 90), ("steps", 400)):
+        fake.config = SimpleNamespace(schedule=schedule, max_seconds=89.5, max_steps=400)
+        with log.task("train", 0) as task:
+            hook = trainer_progress(task)
+            fake.step, fake.wall_s = 10, 30.0
+            hook(fake)
+            assert task.total == total
+            assert task.done == (30 if schedule == "time" else 10)
+    assert any("step 10" in ln for ln in lines)  # the step is shown when seconds are counted

@@ -192,21 +192,25 @@ def task_progress(task: Task) -> Callable[[int, int, str], None]:
 
 def trainer_progress(task: Task) -> Callable:
     """A trainer hook (every step) reporting the step, the last logged loss / PSNR and the ETA
-    to ``task`` (the first call sets the task's start: a resumed run starts mid-way)."""
+    to ``task`` (the first call sets the task's start: a resumed run starts mid-way); a
+    time-budget run (``schedule time``) counts seconds of training, not steps."""
     started = False
 
     def hook(trainer) -> None:
         nonlocal started
+        cfg = trainer.config
+        timed = getattr(cfg, "schedule", "steps") == "time" and cfg.max_seconds is not None
+        done = int(trainer.wall_s) if timed else trainer.step
         if not started:
             started = True
-            task.total = trainer.config.max_steps
-            task.rebase(trainer.step)
+            task.total = int(math.ceil(cfg.max_seconds)) if timed else cfg.max_steps
+            task.rebase(done)
         hist = trainer.history
-        info = ""
+        info = f"step {trainer.step}  " if timed else ""
         if hist:
             h = hist[-1]
-            info = f"loss {h.get('loss', math.nan):.4f}  psnr {h.get('psnr', math.nan):.2f}"
-        task.update(trainer.step, info)
+            info += f"loss {h.get('loss', math.nan):.4f}  psnr {h.get('psnr', math.nan):.2f}"
+        task.update(done, info)
 
     return hook
 

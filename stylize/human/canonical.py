@@ -7,14 +7,17 @@ canonical :class:`~.skinning_grid.SkinningGrid` (no search over the mesh):
 1. **Initialisation** at the nearest posed bone: each point takes the rigid inverse
    ``T_p^-1 x_o`` of the bone segment (parent joint ``p`` -> child joint) nearest to it in the
    posed frame (``J`` segments per point, cheap and vectorised).
-2. **Fixed-point iterations** ``x_c <- (sum_j w_j(x_c) T_j)^-1 x_o`` (a fixed number, all
-   points at once).
+2. **Fixed-point iterations** ``x_c <- (sum_j w_j(x_c) T_j)^-1 x_o`` (at most ``iterations``;
+   a point stops once its update is below ``tol / 100``). Points whose starting guess is
+   farther than the band + ``reject_margin`` from the canonical body (most of a ray's samples
+   in the body's box) are not human and are not iterated.
 3. **Validity**: converged (``|LBS(x_c) - x_o| < tol``) and within the grid's band of the body
    (:meth:`SkinningGrid.is_human`); everything else is "not human".
 
 The iterations run without grad; when the samples or the bone transforms need gradients
 (body-pose refinement), a final Newton step with a constant Jacobian (value unchanged) gives
-the exact implicit-function gradients of the fixed point, the weights' slope included. :func:`signed_distance` interpolates the grid's signed
+the exact implicit-function gradients of the fixed point, the weights' slope included (on the
+human points only). :func:`signed_distance` interpolates the grid's signed
 distance differentiably (density prior of the human field); :class:`NonRigidResidual` is the
 learned, zero-initialised non-rigid offset in canonical space.
 """
@@ -103,17 +106,13 @@ def grid_blend(
     values = grid.values.to(device, dtype).reshape(-1, grid.values.shape[-1])
     indices = grid.indices.to(device).reshape(-1, grid.indices.shape[-1])
     sdf = grid.sdf.to(device, dtype).reshape(-1)
-    blended = points.new_zeros(points.shape[0], 16)
-    total = points.new_zeros(points.shape[0])
-    dist = points.new_zeros(points.shape[0])
-    for corner in range(8):
-        bits = torch.tensor([(corner >> a) & 1 for a in range(3)], device=device)
-        cell = ((i0 + bits) * strides).sum(-1)
-        wc = torch.where(bits.bool(), frac, 1 - frac).prod(-1)
-        w = values[cell] * wc[:, None]  # [N, K]
-        blended = blended + (w[:, :, None] * flat_t[indices[cell]]).sum(1)
-        total = total + w.sum(-1)
-        dist = dist + wc * sdf[cell]
+    corners = torch.tensor([[(c >> a) & 1 for a in range(3)] for c in range(8)], device=device)
+    cell = ((i0[:, None, :] + corners[None]) * strides).sum(-1)  # [N, 8]
+    wc = torch.where(corners.bool()[None], frac[:, None, :], 1 - frac[:, None, :]).prod(-1)
+    w = values[cell] * wc[..., None]  # [N, 8, K]
+    blended = torch.einsum("nck,nckf->nf", w, flat_t[indices[cell]])
+    total = w.sum((1, 2))
+    dist = (wc * sdf[cell]).sum(-1)
     blended = blended / total.clamp_min(1e-12)[:, None]
     dist = dist.clamp_min(0).masked_fill(outside, math.inf)
     return blended.view(-1, 4, 4), dist
@@ -131,13 +130,15 @@ def canonicalize(
     parents: Sequence[int],
     iterations: int = 6,
     tol: float = 1e-3,
+    reject_margin: float = 0.1,
 ) -> CanonicalMapping:
     """Map posed samples of one frame to the canonical body (see the module docstring)."""
     n = points.shape[0]
     dt = points.dtype
+    dev = points.device
     if n == 0:
         empty = points.new_zeros(0)
-        eye = torch.eye(4, dtype=dt, device=points.device).expand(0, 4, 4)
+        eye = torch.eye(4, dtype=dt, device=dev).expand(0, 4, 4)
         return CanonicalMapping(points, empty.bool(), eye, empty, empty)
     with torch.no_grad():
         x_o = points.detach()
@@ -146,19 +147,38 @@ def canonicalize(
         bone = nearest_bone(x_o, start, end)
         rot_t = tr[bone, :3, :3].transpose(-1, -2)
         x_c = (rot_t @ (x_o - tr[bone, :3, 3])[:, :, None])[..., 0]
+        # far from the body already at the start: not human, no iterations (most of the box)
+        near = signed_distance(grid, x_c) <= grid.band + reject_margin
+        idx = near.nonzero()[:, 0]
+        xa, oa = x_c[idx], x_o[idx]
+        live = torch.arange(idx.shape[0], device=dev)
         for _ in range(iterations):
-            x_c = _solve(grid_blend(grid, x_c, tr)[0], x_o)
-        blended, distance = grid_blend(grid, x_c, tr)
-        residual = (transform_points(blended, x_c) - x_o).norm(dim=-1)
+            if live.numel() == 0:
+                break
+            new = _solve(grid_blend(grid, xa[live], tr)[0], oa[live])
+            moved = (new - xa[live]).norm(dim=-1)
+            xa[live] = new
+            live = live[moved > 1e-2 * tol]  # converged points stop iterating
+        x_c[idx] = xa
+        blended = torch.eye(4, dtype=dt, device=dev).repeat(n, 1, 1)
+        distance = torch.full((n,), math.inf, dtype=dt, device=dev)
+        residual = torch.full((n,), math.inf, dtype=dt, device=dev)
+        b_a, d_a = grid_blend(grid, xa, tr)
+        blended[idx], distance[idx] = b_a, d_a
+        residual[idx] = (transform_points(b_a, xa) - oa).norm(dim=-1)
         valid = (residual < tol) & grid.is_human(distance)
-    # Differentiable final step (implicit function theorem): one Newton step
-    # x_c - J^-1 (LBS(x_c) - x_o) with the Jacobian J = d LBS / d x_c (weights' slope included)
-    # held constant: the value stays x_c, the gradients are those of the exact fixed point.
+    # Differentiable final step (implicit function theorem), on the human points only: one
+    # Newton step x_c - J^-1 (LBS(x_c) - x_o) with the Jacobian J = d LBS / d x_c (weights'
+    # slope included) held constant: the value stays x_c, the gradients are those of the exact
+    # fixed point.
     if torch.is_grad_enabled() and (points.requires_grad or bone_transforms.requires_grad):
-        jac = _lbs_jacobian(x_c, grid, tr)
-        blended = grid_blend(grid, x_c, bone_transforms.to(dt))[0]
-        res = transform_points(blended, x_c) - points
-        x_c = x_c - torch.linalg.solve(jac, res[..., None])[..., 0]
+        v = valid.nonzero()[:, 0]
+        xv = x_c[v]
+        jac = _lbs_jacobian(xv, grid, tr)
+        bl = grid_blend(grid, xv, bone_transforms.to(dt))[0]
+        res = transform_points(bl, xv) - points[v]
+        x_c = x_c.index_put((v,), xv - torch.linalg.solve(jac, res[..., None])[..., 0])
+        blended = blended.index_put((v,), bl)
     return CanonicalMapping(x_c, valid, blended, distance, residual)
 
 

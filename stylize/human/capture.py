@@ -166,6 +166,9 @@ class HumanCaptureConfig:
     """Frame rate of the rendered videos (and of the new-pose motion)."""
     render_downscale: int = 1
     """Image downscale of the rendered frames."""
+    render: bool = True
+    """Render the input frames, the orbit and the new poses after training (False: stop after
+    training, e.g. to evaluate the capture yourself)."""
 
 
 # ----------------------------------------------------------------------------- records
@@ -240,7 +243,7 @@ def _frames(src: Path, out: Path, cfg: HumanCaptureConfig, log) -> dict:
     return {"files": names}
 
 
-def _load_frames(folder: Path, names: list[str]) -> torch.Tensor:
+def load_frames(folder: Path, names: list[str]) -> torch.Tensor:
     """``[F, H, W, 3]`` uint8 frames; an error names a missing or differently sized one."""
     from PIL import Image
 
@@ -286,7 +289,7 @@ def _detect(src: Path, out: Path, names: list[str], cfg: HumanCaptureConfig, det
     """Stage (b): detections of every frame -> ``OUT/detections.npz`` (nothing written when the
     video has too few usable frames)."""
     paths = [out / FRAMES_DIR / n for n in names]
-    w, h = _load_frames(out / FRAMES_DIR, names[:1]).shape[2:0:-1]
+    w, h = load_frames(out / FRAMES_DIR, names[:1]).shape[2:0:-1]
     if detector is None:
         from .detect import DetectConfig, detect_pose
 
@@ -439,7 +442,7 @@ def capture_human(
     )
     kept_names = det_rec["kept"]
     kept = [names.index(n) for n in kept_names]
-    frames = _load_frames(out / FRAMES_DIR, kept_names)
+    frames = load_frames(out / FRAMES_DIR, kept_names)
     height, width = frames.shape[1:3]
     camera = static_camera(width, height, cfg.focal_px, cfg.default_fov_deg)
     focal = float(camera.params[0, 0])
@@ -478,15 +481,21 @@ def capture_human(
     if (out / TRAIN_DIR).exists() and _read_base(inputs) != k_train_base:
         log(f"train: {out / TRAIN_DIR} was trained on other inputs or settings; starting over")
         shutil.rmtree(out / TRAIN_DIR)
-    done_train = old.get("base") == k_train_base and old.get("steps", -1) >= cfg.train.steps
-    k_train = _key(k_train_base, old.get("steps") if done_train else cfg.train.steps)
+    done_train = (
+        old.get("base") == k_train_base
+        and old.get("steps", -1) >= cfg.train.steps
+        and old.get("max_seconds") == cfg.train.max_seconds  # a new budget trains on
+    )
+    k_train = _key(
+        k_train_base, old.get("steps") if done_train else cfg.train.steps, cfg.train.max_seconds
+    )
     trainer = None
 
     def do_train() -> dict:
         nonlocal trainer
         atomic_write_json(inputs, {"base": k_train_base})
         trainer, res = train_capture(scene, out / TRAIN_DIR, cfg, log)
-        return {"base": k_train_base, **res}
+        return {"base": k_train_base, "max_seconds": cfg.train.max_seconds, **res}
 
     train_rec = stage(
         "train", k_train, done_train and (out / TRAIN_DIR / CHECKPOINT).is_file(), do_train
@@ -505,7 +514,11 @@ def capture_human(
         k_train, train_rec["steps"], cfg.orbit_views, cfg.render_frame, cfg.motion,
         cfg.motion_frames, cfg.fps, cfg.render_downscale,
     )  # fmt: skip
-    render_rec = stage("render", k_render, (out / RENDERS_DIR).is_dir(), do_render)
+    if cfg.render:
+        render_rec = stage("render", k_render, (out / RENDERS_DIR).is_dir(), do_render)
+    else:
+        render_rec = {}
+        log("[render] skipped (render False)")
     rep = [float(x) for x in fit.reprojection_error_px]
     summary = {
         "input": str(src.resolve()),

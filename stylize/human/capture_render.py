@@ -168,6 +168,7 @@ def train_capture(scene: SceneData, run_dir: Path, cfg: HumanCaptureConfig, log:
         "steps": trainer.step,
         "started_at_step": start,
         "train_s": time.perf_counter() - t0,
+        "wall_s": trainer.wall_s,  # training time over every call (resumes included)
         "train_psnr": last.get("psnr", math.nan),
         "loss": last.get("loss", math.nan),
         "num_train_images": len(scene),

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_smpl_arrays
+from PIL import Image
 
 from sceneforge.cli import main
 from sceneforge.core.image_io import ImageReadError, write_image_atomic
@@ -180,6 +181,38 @@ def test_rerun_skips_finished_stages_and_continues_training(captured, clip, vide
     for p in watched[:4]:
         assert p.stat().st_mtime_ns == before[p], p
     assert (out / "train" / "checkpoint.pt").stat().st_mtime_ns > before[watched[4]]
+
+
+def test_load_capture_restores_the_trained_run(captured, body_dir):
+    from sceneforge.stylize.human.capture_run import load_capture
+
+    out = captured[0]
+    s = json.loads((out / "human.json").read_text())  # an earlier test may have trained on
+    cfg = _config(body_dir)
+    run = load_capture(out, cfg)
+    assert run.kept_names == s["frames_used"] and run.trainer.step == s["train_steps"]
+    assert run.frames.shape[0] == len(run.kept) == len(run.fit)
+    assert [run.kept_names[i] for i in run.heldout] == s["heldout_frames"]
+    k = run.train[1]
+    img = run.trainer.render_camera(run.camera, 0, -1, cfg.render_downscale, frame=k)["rgb"]
+    png = np.asarray(Image.open(out / "renders" / "input" / f"{k:04d}.png")) / 255.0
+    assert np.abs(img.numpy() - png).max() < 2 / 255  # the same model as the capture's renders
+
+
+def test_time_budget_continues_with_a_larger_budget(clip, video, body_dir, tmp_path):
+    out = tmp_path / "out"
+    cfg = _config(body_dir, steps=0)
+    cfg.train.max_seconds = 1.0
+    a = capture_human(clip, out, cfg, truth_detector(video), lambda _: None)
+    first = json.loads((out / "human_stages.json").read_text())["train"]
+    assert first["wall_s"] >= 1.0 and a["train_steps"] > 0
+    again = capture_human(clip, out, cfg, truth_detector(video), lambda _: None)
+    assert again["train_steps"] == a["train_steps"]  # the same budget: nothing to do
+    cfg.train.max_seconds = 2.0
+    more = capture_human(clip, out, cfg, truth_detector(video), lambda _: None)
+    rec = json.loads((out / "human_stages.json").read_text())["train"]
+    assert more["train_steps"] > a["train_steps"] and rec["started_at_step"] == a["train_steps"]
+    assert 2.0 <= rec["wall_s"] < 2.0 + first["wall_s"]  # the budget counts the first call
 
 
 def test_no_person_anywhere(clip, video, body_dir, tmp_path):
