@@ -14,7 +14,11 @@ its time cap; the caps add up to at most ``TOTAL_CAP_S``):
   (pycolmap, 1 thread and all cores, when importable): final costs, wall times, speed-ups;
   target on the largest: CUDA >= 10x Ceres-CPU; skipped when ``--bal-dir`` is absent;
 - ``free3d_cuda``: ``benchmarks/free3d.py``'s CUDA run (noise sharing, pose sensitivity, and the
-  RCN / cross-view ablation), when diffusers and transformers import.
+  RCN / cross-view ablation), when diffusers and transformers import;
+- ``nccl``: data-parallel NeRF training (``fields.distributed``) started by
+  ``torch.distributed.run --standalone`` with 1 process (and one per GPU when there are
+  several), NCCL, against the non-distributed CUDA run: max parameter difference
+  (``benchmarks/gpu_check_nccl.py``).
 
 Each section returns a dict of figures or skips with a reason; without CUDA every CUDA
 section skips and the script exits 0. It exits 1 when a section fails or passes its cap.
@@ -517,8 +521,27 @@ def section_free3d(ctx: Context) -> dict:
     return gpu_section(dev, max(ctx.seconds_left() - 20.0, 30.0), quick=ctx.quick)
 
 
+# ----------------------------------------------------------------------------- (f) NCCL
+
+
+def section_nccl(ctx: Context) -> dict:
+    """torchrun with 1 process (and one per GPU when there are several), NCCL (gloo in a CPU
+    dry run), against the non-distributed run: see ``benchmarks/gpu_check_nccl.py``."""
+    import torch
+
+    dev = ctx.cuda_device()
+    if dev == "cuda" and not torch.distributed.is_nccl_available():
+        raise Skip(f"torch {torch.__version__} was built without NCCL")
+    from gpu_check_nccl import run_section  # benchmarks/ is on sys.path
+
+    figures, failure = run_section(ctx, dev, build_trainer, nerf_scene)
+    if failure:
+        raise CheckFailed(failure, figures)
+    return figures
+
+
 for _s in (
-    Section("pytest_gpu", section_pytest_gpu, 200.0, "pytest -m gpu on the gpu-marked test files"),
+    Section("pytest_gpu", section_pytest_gpu, 150.0, "pytest -m gpu on the gpu-marked test files"),
     Section("nerf_cuda_vs_cpu", section_nerf, 80.0, "NeRF training, torch hash grid, CUDA vs CPU"),
     Section("tcnn_vs_torch", section_tcnn, 30.0, "tinycudann vs torch hash grid"),
     Section(
@@ -529,6 +552,7 @@ for _s in (
         "and Ceres' (pycolmap, when importable)",
     ),
     Section("free3d_cuda", section_free3d, 90.0, "Free3D toy benchmark + RCN ablation on CUDA"),
+    Section("nccl", section_nccl, 50.0, "torchrun + NCCL data-parallel NeRF vs one CUDA process"),
 ):
     register(_s)
 

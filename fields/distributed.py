@@ -29,8 +29,18 @@ How a step is shared (:class:`DistContext`):
 A rank that dies makes the others' next collective fail; the failure is re-raised as a
 :class:`DistributedError` naming the rank (gloo notices a closed peer at once; otherwise
 ``trainer.dist_timeout_s`` bounds the wait). Models whose per-row randomness is known
-(:data:`SHARD_DRAWS`) train data-parallel; others (Gaussians: one whole view per step, and
-densification that changes the parameters) are refused with a clear error.
+(:data:`SHARD_DRAWS`) train data-parallel; others are refused with a clear error, and so is
+``batch images`` (one whole view per step: nothing to split).
+
+Gaussians train data-parallel on ``batch patches`` (whole patches per rank): the gradients are
+summed as above, and the densification statistics (2D-mean gradients and radii of every view of
+the step) are gathered from every rank in rank order (:meth:`DistContext.gather_rows`), so every
+rank's strategy (default or MCMC) sees the global batch's numbers, decides the same with the
+same generator, and the Gaussian sets stay identical without copying them.
+
+Dataset updates (``sceneforge complete``) share their views between the ranks with
+:meth:`DistContext.map_shared`, :meth:`DistContext.sum_tensor` and
+:meth:`DistContext.share_tensor` (see ``sceneforge.inpaint.dataset_update``).
 """
 
 from __future__ import annotations
@@ -38,9 +48,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -49,10 +60,10 @@ from torch import Tensor
 from sceneforge.core.devices import resolve_device
 from sceneforge.fields.datasets import PatchLayout, RayBatch
 
-SHARD_DRAWS: dict[str, int] = {"nerf": 1}
+SHARD_DRAWS: dict[str, int] = {"nerf": 1, "gaussians": 0}
 """Scene models that train data-parallel -> float32 uniform draws per batch row that their
 ``train_outputs`` take from the trainer's generator, in row order (NeRF: one stratified-jitter
-fraction per ray; a test checks two ranks against one process)."""
+fraction per ray; Gaussians: none; tests check two ranks against one process)."""
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 """What torchrun sets for every process (``MASTER_*``: the rendezvous of rank 0)."""
@@ -163,6 +174,8 @@ class DistContext:
     """Where this rank trains."""
     timeout_s: float = 1800.0
     """Most seconds a collective waits for the other ranks."""
+    comm: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
+    """Seconds spent in collectives (``seconds``) and their number (``calls``), for benchmarks."""
 
     @property
     def is_main(self) -> bool:
@@ -185,12 +198,15 @@ class DistContext:
 
     @contextmanager
     def _collective(self, what: str) -> Iterator[None]:
+        t0 = time.perf_counter()
         try:
             yield
         except (RuntimeError, OSError) as e:
             if isinstance(e, DistributedError):
                 raise
             raise self._fail(what, e) from e
+        self.comm["seconds"] = self.comm.get("seconds", 0.0) + time.perf_counter() - t0
+        self.comm["calls"] = self.comm.get("calls", 0.0) + 1
 
     def check_model(self, model: str, batch_kind: str) -> None:
         """Refuse (clear error) a model or batch kind that cannot train data-parallel."""
@@ -202,9 +218,10 @@ class DistContext:
                 f"{', '.join(sorted(SHARD_DRAWS))}); run it as one process"
             )
         if batch_kind == "images":
+            other = "patches" if model == "gaussians" else "rays or patches"
             raise DistributedError(
                 "batch 'images' (one whole view per step) cannot be split over ranks: use "
-                "--trainer.batch rays or patches"
+                f"--trainer.batch {other}"
             )
 
     def shard(self, batch: RayBatch) -> Shard:
@@ -302,10 +319,76 @@ class DistContext:
             dist.broadcast_object_list(box, 0)
         return box[0]
 
+    def owned(self, n: int) -> range:
+        """This rank's contiguous share of ``n`` work items (:func:`split_bounds`; all of them
+        on one process)."""
+        start, stop = split_bounds(n, self.world_size)[self.rank]
+        return range(start, stop)
+
+    def map_shared(self, fn: Callable, items: list) -> list:
+        """``[fn(x) for x in items]`` on every rank, each rank computing only its share
+        (:meth:`owned`): the results (tensors, or containers of them) are moved to the CPU and
+        gathered in item order (e.g. the views a dataset update renders)."""
+        if not self.active:
+            return [fn(x) for x in items]
+        mine = [_to_cpu(fn(items[i])) for i in self.owned(len(items))]
+        parts: list = [None] * self.world_size
+        with self._collective("gathering the ranks' results"):
+            dist.all_gather_object(parts, mine)
+        return [x for p in parts for x in p]
+
+    def share_tensor(self, t: Tensor) -> Tensor:
+        """Rank 0's ``t`` on every rank (every rank passes a tensor of the same shape and
+        dtype; e.g. the images of a dataset update, so that every rank's dataset is rank 0's)."""
+        if not self.active:
+            return t
+        buf = t.detach().to(self.device).contiguous().clone()
+        with self._collective("receiving rank 0's tensor"):
+            dist.broadcast(buf, 0)
+        return buf.to(t.device)
+
+    def sum_tensor(self, t: Tensor) -> Tensor:
+        """``t`` summed over the ranks (e.g. per-view predictions that each rank filled in for
+        its own views and left 0 elsewhere)."""
+        if not self.active:
+            return t
+        buf = t.detach().to(self.device).contiguous().clone()
+        with self._collective("summing a tensor"):
+            dist.all_reduce(buf)
+        return buf.to(t.device)
+
+    def gather_rows(self, t: Tensor) -> Tensor:
+        """Every rank's ``t`` (any number of rows, the rest of the shape alike) concatenated
+        along the first dimension in rank order, on every rank (e.g. per-view statistics of
+        each rank's share of a batch)."""
+        if not self.active:
+            return t
+        with self._collective("gathering per-view statistics"):
+            n = torch.tensor([t.shape[0]], device=self.device)
+            sizes = [torch.zeros_like(n) for _ in range(self.world_size)]
+            dist.all_gather(sizes, n)
+            rows = [int(s) for s in sizes]
+            buf = torch.zeros((max(rows), *t.shape[1:]), dtype=t.dtype, device=self.device)
+            buf[: t.shape[0]] = t.detach().to(self.device)
+            parts = [torch.empty_like(buf) for _ in range(self.world_size)]
+            dist.all_gather(parts, buf)
+        return torch.cat([p[:r] for p, r in zip(parts, rows, strict=True)]).to(t.device)
+
     def close(self) -> None:
         """Leave the process group (when there is one)."""
         if self.active and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _to_cpu(x):
+    """``x`` with its tensors (also inside dicts, lists and tuples) moved to the CPU."""
+    if isinstance(x, Tensor):
+        return x.detach().cpu()
+    if isinstance(x, dict):
+        return {k: _to_cpu(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_cpu(v) for v in x)
+    return x
 
 
 SINGLE = DistContext()

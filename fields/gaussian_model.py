@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from sceneforge.core.cameras import Cameras, to_homogeneous
 from sceneforge.fields.datasets import RayBatch
 from sceneforge.fields.densify import Densifier, DensifyConfig
+from sceneforge.fields.distributed import SINGLE, DistContext
 from sceneforge.fields.field import SceneBox
 from sceneforge.fields.mcmc import MCMCConfig, MCMCStrategy, mcmc_regularizers
 from sceneforge.fields.rendering import background_color
@@ -142,6 +143,9 @@ class GaussianModel(SceneModel):
     name = "gaussians"
     batch_kind = "images"
     needs_pinhole = True
+    dist: DistContext = SINGLE
+    """The trainer's data-parallel context (set by the trainer): under several ranks the
+    densification statistics of every rank's views are gathered, so every rank decides alike."""
 
     def __init__(self, cfg: GaussiansConfig, ctx: ModelContext) -> None:
         super().__init__()
@@ -362,8 +366,11 @@ class GaussianModel(SceneModel):
         w, h = last["size"]
         if self.strategy.needs_grad2d:
             grads = [m.grad if m.grad is not None else torch.zeros_like(m) for m in last["means2d"]]
-            # one call for the batch's C views: the statistics undo the loss' mean over them (xC)
-            self.strategy.update_stats(torch.stack(grads), torch.stack(last["radii"]), w, h)
+            # one call for the batch's C views: the statistics undo the loss' mean over them (xC);
+            # data parallel: every rank's views in rank order, i.e. the global batch's
+            grads, radii = torch.stack(grads), torch.stack(last["radii"])
+            grads, radii = self.dist.gather_rows(grads), self.dist.gather_rows(radii)
+            self.strategy.update_stats(grads, radii, w, h)
         self.strategy.step(step, self.params, optimizer, self.scene_scale, generator)
 
     def stats(self) -> dict[str, float]:

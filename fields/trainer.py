@@ -151,6 +151,7 @@ class Trainer:
         self.camera_opt = camopt.camera_optimizer(cfg, scene, self.train_indices, self.device)
         self.optimizer = self._make_optimizer()
         self.dist.check_model(cfg.model, self._batch_kind())
+        self.model.dist = self.dist  # Gaussians gather their densification statistics
         self.step = 0
         self.wall_s = 0.0
         self.hooks: list[tuple[int, Hook]] = []

@@ -9,6 +9,10 @@ Writes to ``OUT_DIR``: ``checkpoint.pt`` (the completed field; a normal fields r
 with ``config.json`` and ``source.json``), ``renders/`` (all views), ``before_after/``
 (capture | hole | completed render), ``masks/`` (the fill masks, white = filled),
 ``datasets/vNNN/`` (every dataset version) and ``complete.json`` (settings, rounds, timings).
+
+Runs unchanged under ``torchrun --nproc_per_node N``: training is data-parallel
+(:mod:`sceneforge.fields.distributed`), the dataset updates are shared between the ranks (see
+:mod:`sceneforge.inpaint.dataset_update`), and only rank 0 reports progress and writes files.
 """
 
 from __future__ import annotations
@@ -108,8 +112,9 @@ class CompleteConfig:
     """Progress bars."""
 
 
-def make_inpainter(cfg: CompleteConfig) -> Inpainter:
-    """The backend named by ``cfg.inpainter``."""
+def make_inpainter(cfg: CompleteConfig, device: str = "auto") -> Inpainter:
+    """The backend named by ``cfg.inpainter`` (``sd`` on ``device``: a data-parallel rank's
+    own GPU)."""
     if cfg.inpainter == "multiview":
         return MultiViewInpainter(cfg.multiview)
     if cfg.inpainter == "telea":
@@ -124,6 +129,7 @@ def make_inpainter(cfg: CompleteConfig) -> Inpainter:
         return SDInpainter(
             SDInpaintConfig(
                 model=cfg.model,
+                device=device,
                 prompt=cfg.prompt,
                 num_steps=cfg.sd_steps,
                 guidance_scale=cfg.sd_guidance,
@@ -232,7 +238,12 @@ def complete_scene(
     train_scene = masked_training_scene(scene, fill)
     trainer = Trainer(train_scene, tcfg, out)
     local_fill = fill_at_dataset_resolution(fill, trainer.train_indices, tcfg.downscale)
-    inpainter = inpainter or make_inpainter(config)
+    main = trainer.dist.is_main  # under torchrun only rank 0 reports and writes
+    if not main:
+        progress = None
+    if inpainter is None:
+        dev = "auto" if not trainer.dist.active else str(trainer.device)
+        inpainter = make_inpainter(config, dev)
     upd = InpaintDatasetUpdate(
         trainer, local_fill, inpainter, config.update, out, config.prompt or None
     )
@@ -248,9 +259,10 @@ def complete_scene(
         )
         trainer.add_hook(_progress_hook(upd, trainer.step, total, num_rounds, progress))
     upd.run()
-    trainer.save_checkpoint(out / CHECKPOINT)
-    atomic_write_json(out / CONFIG, config_to_dict(trainer.config))
-    write_outputs(trainer, scene, fill, out)
+    trainer.save_checkpoint(out / CHECKPOINT)  # rank 0 only (the trainer)
+    if main:
+        atomic_write_json(out / CONFIG, config_to_dict(trainer.config))
+        write_outputs(trainer, scene, fill, out)
     if progress is not None:
         progress(total, total, f"renders of {len(scene)} views written")
     info = {
@@ -261,8 +273,9 @@ def complete_scene(
         "fill_fraction": fill_fraction,
         "config": _jsonable(dataclasses.asdict(config)),
     }
-    atomic_write_json(out / COMPLETE_INFO, info)
-    return trainer, info
+    if main:
+        atomic_write_json(out / COMPLETE_INFO, info)
+    return trainer, trainer.dist.share_object(info)
 
 
 def _progress_hook(
@@ -328,9 +341,9 @@ def complete(
         )
     fill = build_fill_masks(scene, config, run_trainer)
     del run_trainer
-    _, info = complete_scene(scene, fill, out_dir, config, tcfg, progress=progress)
+    trainer, info = complete_scene(scene, fill, out_dir, config, tcfg, progress=progress)
     src = Path(run_dir) / SOURCE
-    if src.is_file():
+    if src.is_file() and trainer.dist.is_main:
         atomic_write_json(Path(out_dir) / SOURCE, json.loads(src.read_text()))
     return info
 

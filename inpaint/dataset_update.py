@@ -6,6 +6,12 @@ Each update writes the whole current training set to a **new versioned folder**
 a ``manifest.json``. Optional depth: the inpainter's completed depth (or Telea on the rendered
 depth) becomes a depth target inside the fill masks, with a ranking or L1 loss added to the
 trainer through :meth:`Trainer.add_loss`.
+
+Under ``torchrun`` (``trainer.dist``, see :mod:`sceneforge.fields.distributed`) every rank
+runs the same schedule: the views of an update are rendered in shares and gathered, a grid
+denoiser's UNet calls are split over the ranks (:class:`ShardedGridDenoiser`: the grid groups
+come from the inpainter's one seeded generator, identical on every rank), every rank takes
+rank 0's new images, and only rank 0 writes the dataset versions.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from sceneforge.core.diffusion import JointGridDenoiser
 from sceneforge.core.run_files import DATASETS_DIR
 from sceneforge.core.scene import SceneData
 from sceneforge.fields.datasets import RayBatch, downscale_image, downscale_mask
+from sceneforge.fields.distributed import DistContext
 from sceneforge.fields.trainer import Trainer
 from sceneforge.inpaint.inpainters import Inpainter
 from sceneforge.inpaint.rounds import RoundSettings, completion_round
@@ -68,6 +76,44 @@ class DatasetUpdateConfig:
     """Seed for the choice of views per update."""
     write_versions: bool = True
     """Write every dataset version to ``out_dir/datasets/vNNN``."""
+
+
+class ShardedGridDenoiser(JointGridDenoiser):
+    """A :class:`~sceneforge.core.diffusion.JointGridDenoiser` whose UNet calls are split over
+    the ranks of a data-parallel run: at every denoising step every rank draws the same groups
+    (same seeded group generator), runs the UNet on its contiguous share of the calls
+    (``grids_per_batch`` grids each), and the per-view predictions are summed over the ranks
+    (each view is predicted on exactly one rank, 0 elsewhere); every rank then takes the same
+    scheduler step over all views. A view's prediction is computed as on one process."""
+
+    def __init__(self, base: JointGridDenoiser, dist: DistContext) -> None:
+        super().__init__(base.unet, base.scheduler, base.grid, base.guidance_scale)
+        self.on_step = base.on_step
+        self.dist = dist
+
+    def _predict(self, latents, cond, t, emb, neg, groups):
+        per = self.grid.grids_per_batch
+        calls = [groups[s : s + per] for s in range(0, len(groups), per)]
+        mine = [grp for k in self.dist.owned(len(calls)) for grp in calls[k]]
+        own = torch.zeros(latents.shape[0], dtype=torch.bool)
+        own[[v for grp in mine for v in grp if v >= 0]] = True
+        pred = super()._predict(latents, cond, t, emb, neg, mine)
+        pred = torch.where(own.to(pred.device)[:, None, None, None], pred, 0.0)
+        return self.dist.sum_tensor(pred)
+
+
+def shard_inpainter(inpainter: Inpainter, dist: DistContext) -> Inpainter:
+    """Under several ranks, a grid-denoising inpainter (``sd``) gets a
+    :class:`ShardedGridDenoiser`; others are returned as they are (each rank runs them on every
+    view and rank 0's images are kept)."""
+    den = getattr(inpainter, "denoiser", None)
+    if (
+        dist.active
+        and isinstance(den, JointGridDenoiser)
+        and not isinstance(den, ShardedGridDenoiser)
+    ):
+        inpainter.denoiser = ShardedGridDenoiser(den, dist)
+    return inpainter
 
 
 def masked_training_scene(scene: SceneData, fill: list[Bool[Tensor, "H W"]]) -> SceneData:
@@ -119,7 +165,7 @@ class InpaintDatasetUpdate:
         out_dir: str | Path | None = None,
         prompt: str | None = None,
     ) -> None:
-        self.trainer, self.inpainter = trainer, inpainter
+        self.trainer, self.inpainter = trainer, shard_inpainter(inpainter, trainer.dist)
         self.cfg = cfg = config or DatasetUpdateConfig()
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.prompt = prompt
@@ -135,6 +181,9 @@ class InpaintDatasetUpdate:
         self.cameras = trainer.view_cameras()
         self.round = 0
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        # depth-ranking pairs under several ranks: a rank's own stream (a rank draws for its
+        # share of the batch only, which must not move the trainer's shared generator)
+        self._pair_generator = torch.Generator().manual_seed(cfg.seed + 1000 * trainer.dist.rank)
         num_pixels = trainer.view_pixel_range(n - 1).stop
         self.depth_target = torch.zeros(num_pixels)
         self.depth_valid = torch.zeros(num_pixels, dtype=torch.bool)
@@ -205,7 +254,7 @@ class InpaintDatasetUpdate:
             c.empty_threshold,
             c.photometric_tolerance,
         )
-        write = self.out_dir is not None and c.write_versions
+        write = self.out_dir is not None and c.write_versions  # rank 0 only (the round)
         res = completion_round(
             self,
             self.inpainter,
@@ -221,6 +270,7 @@ class InpaintDatasetUpdate:
             scene_depth=self._scene_depth if use_scene else None,
             complete_depth=c.depth_loss != "none",
             versions_dir=self.out_dir / DATASETS_DIR if write else None,
+            dist=tr.dist,
         )
         if res is None:
             return tr.dataset_version
@@ -252,6 +302,7 @@ class InpaintDatasetUpdate:
         sel = self.depth_valid[batch.pixel_idx]
         # expected depth of the surface (the renderer's depth is weighted by the opacity)
         pred = out["depth"] / out["accumulation"].clamp(min=1e-3)
+        share = self._rank_share(trainer, sel)
         if not bool(sel.any()):
             return pred.sum() * 0.0
         dev = pred.device
@@ -260,8 +311,25 @@ class InpaintDatasetUpdate:
         if c.depth_loss == "l1":
             loss = (p - target).abs().mean()
         else:
-            loss = depth_ranking_loss(p, target, trainer.generator, c.ranking_margin)
-        return c.depth_loss_weight * loss
+            gen = self._pair_generator if trainer.dist.active else trainer.generator
+            loss = depth_ranking_loss(p, target, gen, c.ranking_margin)
+        return c.depth_loss_weight * loss * share
+
+    @staticmethod
+    def _rank_share(trainer: Trainer, sel: Tensor) -> float:
+        """Under several ranks, the factor that turns this rank's mean over its ``sel`` rows
+        into its part of the global batch's mean (the trainer weighs a loss hook by the rank's
+        share of the rows; the global mean weighs it by its share of the selected rows): the
+        l1 loss is then the one-process loss. Ranking pairs are drawn within a rank's rows, so
+        that loss is a weighted mean of the ranks' ranking losses. 1 on one process."""
+        dp = trainer.dist
+        if not dp.active:
+            return 1.0
+        mine = torch.tensor([float(sel.sum()), float(sel.numel())], dtype=torch.float64)
+        total = dp.sum_tensor(mine)
+        if float(total[0]) == 0 or float(mine[1]) == 0:
+            return 0.0
+        return float(mine[0] / total[0] * total[1] / mine[1])
 
 
 def fill_at_dataset_resolution(
@@ -280,5 +348,7 @@ __all__ = [
     "InpaintDatasetUpdate",
     "depth_ranking_loss",
     "fill_at_dataset_resolution",
+    "ShardedGridDenoiser",
     "masked_training_scene",
+    "shard_inpainter",
 ]

@@ -8,6 +8,13 @@ trainer (:class:`~sceneforge.inpaint.dataset_update.InpaintDatasetUpdate`) and t
 method (``sceneforge.nerfstudio.complete``) run their rounds through :func:`completion_round`;
 what differs between them (how a view is rendered, how images reach the training set) is a
 :class:`RoundTarget`.
+
+Under ``torchrun`` (a :class:`~sceneforge.fields.distributed.DistContext` with several ranks)
+each rank renders its share of the views and the renders are gathered; every rank then runs the
+inpainter on all of them (the ``sd`` backend splits its grids over the ranks, see
+:class:`~sceneforge.inpaint.dataset_update.ShardedGridDenoiser`), rank 0's images (and
+completed depth) are broadcast so that every rank's training set is identical, and only rank 0
+writes the dataset version.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from sceneforge.core.cameras import Cameras
 from sceneforge.core.diffusion import annealed_strength
 from sceneforge.core.image_io import write_image_atomic
 from sceneforge.core.run_files import DATASET_IMAGES_DIR, DATASET_MANIFEST
+from sceneforge.fields.distributed import SINGLE, DistContext
 from sceneforge.inpaint.inpainters import Inpainter, InpaintResult, telea_fill
 
 
@@ -148,11 +156,13 @@ def completion_round(
     scene_depth: Callable[[int], Tensor] | None = None,
     complete_depth: bool = False,
     versions_dir: Path | None = None,
+    dist: DistContext = SINGLE,
 ) -> RoundResult | None:
     """Render, inpaint jointly and hand back the ``views`` (training-set indices) that have
     holes; ``fill``, ``originals`` and ``names`` are per training view, ``cameras`` the training
     views' cameras at their resolution. ``scene_depth(j)`` replaces the rendered depth (RGB-D
-    or synthetic captures). With ``versions_dir`` the new dataset version is written there.
+    or synthetic captures). With ``versions_dir`` the new dataset version is written there
+    (by rank 0 only under ``dist``: every rank gets rank 0's images, see the module docstring).
     Returns None when none of ``views`` has a hole."""
     views = [j for j in views if bool(fill[j].any())]
     if not views:
@@ -160,8 +170,7 @@ def completion_round(
     c = settings
     strength = annealed_strength(round_index, c.num_rounds, c.strength_start, c.strength_end)
     renders, depths = [], []
-    for j in views:
-        r = target.render(j)
+    for r in dist.map_shared(target.render, views):  # each rank renders its share
         renders.append(r["rgb"].clamp(0, 1))
         depths.append(
             known_depth(r["depth"], r["accumulation"], c.accumulation_threshold, c.empty_threshold)
@@ -180,6 +189,7 @@ def completion_round(
     images, res = inpaint_views(
         inpainter, render, orig, holes, depth, cameras[views], prompt, strength
     )
+    images = dist.share_tensor(images)  # every rank's training set is rank 0's
     version = target.apply(views, images, holes)
     completed = None
     if complete_depth:
@@ -191,6 +201,7 @@ def completion_round(
                     for d, f in zip(depth, holes)
                 ]
             )
+        completed = dist.share_tensor(completed.float())
     info = {
         "version": version,
         "step": step,
@@ -199,7 +210,7 @@ def completion_round(
         "views": [names[j] for j in views],
         "inpainter": inpainter.name,
     }
-    if versions_dir is not None:
+    if versions_dir is not None and dist.is_main:
         write_dataset_version(
             versions_dir,
             version,

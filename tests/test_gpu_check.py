@@ -24,6 +24,7 @@ SECTION_NAMES = [
     "tcnn_vs_torch",
     "ba_cuda_vs_cpu",
     "free3d_cuda",
+    "nccl",
 ]
 # What the bare GPU machine lacks: these imports fail, and the editable install is hidden so
 # that sceneforge can only come from the wrapper's shim.
@@ -137,6 +138,11 @@ def test_wrapper_runs_every_section_on_a_bare_machine_in_a_cpu_dry_run(tmp_path)
         assert f[dev]["generator_device"] == "cpu"
     assert f["psnr_diff_db"] == 0.0  # the dry run trains the same model twice on the CPU
     assert rows["tcnn_vs_torch"]["status"] == "skipped"
+    nccl = rows["nccl"]  # torchrun with one gloo process on the CPU in place of NCCL
+    assert nccl["status"] == "ok", nccl
+    one = nccl["figures"]["world_1"]
+    assert one["backend"] == "gloo" and one["all_reduce_ok"] and one["steps"] == 3
+    assert one["max_param_diff"] <= nccl["figures"]["tolerance"]
     ba = rows["ba_cuda_vs_cpu"]
     if (REPO.parent / "shared" / "data" / "bal").is_dir():
         assert ba["status"] == "ok", ba
