@@ -56,7 +56,12 @@ from sceneforge.stylize.human import (
     to_landmarks,
 )
 from sceneforge.stylize.human.baseline import backproject_colors, render_baseline
-from sceneforge.stylize.human.capture import HumanCaptureConfig, HumanTrainConfig, capture_human
+from sceneforge.stylize.human.capture import (
+    HumanCaptureConfig,
+    HumanTrainConfig,
+    capture_human,
+    usable_frames,
+)
 from sceneforge.stylize.human.capture_run import load_capture
 from sceneforge.stylize.human.detections import PoseDetections
 from sceneforge.stylize.human.field import HumanTrainerConfig
@@ -206,17 +211,23 @@ def person_box(mask: torch.Tensor, pad: int) -> tuple[int, int, int, int]:
     )
 
 
-def fit_heldout_poses(run, video: HumanVideo, detector) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_heldout_poses(
+    run, video: HumanVideo, detector
+) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """Bodies of the held-out-pose frames fitted (shape kept) to the detector's keypoints on
-    those frames (the driving video of a new pose), in the capture's frame."""
+    those frames (the driving video of a new pose), in the capture's frame; only the frames
+    where the detector found a usable person (their indices are returned first)."""
     f = video.heldout_poses
     det = detector(f)
-    n = len(f)
-    cams = run.camera[[0] * n]
     cfg = FitConfig(fit_shape=False)
-    res = fit_body(run.body, det.keypoints.double(), cams, det.confidence.double(), det.masks,
+    keep, dropped = usable_frames(det, [str(i) for i in range(len(f))], cfg)
+    if dropped:
+        print(f"[human] held-out poses without a usable detection: {dropped}", file=sys.stderr)
+    d = det.subset(keep)
+    cams = run.camera[[0] * len(keep)]
+    res = fit_body(run.body, d.keypoints.double(), cams, d.confidence.double(), d.masks,
                    shape=run.fit.shape, config=cfg)  # fmt: skip
-    return res.pose, res.transl
+    return keep, res.pose, res.transl
 
 
 def evaluate_capture(run, video: HumanVideo, new_poses, minutes: float) -> list[dict]:
@@ -242,12 +253,12 @@ def evaluate_capture(run, video: HumanVideo, new_poses, minutes: float) -> list[
         cases.append(("novel_view", cams, i, hv, {"frame": k}, verts[k]))
     hp = video.heldout_poses
     cams = to_capture(hp.cameras, video)
-    pose, transl = new_poses
+    keep, pose, transl = new_poses
     with torch.no_grad():
         pv = body(pose.to(body.dtype), fit.shape.to(body.dtype), transl.to(body.dtype)).vertices
-    for i in range(len(hp)):
-        opts = {"frame": anchor, "pose": pose[i].float(), "transl": transl[i].float()}
-        cases.append(("novel_pose", cams, i, hp, opts, pv[i].double()))
+    for j, i in enumerate(keep):
+        opts = {"frame": anchor, "pose": pose[j].float(), "transl": transl[j].float()}
+        cases.append(("novel_pose", cams, i, hp, opts, pv[j].double()))
     vals: dict[str, list[float]] = {}
     for kind, cams, i, split, opts, v in cases:
         gt = split.images[i].permute(1, 2, 0).float()
@@ -273,6 +284,7 @@ def evaluate_capture(run, video: HumanVideo, new_poses, minutes: float) -> list[
                     "value": float(np.mean(xs)),
                     "cpu_minutes": minutes,
                     "images": len(xs),
+                    "of": len(video.heldout_views if kind == "novel_view" else video.heldout_poses),
                     "target_db": None if prefix else (25.0 if kind == "novel_view" else 22.0),
                     **({} if prefix else {"ssim_box": float(np.mean(vals[kind + "_ssim_box"]))}),
                 }

@@ -214,4 +214,4 @@ def test_trainer_progress_counts_seconds_under_a_time_budget(tmp_path):
             hook(fake)
             assert task.total == total
             assert task.done == (30 if schedule == "time" else 10)
-    assert any("step 10" in ln for ln in lines)  # the step is shown when seconds are counted
+    assert any("second 30/90" in ln and "step 10" in ln for ln in lines)  # seconds, and the step

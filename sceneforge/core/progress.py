@@ -204,6 +204,7 @@ def trainer_progress(task: Task) -> Callable:
         if not started:
             started = True
             task.total = int(math.ceil(cfg.max_seconds)) if timed else cfg.max_steps
+            task.unit = "second" if timed else task.unit
             task.rebase(done)
         hist = trainer.history
         info = f"step {trainer.step}  " if timed else ""

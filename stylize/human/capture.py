@@ -46,9 +46,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -59,6 +57,7 @@ from sceneforge.core.progress import RunLog
 from sceneforge.core.run_files import CHECKPOINT, LOG_FILE
 
 from .body_model import MEDIAPIPE_POSE_LANDMARKS, BodyModel
+from .capture_config import HumanCaptureConfig, HumanTrainConfig
 from .capture_render import (
     build_scene,
     load_trainer,
@@ -68,8 +67,9 @@ from .capture_render import (
     train_capture,
     trainer_config,
 )
+from .capture_report import write_capture_report, write_fit_overlays
 from .detections import PoseDetections, read_detections, write_detections
-from .field import HumanTrainerConfig, build_body_model
+from .field import build_body_model
 from .fit import TORSO, FitConfig, fit_body, read_fit, write_fit
 from .motions import MOTIONS
 
@@ -98,77 +98,6 @@ Detector = Callable[[list[Path]], PoseDetections]
 
 class HumanCaptureError(ValueError):
     """Bad input to ``sceneforge human`` (no frames, no person, a bad record): names the file."""
-
-
-def _default_trainer() -> HumanTrainerConfig:
-    return HumanTrainerConfig(
-        holdout_every=0,  # the capture holds out frames itself (heldout_every)
-        checkpoint_every=200,
-        progress=False,
-        tensorboard=False,
-        log_every=50,
-    )
-
-
-@dataclass
-class HumanTrainConfig:
-    """Training of the ``human4d`` field of a capture."""
-
-    steps: int = 3000
-    """Training steps (wins over trainer.max_steps); more steps on a re-run continue training;
-    0 with max_seconds: train for max_seconds (the learning rate follows time)."""
-    max_seconds: float | None = None
-    """Training time budget in seconds, counted over resumed runs (None: no limit)."""
-    trainer: HumanTrainerConfig = field(default_factory=_default_trainer)
-    """Trainer and human4d model settings (its holdout_every is not used)."""
-    heldout_every: int = 8
-    """Every this-many-th kept frame is held out of training and evaluated (0: none)."""
-    background_depth: float = 2.5
-    """Depth of the scene box behind the camera's view, as a multiple of the person's distance."""
-
-
-@dataclass
-class HumanCaptureConfig:
-    """``sceneforge human VIDEO OUT``: frames, 2D pose, body fit, a 4D human field, renders."""
-
-    max_frames: int = 48
-    """Frames to use: the sharpest of each of this many windows of a video, or this many
-    evenly spaced images of a folder."""
-    max_image_size: int = 512
-    """Longest side of the frames written to OUT/frames (pixels)."""
-    min_frames: int = 3
-    """Fewer frames with a usable person than this is an error."""
-    body_model: Literal["anny", "smpl"] = "anny"
-    """Body model: anny (optional package, pip install 'sceneforge[human]') or smpl."""
-    body_model_path: str = ""
-    """Folder or file of your SMPL/SMPL-X model (body_model smpl; not shipped)."""
-    focal_px: float | None = None
-    """Focal length in pixels of the frames in OUT/frames (None: guessed from
-    default_fov_deg; the summary says which)."""
-    default_fov_deg: float = 60.0
-    """Field of view (degrees) over the longer image side assumed when focal_px is None (a
-    guess: phone main cameras are ~65-70 degrees, webcams ~55-65)."""
-    fit: FitConfig = field(default_factory=FitConfig)
-    """Body fit to the 2D keypoints."""
-    fit_masks: bool = True
-    """Also fit to the detector's person masks when it gives them (slower)."""
-    train: HumanTrainConfig = field(default_factory=HumanTrainConfig)
-    """Training of the human4d field (steps, held-out frames, scene box, trainer)."""
-    render_frame: int | None = None
-    """Kept-frame index the orbit and the new poses use (None: the middle training frame)."""
-    orbit_views: int = 24
-    """Views of the orbit around the person."""
-    motion: str = "wave"
-    """New-pose motion (walk, turn, wave, or joined by +) on the fitted subject, in place."""
-    motion_frames: int = 24
-    """Frames of the new-pose sequence."""
-    fps: int = 12
-    """Frame rate of the rendered videos (and of the new-pose motion)."""
-    render_downscale: int = 1
-    """Image downscale of the rendered frames."""
-    render: bool = True
-    """Render the input frames, the orbit and the new poses after training (False: stop after
-    training, e.g. to evaluate the capture yourself)."""
 
 
 # ----------------------------------------------------------------------------- records
@@ -291,9 +220,9 @@ def _detect(src: Path, out: Path, names: list[str], cfg: HumanCaptureConfig, det
     paths = [out / FRAMES_DIR / n for n in names]
     w, h = load_frames(out / FRAMES_DIR, names[:1]).shape[2:0:-1]
     if detector is None:
-        from .detect import DetectConfig, detect_pose
+        from .detect import detect_pose
 
-        det = detect_pose(paths, DetectConfig())
+        det = detect_pose(paths, cfg.detect)
     else:
         det = detector(paths)
     if len(det) != len(paths):
@@ -432,7 +361,11 @@ def capture_human(
         "frames", k_frames, (out / FRAMES_DIR).is_dir(), lambda: _frames(src, out, cfg, log)
     )
     names = frames_rec["files"]
-    det_id = "mediapipe" if detector is None else _detector_name(detector)
+    det_id = (
+        ["mediapipe", dataclasses.asdict(cfg.detect)]
+        if detector is None
+        else _detector_name(detector)
+    )
     k_det = _key(k_frames, det_id, cfg.min_frames, cfg.fit.min_confidence, cfg.fit.min_keypoints)
     det_rec = stage(
         "detections",
@@ -526,7 +459,7 @@ def capture_human(
         "frames_used": kept_names,
         "frames_dropped": det_rec["dropped"],
         "notes": det_rec["notes"] + _notes(cfg),
-        "detector": det_rec["source"] or det_id,
+        "detector": det_rec["source"] or str(det_id),
         "camera": "static (one camera for every frame; a moving camera is not supported)",
         "focal_px": focal,
         "focal_guessed": cfg.focal_px is None,
@@ -545,6 +478,8 @@ def capture_human(
     }
     atomic_write_json(out / SUMMARY, summary, default=str)
     log(f"human capture: {out / SUMMARY}")
+    write_fit_overlays(out, body, fit, camera, frames, kept_names)  # no-op after a render
+    log(f"human capture: report {write_capture_report(out)}")
     return summary
 
 

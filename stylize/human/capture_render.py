@@ -15,7 +15,9 @@ trained field is rendered as
   moves in place and stays inside the trained scene), seen by the static camera.
 
 Each goes to ``OUT/renders/NAME/`` (``NNNN.png`` + ``video.mp4``, or ``video.gif`` without an
-mp4 writer), built in a temporary folder and swapped in whole.
+mp4 writer), built in a temporary folder and swapped in whole. The stage also writes the
+fitted-body overlays of the kept frames (``OUT/renders/fit_overlay``,
+:func:`~.capture_report.write_fit_overlays`; ``out_dir`` is ``OUT/renders``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from sceneforge.fields.camera_paths import orbit_cameras
 from sceneforge.fields.datasets import downscale_image
 
 from .body_model import BodyModel
+from .capture_report import write_fit_overlays
 from .field import HumanTrainerConfig
 from .fit import FitResult
 from .motions import make_motion
@@ -299,6 +302,10 @@ def render_outputs(
     res["new_pose"] = _write(out_dir / "new_pose", [r["rgb"] for r in outs], cfg.fps)
     log(f"render: {n} frames of {cfg.motion!r} on the fitted subject -> {out_dir / 'new_pose'}")
     res["render_frame"] = names[anchor]
+    res["fit_overlay"] = write_fit_overlays(out_dir.parent, body, fit, cam, frames, names)[
+        "fit_overlay"
+    ]
+    log(f"render: the fitted body over the {len(names)} kept frames -> {res['fit_overlay']}")
     return res
 
 

@@ -323,3 +323,107 @@ def test_cli_help(capsys):
     assert "usage: sceneforge human" in text
     for flag in ("--body-model-path", "--focal-px", "--train.steps", "--motion", "--resume"):
         assert flag in text, flag
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def test_report_names_frames_and_shows_existing_overlays(captured):
+    import re
+
+    out = captured[0]
+    s = json.loads((out / "human.json").read_text())  # an earlier test may have trained on
+    text = (out / "report.html").read_text()
+    for name in s["frames_used"]:
+        assert name in text, name
+    assert NOBODY in text and "no person found" in text
+    assert f"{s['frames_used'][0]}: fit error " in text  # the overlay captions
+    assert f"{s['fit_reprojection_error_px']:.2f} px" in text
+    assert f"{s['heldout_person_psnr']:.2f} dB" in text and "given" in text
+    overlays = sorted((out / "renders" / "fit_overlay").glob("*.png"))
+    assert len(overlays) == len(s["frames_used"])
+    srcs = re.findall(r'src="([^"]+)"', text)
+    assert any(p.startswith("renders/fit_overlay/") and p.endswith(".png") for p in srcs), srcs
+    assert any(p.startswith("renders/orbit/") for p in srcs), srcs
+    for p in srcs:  # relative, inside OUT, existing
+        assert not p.startswith("/") and (out / p).is_file(), p
+
+
+def test_report_and_overlays_without_the_render_stage(captured, clip, video, body_dir):
+    import shutil
+
+    out = captured[0]
+    s = json.loads((out / "human.json").read_text())
+    shutil.rmtree(out / "renders" / "fit_overlay")
+    (out / "report.html").unlink()
+    cfg = _config(body_dir, steps=s["train_steps"], render=False)
+    lines: list[str] = []
+    capture_human(clip, out, cfg, truth_detector(video), lines.append)
+    assert any("[render] skipped" in ln for ln in lines)
+    assert len(list((out / "renders" / "fit_overlay").glob("*.png"))) == len(s["frames_used"])
+    assert "renders/fit_overlay/0000.png" in (out / "report.html").read_text()
+    assert not _no_temps(out)
+
+
+def test_overlay_changes_exactly_the_projected_body(captured, body_dir):
+    from sceneforge.core.meshes import Mesh
+    from sceneforge.core.raster import render_view
+    from sceneforge.stylize.human.capture_report import ALPHA, DOT_COLOR, TINT, overlay_fit
+    from sceneforge.stylize.human.fit import read_fit
+
+    out = captured[0]
+    fit = read_fit(out / "fit.json")
+    body = SMPLModel.from_path(body_dir, dtype=torch.float64)
+    cam = static_camera(SIZE, SIZE, FOCAL, FOV)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 60, (len(fit), SIZE, SIZE, 3), dtype=np.uint8)  # darker than the body
+    ov = overlay_fit(frames, body, fit, cam)
+    assert ov.shape == frames.shape and ov.dtype == np.uint8
+    changed = (ov != frames).any(-1)
+    f = torch.as_tensor
+    for i in range(len(fit)):
+        v = body(fit.pose[i : i + 1].double(), fit.shape.double(), fit.transl[i : i + 1].double())
+        verts = v.vertices[0]
+        # the rasterised body: exactly its pixels change, to the blend of frame and shading
+        tint = torch.tensor(TINT).expand(len(verts), 3)
+        r = render_view(Mesh(verts, body.faces, vertex_colors=tint), cam, 0)
+        cover = (r.face >= 0).numpy()
+        assert cover.any() and (changed[i] == cover).all(), i
+        want = (1 - ALPHA) * frames[i][cover] + ALPHA * 255 * r.color.numpy()[cover]
+        assert np.abs(ov[i][cover] - want).max() <= 0.5 + 1e-3, i
+        # independently: every joint (an octahedron's centre) projects onto a changed pixel
+        # and no changed pixel lies outside the projected vertices' box
+        fx, fy, cx, cy = cam.params[0].tolist()
+        uv = verts[:, :2] / verts[:, 2:] * f([fx, fy]).double() + f([cx, cy]).double()
+        centres = uv.reshape(24, 6, 2).mean(1).floor().long().clamp(0, SIZE - 1)
+        assert changed[i][centres[:, 1], centres[:, 0]].mean() > 0.9, i
+        ys, xs = np.nonzero(changed[i])
+        lo, hi = uv.amin(0).floor().numpy() - 1, uv.amax(0).ceil().numpy() + 1
+        assert xs.min() >= lo[0] and xs.max() <= hi[0] and ys.min() >= lo[1] and ys.max() <= hi[1]
+    # the keypoints: dots at the confident ones, the body blend elsewhere unchanged
+    det = read_detections(out / "detections.npz")
+    names = json.loads((out / "human_stages.json").read_text())["frames"]["files"]
+    kept = [names.index(n) for n in json.loads((out / "human.json").read_text())["frames_used"]]
+    det = det.subset(kept)
+    dots = overlay_fit(frames, body, fit, cam, det)
+    kp = det.keypoints[0][det.confidence[0] >= 0.5].floor().long()
+    assert len(kp) and (dots[0][kp[:, 1], kp[:, 0]] == DOT_COLOR).all()
+    assert ((dots != ov).any(-1) <= (dots == DOT_COLOR).all(-1)).all()
+
+
+def test_report_escapes_text(tmp_path):
+    from sceneforge.stylize.human.capture_report import esc, write_capture_report
+
+    assert esc('<b a="1">&\'') == "&lt;b a=&quot;1&quot;&gt;&amp;&#x27;"
+    summary = {
+        "frames": 2, "frames_used": ["<i>a.png"], "frames_dropped": {"b&c.png": "<no> person"},
+        "notes": ["<script>alert(1)</script>"], "focal_px": 100.0, "focal_guessed": True,
+        "fit_reprojection_error_px": float("nan"), "train_steps": 0,
+    }  # fmt: skip
+    (tmp_path / "human.json").write_text(json.dumps(summary))
+    text = write_capture_report(tmp_path).read_text()
+    assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "&lt;i&gt;a.png" in text and "b&amp;c.png" in text and "&lt;no&gt; person" in text
+    assert "guessed" in text and "No fit overlays" in text and "No renders" in text
+    with pytest.raises(FileNotFoundError, match="human.json"):
+        write_capture_report(tmp_path / "nothing")
