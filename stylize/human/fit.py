@@ -16,29 +16,55 @@ not depend on the image resolution:
 - data: ``sum_k c_k rho(|x_k - proj(X_k)| / s) / sum_k c_k`` with ``rho`` Geman-McClure
   ``x^2 / (1 + x^2 / sigma^2)`` (or Huber / L2), ``sigma = robust_scale``;
 - pose prior: ``sum_j |R_j - I|_F^2`` over the body joints (``~ 2 theta^2``: L2 on the angle,
-  smooth everywhere); no joint-angle limits (they are rig specific);
+  smooth everywhere), ``chain_prior`` more on the in-between joints (:func:`_chain_joints`);
+- hinge prior (``hinge_prior``, :func:`hinge_penalty`): knees and elbows rotate about their
+  flexion axis only and do not hyperextend;
 - shape prior: ``|shape - default|^2``; anny's phenotypes are clamped to ``[0, 1]``;
 - temporal smoothness: ``sum_j |R_j(t+1) - R_j(t)|_F^2`` (root included) and
-  ``|transl(t+1) - transl(t)|^2 / height^2`` over consecutive frames;
+  ``|transl(t+1) - transl(t)|^2 / height^2`` over consecutive frames (``smooth_order=2``:
+  second differences instead);
 - masks (optional): projected vertices outside the mask (its distance transform, sampled
   bilinearly) and mask pixels far from every projected vertex (a chamfer term), both robust.
+
+What limits the accuracy (issue 20; anny walk, 256 px, 2 px noise, 30 frames): the depth of
+the limbs. A bone's depth comes only from its foreshortening, ``|dz| = L sin(phi)``, which 2 px
+of noise on a ~40 px segment leaves almost free, and from nothing else in one frame; errors
+were 3-5x larger along the viewing ray than across it. Two priors remove most of it without
+using anything about the subject: (a) anny's rig has ~41 joints between the root and the
+keypoints (twist bones, 5 spine and 3 neck segments, pelvis, clavicle and metacarpal bones),
+~120 rotation numbers per frame for 44 keypoint coordinates, so the fit bent the redundant
+joints to absorb noise; ``chain_prior`` holds those near rest, leaving the keypoint joints and
+branch points free (MPJPE 79 -> 55 mm, 10 frames, no masks). (b) With free 3-DOF knees and
+elbows, a limb's depth flip costs nothing; the hinge prior keeps the flipped and abducted
+solutions out (55 -> 43 mm). Not helping here: stronger first-order smoothness (damps the
+swing of the limbs: worse), second differences (worse at 15 fps), a larger overall pose prior
+(pulls towards the A-pose: worse), more L-BFGS iterations, the mask term (~1 mm).
+``benchmarks/human.py --only fit --frames 30 --size 256``: gt2d + 2 px 69.5 -> 42.2 mm
+(PA 55.5 -> 35.0); MediaPipe's keypoints (same setup, scratch run) 102.9 -> 95.5 mm, still
+dominated by the detections (2-6 px median errors, the occluded arm at low confidence). On a
+short, sharper case (6 frames, 512 px, tests) the chain prior costs ~10 mm instead.
 
 Stages: (0) closed-form initialisation per frame, in the camera frame: body up along the
 hip->shoulder image direction, the facing angle from the shoulder/hip width in pixels vs in 3D
 (its sign, facing towards or away from the viewing ray, from the image direction of the feet),
 depth ``z = f * H3d / h2d`` from the shoulder-hip height; (1) global orientation + translation
 (+ focal) to the shoulders and hips; (2) everything, all keypoints; (3) with masks, stage 2
-again with the mask term (every vertex: slower, ``mask_iters``). Only joints that move a
-mapped keypoint (strict ancestors of keypoint joints, and a vertex keypoint's dominant joint)
-are optimised; the others (fingers, toes, face) keep the canonical pose. Rotations are
+again with the mask term (``mask_vertices`` evenly subsampled vertices, ``mask_iters``). Only
+joints that move a mapped keypoint (strict ancestors of keypoint joints, and a vertex
+keypoint's dominant joint) are optimised; the others (fingers, toes, face) keep the canonical pose. Rotations are
 optimised in the continuous 6D representation.
+
+Kinematics: only the joints that place a keypoint (keypoint joints, active joints and their
+ancestors, ~52 of anny's 104) are posed, level by level of the tree (:class:`_Tree`); the
+skipped joints keep the canonical pose, so for skinning their weights move to their nearest
+kept ancestor, whose bone transform they share.
 
 Optimiser and precision: L-BFGS with a strong-Wolfe line search in **float64**. The problem
 is small (``F x active joints x 6`` numbers), smooth (Geman-McClure, 6D rotations) and
 deterministic, so a quasi-Newton method converges in tens of iterations where Adam needs
 thousands and a learning-rate schedule; the line search and curvature pairs need float64 at
 sub-pixel residuals. Parameters, kinematics and projection run in float64; the model's own
-forward (only for vertex keypoints and masks) runs in the model's dtype.
+forward (only for vertex keypoints, e.g. SMPL's) runs in the model's dtype.
 """
 
 from __future__ import annotations
@@ -58,11 +84,17 @@ from sceneforge.core.cameras import Cameras, split_params, transform_points
 from sceneforge.core.rotations import matrix_to_angle_axis, matrix_to_rot6d, rot6d_to_matrix
 
 from .body_model import MEDIAPIPE_POSE_LANDMARKS, BodyModel
-from .lbs import batch_rigid_transform
 
 NUM_LANDMARKS = len(MEDIAPIPE_POSE_LANDMARKS)
 _LM = {n: i for i, n in enumerate(MEDIAPIPE_POSE_LANDMARKS)}
 TORSO = tuple(_LM[n] for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip"))
+#: (hip, knee, ankle) per side
+#: hinge landmark -> (the landmarks before and after it, flexion: +1 backwards, -1 forwards)
+_HINGES = {
+    f"{s}_{j}": (f"{s}_{a}", f"{s}_{b}", d)
+    for s in ("left", "right")
+    for j, a, b, d in (("knee", "hip", "ankle", 1.0), ("elbow", "shoulder", "wrist", -1.0))
+}
 _FEET = ((_LM["left_ankle"], _LM["left_foot_index"]), (_LM["right_ankle"], _LM["right_foot_index"]))
 #: bounded shape spaces (model name -> range)
 _SHAPE_RANGE = {"anny": (0.0, 1.0)}
@@ -89,16 +121,24 @@ class FitConfig:
     """Scale of the robust loss, in units of the person's 2D size."""
     pose_prior: float = 1e-6
     """Weight of the L2 pose regulariser."""
+    chain_prior: float = 1e-2
+    """Extra L2 pose weight on the in-between joints (see :func:`_chain_joints`)."""
     shape_prior: float = 1e-4
     """Weight of the L2 shape regulariser (towards the default shape)."""
     smooth_pose: float = 1e-4
     """Weight of the frame-to-frame pose smoothness (per frame pair; not scaled by fps)."""
     smooth_transl: float = 1e-3
     """Weight of the frame-to-frame translation smoothness."""
+    smooth_order: int = 1
+    """Smoothness on frame differences (1: velocity) or second differences (2: acceleration)."""
+    hinge_prior: float = 1e-2
+    """Weight of the knee / elbow hinge prior (:func:`hinge_penalty`)."""
     mask_weight: float = 0.1
     """Weight of the mask (chamfer) term when masks are given."""
     mask_points: int = 256
     """Mask pixels per frame in the chamfer term."""
+    mask_vertices: int = 1024
+    """Model vertices (evenly subsampled) projected in the mask term (joint keypoints only)."""
     mask_iters: int = 30
     """L-BFGS iterations of the mask stage (needs every vertex: slower)."""
     stage1_iters: int = 40
@@ -172,6 +212,29 @@ def robust_loss(sq: Tensor, kind: str, sigma: float) -> Tensor:
     if kind == "l2":
         return sq
     raise ValueError(f"robust must be 'gm', 'huber' or 'l2', got {kind!r}")
+
+
+def hinge_penalty(
+    rot: Float[Tensor, "F H 3 3"],
+    axis: Float[Tensor, "H 3"],
+    rest: Float[Tensor, " H"],
+    margin: float = 0.1,
+) -> Float[Tensor, " F"]:
+    """Hinge prior of knees and elbows per frame, on their local rotations ``rot`` (canonical
+    axes) with flexion axes ``axis`` and rest flexion angles ``rest``: the rotation off the
+    axis ``|R a - a|^2`` (a hinge does not abduct) plus hyperextension
+    ``relu(-(theta + rest) - margin)^2`` (it bends one way), ``theta`` the angle about ``a``
+    (``atan2(a . vee(R - R^T) / 2, (tr R - 1) / 2)``)."""
+    off = ((rot @ axis[..., None])[..., 0] - axis) ** 2
+    skew = rot - rot.transpose(-1, -2)
+    vee = torch.stack([skew[..., 2, 1], skew[..., 0, 2], skew[..., 1, 0]], -1) / 2
+    theta = torch.atan2((vee * axis).sum(-1), (rot.diagonal(0, -2, -1).sum(-1) - 1) / 2)
+    return (off.sum(-1) + F.relu(-(theta + rest) - margin) ** 2).sum(-1)
+
+
+def _diff(x: Tensor, order: int) -> Tensor:
+    """Finite differences of ``order`` (1 or 2) along the first (time) axis."""
+    return x[1:] - x[:-1] if order == 1 else x[2:] - 2 * x[1:-1] + x[:-2]
 
 
 def _unit(v: Tensor) -> Tensor:
@@ -263,14 +326,86 @@ def _check_inputs(
 # ----------------------------------------------------------------------------- the body
 
 
+class _Tree:
+    """Forward kinematics over a reduced tree: the joints that place a keypoint (the keypoint
+    joints, the active joints and all their ancestors), level by level (one batched matrix
+    product per tree depth instead of one per joint). A skipped joint has the canonical
+    (identity) rotation, so its subtree hangs rigidly off its nearest kept ancestor; for
+    skinning, each joint's weight moves to that ancestor (its bone transform is the same)."""
+
+    def __init__(self, parents: list[int], keep: set[int]):
+        kept: set[int] = {0}
+        for j in keep:
+            while j >= 0 and j not in kept:
+                kept.add(j)
+                j = parents[j]
+        self.nodes = sorted(kept)
+        pos = {j: i for i, j in enumerate(self.nodes)}
+
+        def anc(j: int) -> int:  # nearest kept ancestor-or-self
+            while j not in pos:
+                j = parents[j]
+            return pos[j]
+
+        self.anc = torch.tensor([anc(j) for j in range(len(parents))])
+        self.parent = [-1] + [anc(parents[j]) for j in self.nodes[1:]]
+        depth = [0] * len(self.nodes)
+        for i in range(1, len(self.nodes)):
+            depth[i] = depth[self.parent[i]] + 1
+        order = sorted(range(len(self.nodes)), key=lambda i: depth[i])  # 0 first
+        at = {i: k for k, i in enumerate(order)}  # node -> place in the level-by-level order
+        self.levels = [
+            (
+                torch.tensor(idx),
+                torch.tensor([at[self.parent[i]] for i in idx]),
+                torch.tensor([self.parent[i] for i in idx]),
+            )
+            for d in range(1, max(depth) + 1)
+            for idx in [[i for i in order if depth[i] == d]]
+        ]
+        self.inv = torch.tensor([at[i] for i in range(len(self.nodes))])
+        self.index = pos
+
+    def __call__(self, local: Tensor, joints_c: Tensor) -> tuple[Tensor, Tensor]:
+        """World rotations ``[F, N, 3, 3]`` and positions ``[F, N, 3]`` of the kept joints from
+        their local rotations ``[F, N, 3, 3]`` and canonical positions ``[N, 3]``."""
+        rots, poss = local[:, :1], joints_c[:1].expand(local.shape[0], 1, 3)
+        for idx, par_at, par in self.levels:
+            r_par, p_par = rots[:, par_at], poss[:, par_at]
+            off = joints_c[idx] - joints_c[par]
+            p_new = p_par + (r_par @ off[..., None])[..., 0]
+            r_new = r_par @ local[:, idx]
+            rots = torch.cat([rots, r_new], 1)
+            poss = torch.cat([poss, p_new], 1)
+        return rots[:, self.inv], poss[:, self.inv]
+
+
 class _Body:
     """Rotations / shape / translation -> keypoints (and vertices), in float64."""
 
-    def __init__(self, model: BodyModel, prob: _Problem, active: list[int], fit_shape: bool):
+    def __init__(
+        self,
+        model: BodyModel,
+        prob: _Problem,
+        active: list[int],
+        fit_shape: bool,
+        weights: Tensor,
+        mask_vertices: int,
+    ):
         self.model, self.prob, self.active = model, prob, active
         self.fit_shape = fit_shape
         self.rng = _SHAPE_RANGE.get(model.name)
         self.j = model.num_joints
+        self.tree = None
+        if prob.kp_joints is not None:
+            self.tree = _Tree(model.parents, set(prob.kp_joints) | set(active))
+            self.kp_nodes = [self.tree.index[j] for j in prob.kp_joints]
+            self.node_ids = torch.tensor(self.tree.nodes)
+            nv = weights.shape[0]
+            self.vsub = torch.linspace(0, nv - 1, min(mask_vertices, nv)).round().long()
+            w = weights[self.vsub].double()
+            self.vweights = w.new_zeros(len(self.vsub), len(self.tree.nodes))
+            self.vweights.index_add_(1, self.tree.anc, w)
 
     def shape(self, delta: Tensor) -> Tensor:
         s = self.model.default_shape().double() + delta
@@ -283,31 +418,50 @@ class _Body:
         return rot.index_copy(1, torch.tensor([0, *self.active]), parts)
 
     def linearise(self, shape: Tensor, jacobian: bool = True) -> None:
-        """Canonical joints to first order about ``shape`` (exact for SMPL, whose joints are
-        linear in the betas): the model's ``canonical`` builds every vertex (anny: 80 ms),
-        far more than the kinematics of the keypoints need."""
+        """Canonical joints (and the mask stage's vertices) to first order about ``shape``
+        (exact for SMPL, whose joints are linear in the betas): the model's ``canonical``
+        builds every vertex (anny: 80 ms), far more than the keypoints need."""
         m = self.model
         s0 = shape.detach().to(m.dtype)
         self.s0 = s0.double()
-        self.j0 = m.canonical(s0)[1].detach().double()
+        v0, j0, _ = m.canonical(s0)
+        self.j0 = j0.detach().double()
+        sub = getattr(self, "vsub", None)
+        if sub is not None:
+            self.v0 = v0[sub].detach().double()
         if self.fit_shape and jacobian:  # central differences: 2 S evaluations
             h = 1e-4
-            cols = [
-                (m.canonical(s0 + h * e)[1] - m.canonical(s0 - h * e)[1]).double() / (2 * h)
-                for e in torch.eye(len(s0), dtype=s0.dtype)
-            ]
-            self.jac = torch.stack(cols, -1).detach()  # [J, 3, S]
+            jc, vc = [], []
+            for e in torch.eye(len(s0), dtype=s0.dtype):
+                vp, jp, _ = m.canonical(s0 + h * e)
+                vm, jm, _ = m.canonical(s0 - h * e)
+                jc.append((jp - jm).double() / (2 * h))
+                if sub is not None:
+                    vc.append((vp[sub] - vm[sub]).double() / (2 * h))
+            self.jac = torch.stack(jc, -1).detach()  # [J, 3, S]
+            if sub is not None:
+                self.vjac = torch.stack(vc, -1).detach()  # [V', 3, S]
 
     def __call__(
         self, rot: Tensor, shape: Tensor, transl: Tensor, verts: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         m = self.model
-        if not verts and self.prob.kp_joints is not None:
+        if self.tree is not None:
             j_c = self.j0
             if self.fit_shape:
                 j_c = j_c + self.jac @ (shape - self.s0)
-            joints, _ = batch_rigid_transform(rot, j_c.expand(rot.shape[0], -1, -1), m.parents)
-            return joints[:, self.prob.kp_joints] + transl[:, None], None
+            j_c = j_c[self.node_ids]
+            r_w, p_w = self.tree(rot[:, self.node_ids], j_c)
+            kp = p_w[:, self.kp_nodes] + transl[:, None]
+            if not verts:
+                return kp, None
+            v_c = self.v0
+            if self.fit_shape:
+                v_c = v_c + self.vjac @ (shape - self.s0)
+            t = p_w - (r_w @ j_c[..., None])[..., 0]  # bone transforms x -> R x + t
+            blend = torch.einsum("vn,fnij->fvij", self.vweights, torch.cat([r_w, t[..., None]], -1))
+            v = (blend[..., :3] @ v_c[..., None])[..., 0] + blend[..., 3] + transl[:, None]
+            return kp, v
         out = m(rot.to(m.dtype), shape.to(m.dtype), transl.to(m.dtype))
         kp, ids = m.keypoints(out)
         assert ids == self.prob.lm_ids
@@ -338,6 +492,65 @@ def _active_joints(model: BodyModel, lm_ids: list[int], weights: Tensor) -> list
             branches.setdefault(p, set()).add(c)
             c, p = p, parents[p]
     return sorted((own | set(branches)) - {0})
+
+
+def _chain_joints(model: BodyModel, lm_ids: list[int], active: list[int]) -> Tensor:
+    """1 for the active joints that lie inside a keypoint chain, 0 for the others ``[A]``.
+
+    The structural joints are the keypoint joints and the branch points (joints with two or
+    more child subtrees holding keypoints): rotating one moves whole keypoint segments about a
+    keypoint or a branch. The others (twist bones, intermediate spine and neck segments,
+    clavicles, pelvis and metacarpal bones) only add redundant ways of placing the same
+    keypoints, which noise exploits; :attr:`FitConfig.chain_prior` holds them near rest."""
+    parents = model.parents
+    kp_joints = {
+        model.joint_names.index(model.keypoint_joints[MEDIAPIPE_POSE_LANDMARKS[i]])
+        for i in lm_ids
+        if MEDIAPIPE_POSE_LANDMARKS[i] in model.keypoint_joints
+    }
+    branches: dict[int, set[int]] = {}
+    for j in kp_joints:
+        c, p = j, parents[j]
+        while p >= 0:
+            branches.setdefault(p, set()).add(c)
+            c, p = p, parents[p]
+    structural = kp_joints | {j for j, ch in branches.items() if len(ch) > 1}
+    return torch.tensor([0.0 if j in structural else 1.0 for j in active], dtype=torch.float64)
+
+
+def _hinges(
+    model: BodyModel, body: _Body, lm_ids: list[int], active: list[int]
+) -> tuple[list[int], Tensor, Tensor]:
+    """Joints, flexion axes ``[H, 3]`` (canonical axes) and rest flexion angles ``[H]`` of the
+    mapped knees and elbows that are optimised. A limb bent at rest (anny's elbows: ~50
+    degrees) bends about the normal of its rest plane ``upper x lower``, which a positive
+    rotation bends further; a straight one (knees) about ``d * forward x lower`` with the
+    body's forward (from the canonical shoulders and hips), ``d = +1`` (knee: the shin swings
+    backwards) or ``-1`` (elbow: the forearm swings forwards), and rest angle 0."""
+    names = {MEDIAPIPE_POSE_LANDMARKS[i] for i in lm_ids}
+    kp_j = {n: model.joint_names.index(model.keypoint_joints[n])
+            for n in names if n in model.keypoint_joints}  # fmt: skip
+    none = ([], torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, dtype=torch.float64))
+    if not all(MEDIAPIPE_POSE_LANDMARKS[t] in kp_j for t in TORSO):
+        return none
+    j0 = body.j0
+    ls, rs, lh, rh = (j0[kp_j[MEDIAPIPE_POSE_LANDMARKS[t]]] for t in TORSO)
+    up, left = _unit(ls + rs - lh - rh), _unit(ls - rs + lh - rh)
+    fwd = _unit(torch.linalg.cross(left, up))
+    joints, axes, rests = [], [], []
+    for name, (before, after, sign) in _HINGES.items():
+        if not (name in kp_j and before in kp_j and after in kp_j and kp_j[name] in active):
+            continue
+        upper = _unit(j0[kp_j[name]] - j0[kp_j[before]])
+        lower = _unit(j0[kp_j[after]] - j0[kp_j[name]])
+        normal = torch.linalg.cross(upper, lower)
+        bent = float(normal.norm()) > math.sin(math.radians(10.0))
+        axes.append(_unit(normal if bent else sign * torch.linalg.cross(fwd, lower)))
+        rests.append(math.acos(max(-1.0, min(1.0, float(upper @ lower)))) if bent else 0.0)
+        joints.append(kp_j[name])
+    if not joints:
+        return none
+    return joints, torch.stack(axes), torch.tensor(rests, dtype=torch.float64)
 
 
 # ----------------------------------------------------------------------------- stage 0
@@ -489,7 +702,7 @@ def fit_body(
     n = prob.target.shape[0]
     weights = model.canonical(model._shape(shape))[2].detach()
     active = _active_joints(model, prob.lm_ids, weights)
-    body = _Body(model, prob, active, cfg.fit_shape)
+    body = _Body(model, prob, active, cfg.fit_shape, weights, cfg.mask_vertices)
     base = model.default_shape().double()
     start = base if shape is None else model._shape(shape).double().detach()
     delta = (start - base).clone().requires_grad_(cfg.fit_shape)
@@ -507,6 +720,8 @@ def fit_body(
         kp_c, _ = body(rot_c, body.shape(delta), torch.zeros_like(t0[:1]))
         height = float((kp_c[0].amax(0) - kp_c[0].amin(0)).norm())  # the person's 3D size
     eye = torch.eye(3, dtype=torch.float64)
+    chain = _chain_joints(model, prob.lm_ids, active)
+    hinge_j, hinge_axes, hinge_rest = _hinges(model, body, prob.lm_ids, active)
     torso = torch.tensor([t in TORSO for t in prob.lm_ids], dtype=torch.float64)
     mask_data = None if masks is None else _mask_targets(masks, cfg.mask_points)
 
@@ -522,15 +737,22 @@ def fit_body(
         )
         total = data.mean()
         act_rot = rot[:, [0, *active]]
-        if n > 1:
-            dr = ((act_rot[1:] - act_rot[:-1]) ** 2).sum((-1, -2))
-            total = total + cfg.smooth_pose * dr.sum(-1).mean()
-            dt = ((transl[1:] - transl[:-1]) ** 2).sum(-1) / height**2
+        order = min(cfg.smooth_order, n - 1)
+        if order >= 1:
+            dr = _diff(act_rot, order)
+            total = total + cfg.smooth_pose * (dr**2).sum((-1, -2, -3)).mean()
+            dt = (_diff(transl, order) ** 2).sum(-1) / height**2
             total = total + cfg.smooth_transl * dt.mean()
         if stage == 1:
             return total
         total = total + cfg.pose_prior * ((act_rot[:, 1:] - eye) ** 2).sum((-1, -2, -3)).mean()
+        if cfg.chain_prior > 0:
+            dev = ((act_rot[:, 1:] - eye) ** 2).sum((-1, -2))
+            total = total + cfg.chain_prior * (dev * chain).sum(-1).mean()
         total = total + cfg.shape_prior * (delta**2).sum()
+        if cfg.hinge_prior > 0 and hinge_j:
+            hinge = hinge_penalty(rot[:, hinge_j], hinge_axes, hinge_rest)
+            total = total + cfg.hinge_prior * hinge.mean()
         if stage == 3 and mask_data is not None and verts is not None:
             vpx = project_pinhole(verts, prob.cam_from_world, focal, prob.principal)
             ml = mask_loss(vpx, *mask_data, prob.scale, cfg.robust, cfg.robust_scale)

@@ -1,11 +1,14 @@
 """Body fitting to 2D keypoints (issue 20): accuracy on synthetic anny videos, noise,
 temporal smoothness, metrics, input errors, the JSON round trip and float64 gradchecks.
 
-Measured here (anny, 6 frames at 10 fps, 512 px virtual camera, subject shape known, 2 cores):
-from exact 2D keypoints MPJPE 28.3 mm / PA-MPJPE 20.5 mm (reprojection 0.34 px); with 2 px
-noise MPJPE 42.3 mm / PA-MPJPE 29.9 mm (reprojection 1.43 px); 2 px noise without the
-temporal terms: MPJPE ~75 mm. The 30 mm issue target holds from exact keypoints only; the
-bounds below leave ~20 % margin over these figures."""
+Measured here (anny, 6 frames at 10 fps, 512 px virtual camera, subject shape known, 2 cores,
+default FitConfig with the chain and hinge priors): from exact 2D keypoints MPJPE 26.0 mm /
+PA-MPJPE 26.4 mm (reprojection 0.39 px); with 2 px noise MPJPE 46.8 mm / PA-MPJPE 42.4 mm
+(reprojection 1.82 px); frame-to-frame jitter 22.9 mm with the temporal terms vs 41.9 mm
+without. Before the chain and hinge priors: 28.3 / 20.5 mm exact, 42.3 / 29.9 mm with noise
+(on this short, 512 px case the chain prior costs ~10 mm: hinge prior alone 36.4 / 27.1 mm;
+on the issue's benchmark, 30 frames at 256 px, it is what brings 63 mm down to 42 mm, see
+the fit module docstring). The bounds below leave ~20 % margin over these figures."""
 
 from __future__ import annotations
 
@@ -15,9 +18,15 @@ import pytest
 import torch
 
 from sceneforge.core.cameras import Cameras
+from sceneforge.core.rotations import angle_axis_to_matrix
 from sceneforge.stylize.human.fit import (
     FitConfig,
+    _active_joints,
+    _Body,
+    _check_inputs,
+    _hinges,
     fit_body,
+    hinge_penalty,
     mask_loss,
     project_pinhole,
     read_fit,
@@ -79,7 +88,7 @@ def test_fit_from_exact_keypoints(anny_case):
     err = float(mpjpe(kp3, gt, _hips(video)).mean())
     pa = float(pa_mpjpe(kp3, gt).mean())
     print(f"exact 2D: MPJPE {err:.1f} mm, PA-MPJPE {pa:.1f} mm")
-    assert err < 35.0 and pa < 25.0  # measured 28.3 / 20.5
+    assert err < 32.0 and pa < 32.0  # measured 26.0 / 26.4
     assert float(res.reprojection_error_px.max()) < 1.0
     assert res.pose.shape == (6, video.train.pose.shape[1], 3) and res.focal is None
     assert float((res.transl - video.train.transl).norm(dim=-1).max()) < 0.1
@@ -92,7 +101,7 @@ def test_fit_with_2px_noise(anny_case, noisy_fit):
     err = float(mpjpe(kp3, gt, _hips(video)).mean())
     pa = float(pa_mpjpe(kp3, gt).mean())
     print(f"2 px noise: MPJPE {err:.1f} mm, PA-MPJPE {pa:.1f} mm")
-    assert err < 52.0 and pa < 37.0  # measured 42.3 / 29.9
+    assert err < 56.0 and pa < 51.0  # measured 46.8 / 42.4
     # residuals about the noise (2 px per axis: ~2.5 px mean distance), not more, nor 0
     rep = res.reprojection_error_px
     assert bool(((rep > 0.7) & (rep < 2.5)).all()), rep
@@ -226,3 +235,59 @@ def test_gradcheck_projection_and_losses():
         lambda v: mask_loss(v, dist.double(), pix, valid, 10.0),
         (torch.tensor([[[8.2, 8.3], [14.3, 9.6]]], dtype=torch.float64, requires_grad=True),),
     )
+
+
+def test_reduced_kinematics_match_the_model(anny_case):
+    """The fit's reduced tree gives the model's keypoints for any pose, and its subsampled
+    skinning the model's vertices when the joints it skips keep the canonical pose."""
+    model, video, cams, kp2 = anny_case
+    lm, conf = to_landmarks(kp2[:2], video.keypoint_ids)
+    cfg = FitConfig()
+    prob = _check_inputs(model, lm.double(), conf.double(), cams[[0, 1]], None, cfg)
+    weights = model.canonical(model.default_shape())[2]
+    active = _active_joints(model, prob.lm_ids, weights)
+    body = _Body(model, prob, active, False, weights, 300)
+    shape = model.default_shape().double() + 0.1
+    body.linearise(shape, jacobian=False)
+    g = torch.Generator().manual_seed(0)
+    aa = 0.3 * torch.randn(2, model.num_joints, 3, generator=g, dtype=torch.float64)
+    transl = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    kp, _ = body(angle_axis_to_matrix(aa), shape, transl)
+    ref, _ = model.keypoints(model(aa, shape, transl))
+    torch.testing.assert_close(kp, ref.double())
+    kept = torch.zeros_like(aa)
+    kept[:, [0, *active]] = aa[:, [0, *active]]
+    _, verts = body(angle_axis_to_matrix(kept), shape, transl, verts=True)
+    out = model(kept, shape, transl).vertices.double()[:, body.vsub]
+    torch.testing.assert_close(verts, out)
+    assert len(body.tree.nodes) < model.num_joints
+
+
+def test_hinge_prior(anny_case):
+    """Flexion is free, hyperextension and rotation off the axis are not; the ground-truth
+    walk costs almost nothing and its mirrored (flipped) knees and elbows cost far more."""
+    model, video, cams, kp2 = anny_case
+    lm, conf = to_landmarks(kp2[:1], video.keypoint_ids)
+    prob = _check_inputs(model, lm.double(), conf.double(), cams[[0]], None, FitConfig())
+    weights = model.canonical(model.default_shape())[2]
+    active = _active_joints(model, prob.lm_ids, weights)
+    body = _Body(model, prob, active, False, weights, 10)
+    body.linearise(model.default_shape().double())
+    joints, axes, rest = _hinges(model, body, prob.lm_ids, active)
+    names = [model.joint_names[j] for j in joints]
+    assert names == ["lowerleg01.L", "lowerarm01.L", "lowerleg01.R", "lowerarm01.R"], names
+    assert float(rest[0]) == 0.0 and float(rest[1]) > 0.5  # anny's elbows are bent at rest
+    gt = angle_axis_to_matrix(video.train.pose.double())[:, joints]
+    flipped = gt.transpose(-1, -2)
+    assert float(hinge_penalty(gt, axes, rest).max()) < 0.02
+    assert float(hinge_penalty(flipped, axes, rest).mean()) > 5 * float(
+        hinge_penalty(gt, axes, rest).mean()
+    )
+    a = axes[:1]
+    bend = angle_axis_to_matrix(0.8 * a)[None]
+    assert float(hinge_penalty(bend, a, rest[:1])) < 1e-12  # flexion: free
+    assert float(hinge_penalty(bend.transpose(-1, -2), a, rest[:1])) > 0.3  # hyperextension
+    side = torch.linalg.cross(a[0], torch.tensor([0.0, 0.0, 1.0]).double())
+    assert float(hinge_penalty(angle_axis_to_matrix(0.3 * side)[None, None], a, rest[:1])) > 0.05
+    rot = angle_axis_to_matrix(torch.tensor([[[0.2, -0.4, 0.3]]]).double()).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda r: hinge_penalty(r, a, rest[:1]), (rot,))
