@@ -12,16 +12,10 @@ from pathlib import Path
 
 from sceneforge.core import run_files
 from sceneforge.core.atomic import atomic_write_text
+from sceneforge.core.report_html import html_table, read_run_json
 
 #: The main job's stages in order (``stages.json`` records each when it finished).
 STAGES = ("reconstruct", "train", "complete", "render", "report")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: unreadable ({e}); delete it to redo the run") from e
 
 
 def _plot_ba_costs(summary: dict, path: Path) -> bool:
@@ -145,14 +139,6 @@ def _plot_cameras(scene, path: Path, max_points: int = 5000) -> bool:
     return True
 
 
-def _table(rows: list[tuple[str, object]]) -> str:
-    cells = "".join(
-        f"<tr><th align=left>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-        for k, v in rows
-    )
-    return f"<table border=1 cellpadding=4>{cells}</table>"
-
-
 def write_report(out_dir: str | Path) -> Path:
     """``report.html`` (+ PNGs under ``report/``) from whatever stages have finished.
 
@@ -169,7 +155,7 @@ def write_report(out_dir: str | Path) -> Path:
     rep = out / run_files.REPORT_DIR
     rep.mkdir(exist_ok=True)
     stages_file = out / run_files.STAGE_RECORD
-    stages = _read_json(stages_file) if stages_file.exists() else {}
+    stages = read_run_json(stages_file) if stages_file.exists() else {}
     parts = ["<h1>sceneforge run</h1>", '<h2 id="stages">Stages</h2><table border=1 cellpadding=4>']
     parts.append("<tr><th>stage</th><th>seconds</th><th>result</th></tr>")
     for name in STAGES:
@@ -191,13 +177,13 @@ def write_report(out_dir: str | Path) -> Path:
     if sfm.is_dir():
         parts.append('<h2 id="reconstruction">Reconstruction</h2>')
         summary = (
-            _read_json(sfm / run_files.SFM_SUMMARY)
+            read_run_json(sfm / run_files.SFM_SUMMARY)
             if (sfm / run_files.SFM_SUMMARY).exists()
             else {}
         )
         keys = ("num_images", "num_registered", "num_points", "mean_track_length")
         keys += ("mean_reproj_error_px", "unregistered_images")
-        parts.append(_table([(k, summary[k]) for k in keys if k in summary]))
+        parts.append(html_table([(k, summary[k]) for k in keys if k in summary]))
         if (sfm / run_files.TRANSFORMS).is_file() or (sfm / run_files.SFM_MODEL_DIR).is_dir():
             from sceneforge.core.io import load_scene
 
@@ -218,10 +204,10 @@ def write_report(out_dir: str | Path) -> Path:
     field_dir = out / run_files.FIELD_DIR
     hist = field_dir / run_files.HISTORY
     ev_path = field_dir / run_files.EVAL
-    ev = _read_json(ev_path) if ev_path.exists() else None
+    ev = read_run_json(ev_path) if ev_path.exists() else None
     if hist.exists() or ev is not None:
         parts.append('<h2 id="training">Training</h2>')
-        history = _read_json(hist).get("history", []) if hist.exists() else []
+        history = read_run_json(hist).get("history", []) if hist.exists() else []
         if _plot_training(history, ev, rep / "training.png"):
             img(f"{url}/training.png", "Training curve and held-out PSNR")
         if ev is not None:

@@ -33,7 +33,7 @@ from sceneforge.core.cameras import Cameras
 from sceneforge.core.image_io import write_image_atomic
 from sceneforge.core.meshes import Mesh
 from sceneforge.core.raster import Shading, render_view
-from sceneforge.report import _read_json, _table
+from sceneforge.core.report_html import html_table, read_run_json
 
 from .body_model import BodyModel
 from .detections import PoseDetections, read_detections
@@ -160,7 +160,7 @@ def write_fit_overlays(
         pass
     det = None
     try:
-        all_names = _read_json(out / _STAGES_FILE)["frames"]["files"]
+        all_names = read_run_json(out / _STAGES_FILE)["frames"]["files"]
         det = read_detections(out / _DETECTIONS).subset([all_names.index(n) for n in names])
     except (OSError, KeyError, TypeError, ValueError):
         det = None  # no keypoints to draw: the body alone
@@ -261,8 +261,8 @@ def write_capture_report(out_dir: str | Path) -> Path:
     out = Path(out_dir)
     if not (out / _SUMMARY).is_file():
         raise FileNotFoundError(f"{out / _SUMMARY}: no such file; {out} is no finished capture")
-    s = _read_json(out / _SUMMARY)
-    stages = _read_json(out / _STAGES_FILE) if (out / _STAGES_FILE).is_file() else {}
+    s = read_run_json(out / _SUMMARY)
+    stages = read_run_json(out / _STAGES_FILE) if (out / _STAGES_FILE).is_file() else {}
     used, dropped = s.get("frames_used") or [], s.get("frames_dropped") or {}
     focal = _fmt(s.get("focal_px"), " px", 1)
     focal += " (guessed from the default field of view)" if s.get("focal_guessed") else " (given)"
@@ -287,12 +287,12 @@ def write_capture_report(out_dir: str | Path) -> Path:
         ("held-out PSNR, person", _fmt(s.get("heldout_person_psnr"), " dB")),
         ("held-out PSNR, whole frame", _fmt(s.get("heldout_psnr"), " dB")),
     ]
-    parts = ["<h1>sceneforge human capture</h1>", '<h2 id="summary">Summary</h2>', _table(rows)]
+    parts = ["<h1>sceneforge human capture</h1>", '<h2 id="summary">Summary</h2>', html_table(rows)]
     parts.append('<h2 id="frames">Frames</h2>')
     parts.append(f"<p>Used ({len(used)}): {esc(', '.join(used)) or 'none'}.</p>")
     if dropped:
         parts.append(f"<p>Dropped ({len(dropped)}):</p>")
-        parts.append(_table(list(dropped.items())))
+        parts.append(html_table(list(dropped.items())))
     else:
         parts.append("<p>Dropped: none.</p>")
     notes = s.get("notes") or []
@@ -303,7 +303,7 @@ def write_capture_report(out_dir: str | Path) -> Path:
     if stages:
         parts.append('<h2 id="stages">Stages</h2>')
         parts.append(
-            _table(
+            html_table(
                 [
                     (k, f"{stages[k].get('seconds', math.nan):.1f} s")
                     for k in _STAGES
