@@ -235,9 +235,7 @@ def evaluate_capture(run, video: HumanVideo, new_poses, minutes: float) -> list[
     (rendered on the person's box: the metric's pixels and a margin)."""
     body, fit = run.body, run.fit
     kept = run.kept  # kept[k] = extracted frame index = synthetic training frame index
-    with torch.no_grad():
-        verts = body(fit.pose.to(body.dtype), fit.shape.to(body.dtype), fit.transl.to(body.dtype))
-        verts = verts.vertices.double()
+    verts = fit.bodies(body).vertices.double()
     images = run.frames.permute(0, 3, 1, 2).float() / 255
     masks = None if run.detections.masks is None else run.detections.masks[kept]
     n = len(kept)
@@ -343,9 +341,7 @@ def render_rows(model, video: HumanVideo, args, work: Path) -> list[dict]:
 def capture_fit_row(run, video: HumanVideo, summary: dict) -> dict:
     """MPJPE of the capture's own body fit (its detector's keypoints, the shape fitted)."""
     body, fit = run.body, run.fit
-    with torch.no_grad():
-        out = body(fit.pose.to(body.dtype), fit.shape.to(body.dtype), fit.transl.to(body.dtype))
-    kp3, ids = body.keypoints(out)
+    kp3, ids = body.keypoints(fit.bodies(body))
     gt3 = video.train.keypoints_3d[run.kept].double()
     gt = transform_points(capture_frame(video), gt3.reshape(-1, 3)).reshape(gt3.shape)
     hips = [ids.index(23), ids.index(24)]

@@ -61,9 +61,7 @@ def scene_box(
 ) -> torch.Tensor:
     """``[2, 3]`` world box holding the fitted bodies (+ 20 % of their size), the camera and its
     frustum up to ``depth_factor`` times the person's median distance."""
-    with torch.no_grad():
-        v = body(fit.pose.to(body.dtype), fit.shape.to(body.dtype), fit.transl.to(body.dtype))
-        verts = v.vertices.double().reshape(-1, 3)
+    verts = fit.bodies(body).vertices.double().reshape(-1, 3)
     lo, hi = verts.amin(0), verts.amax(0)
     pad = 0.2 * (hi - lo).max()
     dist = float(fit.transl[:, 2].median().clamp_min(0.1))  # the world is the camera's frame
@@ -222,12 +220,7 @@ def new_pose_sequence(
 
 def body_center(body: BodyModel, fit: FitResult, frame: int) -> torch.Tensor:
     """Centre of the fitted body's bounding box at kept frame ``frame``."""
-    with torch.no_grad():
-        v = body(
-            fit.pose[frame : frame + 1].to(body.dtype),
-            fit.shape.to(body.dtype),
-            fit.transl[frame : frame + 1].to(body.dtype),
-        ).vertices[0]
+    v = fit.bodies(body, slice(frame, frame + 1)).vertices[0]
     return ((v.amin(0) + v.amax(0)) / 2).double()
 
 

@@ -109,12 +109,7 @@ def overlay_fit(
     tint = torch.tensor(TINT, dtype=torch.float32)
     radius = max(1, round(min(h, w) / 200))
     for f in range(len(imgs)):
-        with torch.no_grad():
-            verts = body(
-                fit.pose[f : f + 1].to(body.dtype),
-                fit.shape.to(body.dtype),
-                fit.transl[f : f + 1].to(body.dtype),
-            ).vertices[0]
+        verts = fit.bodies(body, slice(f, f + 1)).vertices[0]
         mesh = Mesh(verts.double(), faces, vertex_colors=tint.expand(verts.shape[0], 3))
         out = render_view(mesh, camera, 0, shading=Shading(mode="lambert"))
         cover = (out.face >= 0).numpy()

@@ -168,6 +168,14 @@ class FitResult:
     def __len__(self) -> int:
         return self.pose.shape[0]
 
+    @torch.no_grad()
+    def bodies(self, model: BodyModel, frames: slice | list[int] | None = None):
+        """``model`` posed with the fitted parameters of ``frames`` (default: every frame), in
+        the model's dtype, without grad (:class:`~.body_model.BodyOutput`)."""
+        sel = slice(None) if frames is None else frames
+        dt = model.dtype
+        return model(self.pose[sel].to(dt), self.shape.to(dt), self.transl[sel].to(dt))
+
 
 # ----------------------------------------------------------------------------- small ops
 
