@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -37,11 +36,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
 from _sections import replace_section
 
 from sceneforge.core.synthetic import turntable_scene
-from sceneforge.fields.distributed import ENV_VARS
+from sceneforge.fields.distributed import ENV_VARS, spawn_local
 from sceneforge.fields.encodings import TriPlaneConfig
 from sceneforge.fields.field import FieldConfig
 from sceneforge.fields.nerf_model import NerfConfig
@@ -105,14 +103,7 @@ def train_timed(steps: int, batch_rays: int, views: int, size: int) -> dict:
     }
 
 
-def _rank(rank: int, world: int, port: int, args: tuple, out: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+def _rank(rank: int, args: tuple, out: str) -> None:
     try:
         res = train_timed(*args)
     except Exception as e:  # reported by the parent
@@ -122,21 +113,8 @@ def _rank(rank: int, world: int, port: int, args: tuple, out: str) -> None:
 
 def run_ranks(world: int, args: tuple, timeout_s: float) -> list[dict]:
     """``train_timed(*args)`` on ``world`` spawned gloo ranks; every rank's result."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        procs = [ctx.Process(target=_rank, args=(r, world, port, args, tmp)) for r in range(world)]
-        for p in procs:
-            p.start()
-        deadline = time.monotonic() + timeout_s
-        for p in procs:
-            p.join(max(deadline - time.monotonic(), 1))
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
+        spawn_local(_rank, world, (args, tmp), timeout_s)
         out = []
         for r in range(world):
             f = Path(tmp) / f"rank{r}.pt"

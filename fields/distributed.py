@@ -452,6 +452,51 @@ def from_env(device: str = "auto", timeout_s: float = 1800.0) -> DistContext:
     return DistContext(rank, world, local, backend, dev, timeout_s)
 
 
+def _local_rank(target: Callable, rank: int, world: int, port: int, args: tuple) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    target(rank, *args)
+
+
+def spawn_local(
+    target: Callable, world: int, args: tuple = (), timeout_s: float = 600.0
+) -> list[int | None]:
+    """Run ``target(rank, *args)`` (a picklable top-level function) in ``world`` new processes
+    with torchrun's environment on this machine (``MASTER_ADDR`` 127.0.0.1, a free port): what
+    tests and benchmarks start instead of the ``torchrun`` command. Waits ``timeout_s`` in all,
+    then kills the ranks still running; returns each rank's exit code (None: killed)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_local_rank, args=(target, r, world, port, args)) for r in range(world)
+    ]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+        p.join(max(deadline - time.monotonic(), 1))
+    codes: list[int | None] = []
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+            codes.append(None)
+        else:
+            codes.append(p.exitcode)
+    return codes
+
+
 __all__ = [
     "ENV_VARS",
     "SHARD_DRAWS",
@@ -465,5 +510,6 @@ __all__ = [
     "shard",
     "skip_draws",
     "slice_batch",
+    "spawn_local",
     "split_bounds",
 ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from fields_analytic import sphere_scene
 
 from sceneforge.fields.api import TrainConfig, train, train_hooks
@@ -27,6 +25,7 @@ from sceneforge.fields.distributed import (
     from_env,
     shard,
     skip_draws,
+    spawn_local,
     split_bounds,
 )
 from sceneforge.fields.encodings import TriPlaneConfig
@@ -121,14 +120,7 @@ def _die_at_step_4(tr) -> None:
         os._exit(3)  # a rank killed mid-run: no cleanup, its sockets just close
 
 
-def _rank_main(rank: int, world: int, port: int, job: str, tmp: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+def _rank_main(rank: int, job: str, tmp: str) -> None:
     torch.set_num_threads(1)
     tmp_dir, result = Path(tmp), {}
     try:
@@ -163,35 +155,16 @@ def _rank_main(rank: int, world: int, port: int, job: str, tmp: str) -> None:
             dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ranks(job: str, tmp: Path, world: int = 2, timeout_s: float = 240) -> list[dict]:
     """Start ``world`` rank processes (spawn) for ``job`` and return each one's result; a
     rank that exits without one gives ``{"exitcode": code}``."""
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [
-        ctx.Process(target=_rank_main, args=(r, world, port, job, str(tmp))) for r in range(world)
-    ]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + timeout_s
-    for p in procs:
-        p.join(max(deadline - time.monotonic(), 1))
-    hung = [r for r, p in enumerate(procs) if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
+    codes = spawn_local(_rank_main, world, (job, str(tmp)), timeout_s)
+    hung = [r for r, c in enumerate(codes) if c is None]
     assert not hung, f"ranks {hung} of job {job!r} still running after {timeout_s} s"
     out = []
-    for r, p in enumerate(procs):
+    for r, code in enumerate(codes):
         f = tmp / f"result_{job}_{r}.json"
-        out.append(json.loads(f.read_text()) if f.is_file() else {"exitcode": p.exitcode})
+        out.append(json.loads(f.read_text()) if f.is_file() else {"exitcode": code})
     return out
 
 

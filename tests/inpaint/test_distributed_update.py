@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from sceneforge.core.diffusion import GridConfig
-from sceneforge.fields.distributed import ENV_VARS, SINGLE, DistContext
+from sceneforge.fields.distributed import ENV_VARS, SINGLE, DistContext, spawn_local
 from sceneforge.fields.encodings import TriPlaneConfig
 from sceneforge.fields.field import FieldConfig
 from sceneforge.fields.nerf_model import NerfConfig
@@ -89,14 +87,7 @@ def _update(model: str, out: Path | None) -> dict:
     }
 
 
-def _rank_main(rank: int, world: int, port: int, model: str, tmp: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+def _rank_main(rank: int, model: str, tmp: str) -> None:
     torch.set_num_threads(1)
     tmp_dir = Path(tmp)
     try:
@@ -111,12 +102,6 @@ def _rank_main(rank: int, world: int, port: int, model: str, tmp: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tiny_sd_path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dp_update")
@@ -125,24 +110,11 @@ def runs(tiny_sd_path, tmp_path_factory):
     t0 = time.perf_counter()
     torch.set_num_threads(1)
     single = _update(str(tiny_sd_path), tmp / "single")
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [
-        ctx.Process(target=_rank_main, args=(r, 2, port, str(tiny_sd_path), str(tmp)))
-        for r in range(2)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(240)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
+    codes = spawn_local(_rank_main, 2, (str(tiny_sd_path), str(tmp)), timeout_s=480)
     ranks = []
-    for r, p in enumerate(procs):
+    for r, code in enumerate(codes):
         f = tmp / f"rank{r}.pt"
-        assert f.is_file(), f"rank {r} exited with {p.exitcode} and no result"
+        assert f.is_file(), f"rank {r} exited with {code} and no result"
         ranks.append(torch.load(f, weights_only=False))
         assert "error" not in ranks[-1], ranks[-1]
     print(f"one process + two ranks: {time.perf_counter() - t0:.1f} s")
