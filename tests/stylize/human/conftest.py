@@ -73,3 +73,19 @@ def anny_model():
     model = AnnyModel(dtype=torch.float64)
     print(f"anny ready in {time.perf_counter() - start:.1f} s (built: {model.build_seconds:.1f} s)")
     return model
+
+
+@pytest.fixture(scope="session")
+def body_dir(tmp_path_factory):
+    """The tiny SMPL-format body with 10 cm octahedra (visible at 32 px), rigidly skinned, no
+    correctives: what the human4d field and capture tests train on."""
+    arrays = tiny_smpl_arrays()
+    joints = arrays["v_template"].reshape(24, 6, 3).mean(1)
+    octa = arrays["v_template"].reshape(24, 6, 3) - joints[:, None]
+    arrays["v_template"] = (joints[:, None] + octa * (0.1 / 0.03)).reshape(-1, 3)
+    arrays["weights"] = np.repeat(np.eye(24), 6, axis=0)
+    arrays["posedirs"] = np.zeros_like(arrays["posedirs"])
+    arrays["shapedirs"] = np.zeros_like(arrays["shapedirs"])
+    folder = tmp_path_factory.mktemp("body")
+    np.savez(folder / "SMPL_NEUTRAL.npz", **arrays)
+    return folder

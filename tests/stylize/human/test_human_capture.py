@@ -12,7 +12,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_smpl_arrays
 from PIL import Image
 
 from sceneforge.cli import main
@@ -43,21 +42,6 @@ def _cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SCENEFORGE_CACHE", str(tmp_path_factory.mktemp("cache")))
         yield
-
-
-@pytest.fixture(scope="module")
-def body_dir(tmp_path_factory):
-    """The tiny SMPL-format body with 10 cm octahedra (visible at 32 px), rigidly skinned."""
-    arrays = tiny_smpl_arrays()
-    joints = arrays["v_template"].reshape(24, 6, 3).mean(1)
-    octa = arrays["v_template"].reshape(24, 6, 3) - joints[:, None]
-    arrays["v_template"] = (joints[:, None] + octa * (0.1 / 0.03)).reshape(-1, 3)
-    arrays["weights"] = np.repeat(np.eye(24), 6, axis=0)
-    arrays["posedirs"] = np.zeros_like(arrays["posedirs"])
-    arrays["shapedirs"] = np.zeros_like(arrays["shapedirs"])
-    folder = tmp_path_factory.mktemp("body")
-    np.savez(folder / "SMPL_NEUTRAL.npz", **arrays)
-    return folder
 
 
 @pytest.fixture(scope="module")

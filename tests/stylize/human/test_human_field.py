@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_smpl_arrays
 
 from sceneforge.core.cameras import Cameras
 from sceneforge.core.meshes import Mesh
@@ -38,21 +37,6 @@ def _pose(angle: float) -> torch.Tensor:
     pose[SHOULDER, 2] = angle  # about z: raises the +x arm
     pose[ELBOW, 2] = -0.5 * angle  # and bends the forearm back towards the horizontal
     return pose
-
-
-@pytest.fixture(scope="module")
-def body_dir(tmp_path_factory):
-    """A tiny SMPL-format body with 10 cm octahedra, rigidly skinned, no correctives."""
-    arrays = tiny_smpl_arrays()
-    joints = arrays["v_template"].reshape(24, 6, 3).mean(1)
-    octa = arrays["v_template"].reshape(24, 6, 3) - joints[:, None]
-    arrays["v_template"] = (joints[:, None] + octa * (0.1 / 0.03)).reshape(-1, 3)
-    arrays["weights"] = np.repeat(np.eye(24), 6, axis=0)
-    arrays["posedirs"] = np.zeros_like(arrays["posedirs"])
-    arrays["shapedirs"] = np.zeros_like(arrays["shapedirs"])
-    folder = tmp_path_factory.mktemp("body")
-    np.savez(folder / "SMPL_NEUTRAL.npz", **arrays)
-    return folder
 
 
 def _camera(n: int) -> Cameras:
