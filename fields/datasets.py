@@ -437,6 +437,40 @@ class RayDataset:
             self._usable_at(p),
         )
 
+    def sample_views(self, k: int, generator: torch.Generator) -> RayBatch:
+        """``k`` distinct whole training views as a ``k``-patch batch (``k`` = 1:
+        :meth:`sample_view`, the same draw); several views need one image size."""
+        if k == 1:
+            return self.sample_view(generator)
+        usable = (self._usable > 0).double()
+        n_usable = int((usable > 0).sum())
+        if k < 1 or k > n_usable:
+            raise ValueError(
+                f"{k} views per step, but {n_usable} training views have usable pixels: "
+                "lower --trainer.views-per-step"
+            )
+        if len(set(self.shapes)) > 1:
+            raise ValueError(
+                f"{k} views per step need training views of one size; these have "
+                f"{len(set(self.shapes))} sizes (e.g. {sorted(set(self.shapes))[:3]}): use "
+                "--trainer.views-per-step 1 (one process) or --trainer.batch patches"
+            )
+        views = torch.multinomial(usable, k, replacement=False, generator=generator)
+        h, w = self.shapes[int(views[0])]
+        p = torch.cat([torch.arange(int(self.offsets[j]), int(self.offsets[j + 1])) for j in views])
+        rays = [self.rays(int(j)) for j in views]
+        zero = torch.zeros(k, dtype=torch.long)
+        return RayBatch(
+            torch.cat([r[0] for r in rays]),
+            torch.cat([r[1] for r in rays]),
+            self._rgb8[p].float() / 255.0,
+            views.repeat_interleave(h * w),
+            p,
+            torch.cat([r[2] for r in rays]),
+            PatchLayout(views, zero, zero, h, w),
+            self._usable_at(p),
+        )
+
     def border_color(self) -> Float[Tensor, " 3"]:
         """Median colour of the usable border pixels of all images (background initialisation);
         read from the ``uint8`` pixels in place (no per-view float copies)."""

@@ -29,11 +29,13 @@ How a step is shared (:class:`DistContext`):
 A rank that dies makes the others' next collective fail; the failure is re-raised as a
 :class:`DistributedError` naming the rank (gloo notices a closed peer at once; otherwise
 ``trainer.dist_timeout_s`` bounds the wait). Models whose per-row randomness is known
-(:data:`SHARD_DRAWS`) train data-parallel; others are refused with a clear error, and so is
-``batch images`` (one whole view per step: nothing to split).
+(:data:`SHARD_DRAWS`) train data-parallel; others are refused with a clear error.
 
-Gaussians train data-parallel on ``batch patches`` (whole patches per rank): the gradients are
-summed as above, and the densification statistics (2D-mean gradients and radii of every view of
+Whole-view batches (``batch images``, the Gaussians' default) hold ``views_per_step`` distinct
+views, by default one per rank: under N ranks a step draws N views and each rank renders one
+(as gsplat's multi-GPU trainer: the global batch grows with the ranks), so the run equals one
+process with ``--trainer.views-per-step N``. Gaussians also train on ``batch patches`` (whole
+patches per rank). Either way the gradients are summed as above, and the densification statistics (2D-mean gradients and radii of every view of
 the step) are gathered from every rank in rank order (:meth:`DistContext.gather_rows`), so every
 rank's strategy (default or MCMC) sees the global batch's numbers, decides the same with the
 same generator, and the Gaussian sets stay identical without copying them.
@@ -137,8 +139,9 @@ def shard(batch: RayBatch, rank: int, world: int) -> Shard:
     unit = 1 if batch.patches is None else batch.patches.height * batch.patches.width
     if n // unit < world:
         raise DistributedError(
-            f"a batch of {n // unit} {'rays' if unit == 1 else 'patches'} cannot be split over "
-            f"{world} ranks: raise --trainer.batch-rays"
+            f"a batch of {n // unit} {'rays' if unit == 1 else 'patches or views'} cannot be "
+            f"split over {world} ranks: raise --trainer.batch-rays (rays, patches) or "
+            "--trainer.views-per-step (whole views)"
         )
     start, stop = split_bounds(n // unit, world)[rank]
     rows = slice(start * unit, stop * unit)
@@ -208,8 +211,9 @@ class DistContext:
         self.comm["seconds"] = self.comm.get("seconds", 0.0) + time.perf_counter() - t0
         self.comm["calls"] = self.comm.get("calls", 0.0) + 1
 
-    def check_model(self, model: str, batch_kind: str) -> None:
-        """Refuse (clear error) a model or batch kind that cannot train data-parallel."""
+    def check_model(self, model: str, batch_kind: str, views_per_step: int = 0) -> None:
+        """Refuse (clear error) a model, or a whole-view batch too small to split, that cannot
+        train data-parallel (``views_per_step`` 0: one view per rank)."""
         if not self.active:
             return
         if model not in SHARD_DRAWS:
@@ -217,11 +221,10 @@ class DistContext:
                 f"the {model!r} model does not train data-parallel yet (supported: "
                 f"{', '.join(sorted(SHARD_DRAWS))}); run it as one process"
             )
-        if batch_kind == "images":
-            other = "patches" if model == "gaussians" else "rays or patches"
+        if batch_kind == "images" and 0 < views_per_step < self.world_size:
             raise DistributedError(
-                "batch 'images' (one whole view per step) cannot be split over ranks: use "
-                f"--trainer.batch {other}"
+                f"--trainer.views-per-step {views_per_step} whole views cannot be split over "
+                f"{self.world_size} ranks: use at least {self.world_size} (or 0: one per rank)"
             )
 
     def shard(self, batch: RayBatch) -> Shard:
@@ -380,6 +383,18 @@ class DistContext:
             dist.destroy_process_group()
 
 
+def finish_command(ok: bool) -> None:
+    """End of a command under torchrun: the ranks meet (``ok``) and leave the process group (a
+    rank that exits while another still reports made gloo abort that one at exit)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if ok:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def _to_cpu(x):
     """``x`` with its tensors (also inside dicts, lists and tuples) moved to the CPU."""
     if isinstance(x, Tensor):
@@ -503,6 +518,7 @@ __all__ = [
     "SINGLE",
     "DistContext",
     "DistributedError",
+    "finish_command",
     "Shard",
     "env_world",
     "from_env",

@@ -150,7 +150,7 @@ class Trainer:
             self.photometric = "l1-ssim" if self.model.batch_kind == "images" else "mse"
         self.camera_opt = camopt.camera_optimizer(cfg, scene, self.train_indices, self.device)
         self.optimizer = self._make_optimizer()
-        self.dist.check_model(cfg.model, self._batch_kind())
+        self.dist.check_model(cfg.model, self._batch_kind(), cfg.views_per_step)
         self.model.dist = self.dist  # Gaussians gather their densification statistics
         self.step = 0
         self.wall_s = 0.0
@@ -305,7 +305,8 @@ class Trainer:
             n = max(1, cfg.batch_rays // (cfg.patch_size * cfg.patch_size))
             return self.dataset.sample_patches(n, cfg.patch_size, self.generator)
         if kind == "images":
-            return self.dataset.sample_view(self.generator)
+            views = cfg.views_per_step or self.dist.world_size
+            return self.dataset.sample_views(views, self.generator)
         return self.dataset.sample(cfg.batch_rays, self.generator)
 
     def train_step(self) -> dict[str, float]:

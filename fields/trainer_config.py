@@ -35,6 +35,9 @@ class TrainerConfig:
     batch: Literal["auto", "rays", "patches", "images"] = "auto"
     """Independent rays, whole ``patch_size`` patches, or one whole training view per step;
     ``auto`` = what the model needs (rays for NeRF, images for Gaussians)."""
+    views_per_step: int = 0
+    """Whole views per step with ``batch images`` (distinct views of one size); 0 = one per
+    process: 1, or N under ``torchrun`` with N ranks (each rank renders one view)."""
     photometric: Literal["auto", "mse", "l1-ssim"] = "auto"
     """Photometric loss: squared error, or 3DGS's ``(1 - ssim_lambda) L1 + ssim_lambda
     (1 - SSIM)`` on patch / view batches; ``auto``: l1-ssim for models trained on whole views

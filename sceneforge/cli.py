@@ -82,13 +82,21 @@ def main(argv: list[str] | None = None) -> int:
         prog=f"sceneforge {name}",
         config=(tyro.conf.PositionalMetavarFromFieldName,),
     )
+    ok = False
     try:
-        return int(cmd.run() or 0)
+        code = int(cmd.run() or 0)
+        ok = True
+        return code
     except Exception as e:
         if not _user_facing(e) or os.environ.get("SCENEFORGE_DEBUG"):
             raise
         print(f"sceneforge {name}: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # under torchrun
+            from sceneforge.fields.distributed import finish_command
+
+            finish_command(ok)
 
 
 def command_class(name: str) -> type:

@@ -40,6 +40,13 @@ def _cell(value) -> str:
     return str(value)
 
 
+def _main_rank() -> bool:
+    """Whether this process reports results (not a torchrun rank other than 0)."""
+    from sceneforge.fields.distributed import env_world
+
+    return env_world()[0] == 0
+
+
 def table(values: dict, keys: tuple[str, ...] | None = None) -> str:
     """Results as ``name  value`` rows (``keys``, those present, in order; default: every
     number and string), instead of a dict repr."""
@@ -244,6 +251,8 @@ class Train:
         from sceneforge.fields.api import train
 
         result = train(self.scene_dir, self.out_dir, self.config)
+        if not _main_rank():  # torchrun: rank 0 reports for all ranks
+            return 0
         keys = ("psnr", "ssim", "psnr_cc", "ssim_cc", "psnr_masked", "ssim_masked")
         keys += ("num_eval_images", "num_train_images", "steps", "train_s", "model", "device")
         print(table(result, keys))
@@ -393,7 +402,8 @@ class Complete:
 
         with stack:
             summary = complete(self.run_dir, self.out_dir, cfg, progress=progress)
-        (log or print)(table(summary))
+        if _main_rank():  # torchrun: rank 0 reports for all ranks
+            (log or print)(table(summary))
         return 0
 
 

@@ -70,10 +70,13 @@ def tiny_config(**kw) -> TrainerConfig:
     return cfg
 
 
-def gaussians_config(strategy: str) -> TrainConfig:
-    """Gaussians on 8x8 patches (3 per step: 2 on rank 0, 1 on rank 1), refining every 2 steps
-    from step 1 with a low growth threshold, so that the set changes in the first steps."""
+def gaussians_config(strategy: str, views_per_step: int | None = None) -> TrainConfig:
+    """Gaussians on 8x8 patches (3 per step: 2 on rank 0, 1 on rank 1), or (``views_per_step``
+    given) on whole views, the default batch; refining every 2 steps from step 1 with a low
+    growth threshold, so that the set changes in the first steps."""
     cfg = tiny_config(model="gaussians", batch="patches", patch_size=8, batch_rays=192)
+    if views_per_step is not None:
+        cfg.batch, cfg.views_per_step = "auto", views_per_step
     cfg.checkpoint_every = 0
     cfg.gaussians = GaussiansConfig(
         num_random=300,
@@ -140,6 +143,9 @@ def _rank_main(rank: int, job: str, tmp: str) -> None:
             for strategy in ("default", "mcmc"):
                 out = tmp_dir / (f"gs_{strategy}" if rank == 0 else f"gs_{strategy}_rank1")
                 train(None, out, gaussians_config(strategy), scene=scene())
+            # whole views, the default batch: one view per rank
+            out = tmp_dir / ("gs_views" if rank == 0 else "gs_views_rank1")
+            train(None, out, gaussians_config("default", views_per_step=0), scene=scene())
         elif job == "die":
             with train_hooks((1, _die_at_step_4)):
                 train(None, tmp_dir / "die", run_config(40, checkpoint_every=2), scene=scene())
@@ -211,7 +217,7 @@ def test_patch_batches_split_on_whole_patches():
     p = shard(b, 1, 2)
     assert p.rows == slice(8, 12) and p.batch.patches.view.tolist() == [2]
     assert torch.equal(p.batch.rgb, b.rgb[8:12])
-    with pytest.raises(DistributedError, match="3 patches cannot be split over 4 ranks"):
+    with pytest.raises(DistributedError, match="3 patches or views cannot be split over 4 ranks"):
         shard(b, 0, 4)
 
 
@@ -239,13 +245,13 @@ def test_models_that_cannot_be_split_are_refused_under_torchrun():
     two = DistContext(rank=1, world_size=2, backend="gloo")
     with pytest.raises(DistributedError, match="'splats' model does not train data-parallel"):
         two.check_model("splats", "patches")
-    with pytest.raises(DistributedError, match="batch 'images'.*--trainer.batch patches"):
-        two.check_model("gaussians", "images")
-    with pytest.raises(DistributedError, match="batch 'images'"):
-        two.check_model("nerf", "images")
+    with pytest.raises(DistributedError, match="views-per-step 1 whole views cannot be split"):
+        two.check_model("gaussians", "images", 1)
+    two.check_model("gaussians", "images")  # 0: one view per rank
+    two.check_model("nerf", "images", 2)
     two.check_model("nerf", "patches")
     two.check_model("gaussians", "patches")
-    DistContext().check_model("gaussians", "images")  # one process: anything goes
+    DistContext().check_model("gaussians", "images", 1)  # one process: anything goes
 
 
 # -- two gloo ranks -------------------------------------------------------------------------
@@ -313,8 +319,10 @@ def test_ranks_that_start_from_different_checkpoints_stop(runs):
     assert read_checkpoint(tmp / "single" / "checkpoint.pt")["step"] == STEPS  # untouched
 
 
-@pytest.mark.parametrize("strategy", ["default", "mcmc"])
+@pytest.mark.parametrize("strategy", ["default", "mcmc", "views"])
 def test_two_ranks_train_and_densify_gaussians_as_one_process(gaussian_runs, strategy):
+    """Patch batches (both strategies) and whole views (``views``: default strategy, one view
+    per rank against one process with two views per step)."""
     tmp = gaussian_runs
     dp, one = model_params(tmp / f"gs_{strategy}"), model_params(tmp / f"gs_{strategy}_single")
     n = one["params.means"].shape[0]
@@ -346,6 +354,7 @@ def gaussian_runs(tmp_path_factory):
     t0 = time.perf_counter()
     for strategy in ("default", "mcmc"):
         train(None, tmp / f"gs_{strategy}_single", gaussians_config(strategy), scene=scene())
+    train(None, tmp / "gs_views_single", gaussians_config("default", 2), scene=scene())
     for r in run_ranks("gaussians", tmp):
         assert "error" not in r and "exitcode" not in r, r
     print(f"gaussians, one process + two ranks: {time.perf_counter() - t0:.1f} s")
@@ -364,19 +373,62 @@ def test_a_dead_rank_stops_the_others_and_keeps_the_last_checkpoint(tmp_path):
     assert not list((tmp_path / "die").glob("*.tmp*"))
 
 
+def _cli_train(launcher: list[str], scene_dir: Path, run: Path, *extra: str) -> list[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher]
+    cmd += ["-m", "sceneforge.cli", "train", str(scene_dir), str(run), "--max-steps", "3"]
+    cmd += ["--device", "cpu", "--trainer.no-progress", "--trainer.no-tensorboard"]
+    cmd += ["--trainer.batch-rays", "128", "--trainer.num-threads", "1", "--no-save-eval-images"]
+    return cmd + list(extra)
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    env.update(OMP_NUM_THREADS="1")
+    return env
+
+
 def test_cli_train_under_torchrun(tmp_path):
     from sceneforge.core.io import save_scene
 
     scene_dir = save_scene(scene(), tmp_path / "scene", "colmap")
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "sceneforge.cli", "train", str(scene_dir), str(run), "--max-steps", "3"]
-    cmd += ["--device", "cpu", "--trainer.no-progress", "--trainer.no-tensorboard"]
-    cmd += ["--trainer.batch-rays", "128", "--trainer.num-threads", "1", "--no-save-eval-images"]
-    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
-    env.update(OMP_NUM_THREADS="1")
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    cmd = _cli_train(["--standalone", "--nproc_per_node", "2"], scene_dir, run)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_clean_env())
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     ev = json.loads((run / "eval.json").read_text())
     assert ev["steps"] == 3 and ev["model"] == "nerf"
     assert read_checkpoint(run / "checkpoint.pt")["world_size"] == 2
+    assert p.stdout.count("wrote ") == 1, p.stdout  # rank 0 alone prints the results
+
+
+def test_cli_gaussians_on_two_nodes_with_the_readme_rendezvous_flags(tmp_path):
+    """Two torchrun launchers (``--nnodes 2``, one process each, c10d rendezvous on this
+    machine as the README's two-machine command): Gaussians on whole views, one per node."""
+    import socket
+
+    from sceneforge.core.io import save_scene
+
+    scene_dir = save_scene(scene(), tmp_path / "scene", "colmap")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    procs = []
+    for node in (0, 1):
+        launcher = ["--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1"]
+        launcher += ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}"]
+        launcher += ["--rdzv_id", "test_two_nodes"]
+        cmd = _cli_train(launcher, scene_dir, run, "--model", "gaussians")
+        cmd += ["--trainer.scene-box", "bounded"]
+        procs.append(
+            subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_clean_env()
+            )
+        )
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
+    assert sum(o.count("wrote ") for o in outs) == 1  # rank 0 alone reports
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["steps"] == 3 and ev["model"] == "gaussians"
+    state = read_checkpoint(run / "checkpoint.pt")
+    assert state["world_size"] == 2

@@ -119,6 +119,29 @@ def test_batches_equal_the_per_pixel_formulas(ds_factor):
         assert torch.allclose(dj, d[ds.pixel_range(j)], atol=1e-6)
 
 
+def test_several_whole_views_per_step():
+    scene = sphere_scene(n_views=6, size=12)
+    ds = RayDataset(scene, [0, 1, 2, 3, 4], 1)
+    g = torch.Generator().manual_seed(4)
+    one = ds.sample_views(1, g)
+    assert torch.equal(one.pixel_idx, ds.sample_view(torch.Generator().manual_seed(4)).pixel_idx)
+    b = ds.sample_views(3, g)
+    views = b.patches.view.tolist()
+    assert len(set(views)) == 3 and b.rgb.shape == (3 * 144, 3)
+    for k, j in enumerate(views):
+        rows = slice(k * 144, (k + 1) * 144)
+        o, d, _ = ds.rays(j)
+        r = ds.pixel_range(j)
+        assert torch.equal(b.pixel_idx[rows], torch.arange(r.start, r.stop))
+        assert torch.allclose(b.directions[rows], d) and torch.allclose(b.origins[rows], o)
+        assert bool((b.image_idx[rows] == j).all())
+    with pytest.raises(ValueError, match="6 views per step, but 5 training views"):
+        ds.sample_views(6, g)
+    mixed = RayDataset(mixed_scene(), [0, 1, 2, 3], 1)
+    with pytest.raises(ValueError, match="need training views of one size"):
+        mixed.sample_views(2, g)
+
+
 def test_masked_sampling_matches_a_per_pixel_pool():
     scene = mixed_scene(masks=True)
     idx = [0, 1, 2, 3]
