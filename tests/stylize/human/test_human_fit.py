@@ -21,10 +21,7 @@ from sceneforge.core.cameras import Cameras
 from sceneforge.core.rotations import angle_axis_to_matrix
 from sceneforge.stylize.human.fit import (
     FitConfig,
-    _active_joints,
-    _Body,
     _check_inputs,
-    _hinges,
     fit_body,
     hinge_penalty,
     mask_loss,
@@ -34,6 +31,7 @@ from sceneforge.stylize.human.fit import (
     to_landmarks,
     write_fit,
 )
+from sceneforge.stylize.human.fit_kinematics import KinematicBody, active_joints, hinge_frames
 from sceneforge.stylize.human.metrics import mpjpe, pa_mpjpe, procrustes_align
 from sceneforge.stylize.human.synthetic import HumanVideoConfig, make_human_video
 
@@ -245,8 +243,8 @@ def test_reduced_kinematics_match_the_model(anny_case):
     cfg = FitConfig()
     prob = _check_inputs(model, lm.double(), conf.double(), cams[[0, 1]], None, cfg)
     weights = model.canonical(model.default_shape())[2]
-    active = _active_joints(model, prob.lm_ids, weights)
-    body = _Body(model, prob, active, False, weights, 300)
+    active = active_joints(model, prob.lm_ids, weights)
+    body = KinematicBody(model, prob, active, False, weights, 300)
     shape = model.default_shape().double() + 0.1
     body.linearise(shape, jacobian=False)
     g = torch.Generator().manual_seed(0)
@@ -270,10 +268,10 @@ def test_hinge_prior(anny_case):
     lm, conf = to_landmarks(kp2[:1], video.keypoint_ids)
     prob = _check_inputs(model, lm.double(), conf.double(), cams[[0]], None, FitConfig())
     weights = model.canonical(model.default_shape())[2]
-    active = _active_joints(model, prob.lm_ids, weights)
-    body = _Body(model, prob, active, False, weights, 10)
+    active = active_joints(model, prob.lm_ids, weights)
+    body = KinematicBody(model, prob, active, False, weights, 10)
     body.linearise(model.default_shape().double())
-    joints, axes, rest = _hinges(model, body, prob.lm_ids, active)
+    joints, axes, rest = hinge_frames(model, body, prob.lm_ids, active)
     names = [model.joint_names[j] for j in joints]
     assert names == ["lowerleg01.L", "lowerarm01.L", "lowerleg01.R", "lowerarm01.R"], names
     assert float(rest[0]) == 0.0 and float(rest[1]) > 0.5  # anny's elbows are bent at rest
