@@ -35,6 +35,7 @@ from sceneforge.core.run_files import (
     EVAL_DIR,
     FRAMES_DIR,
     HISTORY,
+    HUMAN_STAGES,
     RENDER_INFO,
     SOURCE,
     VIDEO,
@@ -156,6 +157,14 @@ def scene_source(run_dir: str | Path) -> Path:
     run = Path(run_dir)
     src = run / SOURCE
     if not src.is_file():
+        for capture in (run, run.parent):
+            if (capture / HUMAN_STAGES).is_file():
+                raise CheckpointError(
+                    f"{capture} is a `sceneforge human` capture (its scene is built from the "
+                    "video, the fit and the camera): run `sceneforge human VIDEO "
+                    f"{capture}` again with other render options (finished stages are kept), "
+                    "or load it in Python with sceneforge.stylize.human.capture_run.load_capture"
+                )
         raise CheckpointError(f"{src}: missing; pass the scene explicitly")
     try:
         rec = json.loads(src.read_text())

@@ -127,16 +127,16 @@ class LPIPS:
 
 
 def find_trained_run(run_dir: str | Path) -> Path:
-    """The folder holding the checkpoint: ``RUN_DIR`` itself, or the ``field/`` stage of a
-    ``sceneforge run`` output folder."""
+    """The folder holding the checkpoint: ``RUN_DIR`` itself, the ``field/`` stage of a
+    ``sceneforge run`` output folder, or the ``train/`` stage of a ``sceneforge human`` one."""
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: run folder not found")
     if (run / run_files.CHECKPOINT).is_file():
         return run
-    field = run / run_files.FIELD_DIR
-    if (field / run_files.CHECKPOINT).is_file():
-        return field
+    for stage in (run_files.FIELD_DIR, run_files.HUMAN_TRAIN_DIR):  # run / human capture
+        if (run / stage / run_files.CHECKPOINT).is_file():
+            return run / stage
     raise FileNotFoundError(
         f"{run}: no {run_files.CHECKPOINT} (not a trained run; `sceneforge train` or "
         "`sceneforge run` writes one)"
@@ -178,7 +178,8 @@ def evaluate_run(
         for k, i in enumerate(idx):
             name = scene.image_names[i]
             gt = downscale_image(scene.load_image(i), ds)
-            pred = trainer.render_camera(scene.cameras, i, downscale=ds)["rgb"].cpu()
+            opts = trainer.model.view_options(i)  # e.g. a human4d image's own frame
+            pred = trainer.render_camera(scene.cameras, i, downscale=ds, **opts)["rgb"].cpu()
             if pred.shape != gt.shape:
                 raise EvalError(
                     f"{name}: render {tuple(pred.shape)} and photo {tuple(gt.shape)} differ in "

@@ -125,3 +125,10 @@ DEMO_SUMMARY = "demo.json"
 
 #: The ``--mask-box`` string the viewer's box control writes (run or scene folder).
 MASK_BOX = "mask_box.txt"
+
+# -- a 4D human capture (``sceneforge human VIDEO OUT``)
+
+#: Per stage its key, seconds and results (frames, detections, fit, scene, train, render).
+HUMAN_STAGES = "human_stages.json"
+#: The capture's trained ``human4d`` run (checkpoint, config, history), inside ``OUT``.
+HUMAN_TRAIN_DIR = "train"

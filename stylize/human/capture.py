@@ -54,7 +54,7 @@ import torch
 from sceneforge.core.atomic import atomic_dir, atomic_write_json
 from sceneforge.core.cameras import Cameras
 from sceneforge.core.progress import RunLog
-from sceneforge.core.run_files import CHECKPOINT, LOG_FILE
+from sceneforge.core.run_files import CHECKPOINT, HUMAN_STAGES, HUMAN_TRAIN_DIR, LOG_FILE
 
 from .body_model import MEDIAPIPE_POSE_LANDMARKS, BodyModel
 from .capture_config import HumanCaptureConfig, HumanTrainConfig
@@ -74,12 +74,12 @@ from .fit import TORSO, FitConfig, fit_body, read_fit, write_fit
 from .motions import MOTIONS
 
 #: Names inside ``OUT`` (a human capture's output folder).
-STAGES_FILE = "human_stages.json"
+STAGES_FILE = HUMAN_STAGES
 FRAMES_DIR = "frames"
 DETECTIONS = "detections.npz"
 FIT = "fit.json"
 SCENE = "scene.json"
-TRAIN_DIR = "train"
+TRAIN_DIR = HUMAN_TRAIN_DIR
 #: Inside ``TRAIN_DIR``: the key of the scene and settings the checkpoint was trained with.
 TRAIN_INPUTS = "capture_inputs.json"
 RENDERS_DIR = "renders"

@@ -411,3 +411,18 @@ def test_report_escapes_text(tmp_path):
     assert "guessed" in text and "No fit overlays" in text and "No renders" in text
     with pytest.raises(FileNotFoundError, match="human.json"):
         write_capture_report(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("verb", ["eval", "render"])
+def test_run_verbs_name_a_human_capture(captured, verb, capsys, tmp_path):
+    """``sceneforge eval / render`` on a capture (or its train folder) say what it is and how
+    to render it, instead of a missing source.json."""
+    from sceneforge.cli import main
+
+    out = captured[0]
+    for target in (out, out / "train"):
+        args = [verb, str(target)] + ([str(tmp_path / "r")] if verb == "render" else [])
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert f"{out} is a `sceneforge human` capture" in err, err
+        assert "load_capture" in err
