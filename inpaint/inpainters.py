@@ -33,7 +33,13 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from sceneforge.core.cameras import Cameras, pixel_centers, transform_points, unproject
+from sceneforge.core.cameras import (
+    Cameras,
+    pixel_centers,
+    pixel_to_grid,
+    transform_points,
+    unproject,
+)
 from sceneforge.core.torch_state import torch_threads
 
 
@@ -380,7 +386,7 @@ def _sample_sources(
     d_s = depth[sidx, yi, xi].to(torch.float64)
     w_pix = weight[sidx, yi, xi].to(torch.float64)
     # colour: bilinear over the source's usable pixels only
-    grid = torch.stack([u / w * 2 - 1, v / h * 2 - 1], -1).float()[:, :, None]  # S M 1 2
+    grid = pixel_to_grid(torch.stack([u, v], -1), h, w).float()[:, :, None]  # S M 1 2
     wimg = (weight[src] > 0).float()
     stack = torch.cat([rgb[src].float() * wimg[..., None], wimg[..., None]], -1)
     smp = torch.nn.functional.grid_sample(
@@ -457,7 +463,7 @@ def depth_scale_from_photoconsistency(
             uv, z = cs.project(pts)
             u, v = uv[..., 0], uv[..., 1]
             inside = (z > 1e-9) & (u > 0) & (v > 0) & (u < w) & (v < h)
-            grid = torch.stack([u / w * 2 - 1, v / h * 2 - 1], -1).float()[:, :, None]
+            grid = pixel_to_grid(torch.stack([u, v], -1), h, w).float()[:, :, None]
             smp = torch.nn.functional.grid_sample(
                 stack[src], grid, mode="bilinear", align_corners=False
             )[..., 0].permute(0, 2, 1)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from sceneforge.core.cameras import pixel_to_grid
 from sceneforge.recon.features import parallel_workers
 from sceneforge.recon.tracks import Tracks
 
@@ -111,7 +112,7 @@ def gaussian_blur(img: Float[Tensor, "H W"], sigma: float) -> Float[Tensor, "H W
 def sample(img: Float[Tensor, "H W"], xy: Float[Tensor, "B K 2"]) -> Float[Tensor, "B K"]:
     """Bilinear samples of ``img`` at COLMAP-convention pixel positions (border-clamped)."""
     h, w = img.shape
-    return _grid_sample(img, torch.stack([xy[..., 0] / w * 2 - 1, xy[..., 1] / h * 2 - 1], dim=-1))
+    return _grid_sample(img, pixel_to_grid(xy, h, w))
 
 
 def _grid_sample(img: Float[Tensor, "H W"], grid: Float[Tensor, "B K 2"]) -> Float[Tensor, "B K"]:

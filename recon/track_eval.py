@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from sceneforge.core.cameras import Cameras, transform_points, unproject
+from sceneforge.core.cameras import Cameras, pixel_to_grid, transform_points, unproject
 from sceneforge.recon.epipolar import fundamental_from_poses, symmetric_epipolar_distance
 from sceneforge.recon.tracks import Tracks
 
@@ -24,7 +24,7 @@ from sceneforge.recon.tracks import Tracks
 def _sample(img: Tensor, xy: Tensor, mode: str = "bilinear") -> Tensor:
     """Samples of ``img`` (H W) at COLMAP pixel positions ``xy`` (K 2)."""
     h, w = img.shape
-    grid = torch.stack([xy[:, 0] / w * 2 - 1, xy[:, 1] / h * 2 - 1], dim=-1)
+    grid = pixel_to_grid(xy, h, w)
     out = F.grid_sample(
         img[None, None].float(),
         grid[None, None].float(),

@@ -379,6 +379,15 @@ def pixel_centers(
     return torch.stack([u, v], dim=-1)
 
 
+def pixel_to_grid(
+    xy: Float[Tensor, "*batch 2"], height: int, width: int
+) -> Float[Tensor, "*batch 2"]:
+    """COLMAP pixel positions ``(u, v)`` (image corner at 0, first centre at 0.5) to
+    ``grid_sample``'s normalised coordinates with ``align_corners=False`` (-1 and 1 at the
+    image's outer edges), so that sampling at :func:`pixel_centers` returns the pixels."""
+    return torch.stack([xy[..., 0] / width * 2 - 1, xy[..., 1] / height * 2 - 1], dim=-1)
+
+
 def undistort_image(
     image: Float[Tensor, "H W C"], model: str, params: Float[Tensor, " P"]
 ) -> tuple[Float[Tensor, "H W C"], Float[Tensor, "4"]]:
@@ -396,7 +405,7 @@ def undistort_image(
     xy = torch.stack([(grid[..., 0] - cx) / fx, (grid[..., 1] - cy) / fy], dim=-1)
     xy_d = distort(xy, dist.expand(h, w, 4))
     src = torch.stack([xy_d[..., 0] * fx + cx, xy_d[..., 1] * fy + cy], dim=-1)
-    norm = torch.stack([src[..., 0] / w * 2 - 1, src[..., 1] / h * 2 - 1], dim=-1)
+    norm = pixel_to_grid(src, h, w)
     out = F.grid_sample(
         image.permute(2, 0, 1)[None].to(norm.dtype),
         norm[None],

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from sceneforge.core.cameras import Cameras
+from sceneforge.core.cameras import Cameras, pixel_to_grid
 from sceneforge.core.meshes import Mesh
 from sceneforge.core.raster import Shading, cast_points, render_view, vertex_normals
 
@@ -47,7 +47,7 @@ class VertexColors:
 def _sample(image: Float[Tensor, "3 H W"], pix: Float[Tensor, "N 2"]) -> Float[Tensor, "N 3"]:
     """Bilinear samples at pixel positions (pixel centres at +0.5)."""
     h, w = image.shape[-2:]
-    grid = torch.stack([pix[:, 0] / w * 2 - 1, pix[:, 1] / h * 2 - 1], -1).float()
+    grid = pixel_to_grid(pix, h, w).float()
     out = F.grid_sample(image[None].float(), grid[None, None], align_corners=False)
     return out[0, :, 0].T
 

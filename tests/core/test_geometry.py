@@ -295,3 +295,19 @@ def test_undistorted_scene_resamples_onto_the_pinhole_camera():
     inner = (slice(6, h - 6), slice(6, w - 6))  # the border samples outside the capture
     assert float((got[inner] - want[inner]).abs().max()) < 0.05
     assert float((scene.load_image(0)[inner] - want[inner]).abs().max()) > 0.1  # it did move
+
+
+def test_pixel_to_grid_samples_pixel_centres_exactly():
+    h, w = 5, 7
+    img = torch.arange(h * w * 2, dtype=torch.float64).reshape(2, h, w)
+    grid = cam.pixel_to_grid(cam.pixel_centers(h, w, dtype=torch.float64), h, w)
+    out = torch.nn.functional.grid_sample(img[None], grid[None], align_corners=False)
+    torch.testing.assert_close(out[0], img)
+    # corners of the image are the grid's edges; half a pixel right of a centre: the mean
+    corners = torch.tensor([[0.0, 0.0], [w, h]], dtype=torch.float64)
+    torch.testing.assert_close(
+        cam.pixel_to_grid(corners, h, w), torch.tensor([[-1.0, -1], [1, 1]]).double()
+    )
+    mid = cam.pixel_to_grid(torch.tensor([[[2.0, 1.5]]], dtype=torch.float64), h, w)
+    got = torch.nn.functional.grid_sample(img[None], mid[None], align_corners=False)[0, :, 0, 0]
+    torch.testing.assert_close(got, (img[:, 1, 1] + img[:, 1, 2]) / 2)
