@@ -44,6 +44,25 @@ SYNTHETIC = ("orbit", "forward", "walk", "handheld")
 OURS = {"sceneforge": "opencv", "sceneforge-colmap-sift": "pycolmap"}
 
 
+def pycolmap_poses(rec) -> dict[str, torch.Tensor]:
+    """``{image name: cam_from_world [3, 4] float64}`` of a pycolmap reconstruction's
+    registered images (pycolmap's ``xyzw`` quaternions converted)."""
+    import numpy as np
+
+    from sceneforge.core.conventions import quat_xyzw_to_wxyz
+    from sceneforge.core.rotations import quat_wxyz_to_matrix
+
+    poses = {}
+    for img in rec.images.values():
+        if not img.has_pose:
+            continue
+        pose = img.cam_from_world()
+        q = quat_xyzw_to_wxyz(torch.as_tensor(np.asarray(pose.rotation.quat), dtype=torch.float64))
+        t = torch.as_tensor(np.asarray(pose.translation), dtype=torch.float64)
+        poses[img.name] = torch.cat([quat_wxyz_to_matrix(q), t[:, None]], 1)
+    return poses
+
+
 def auc_with_missing(
     est: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], names: list[str]
 ) -> dict[str, float]:
@@ -206,9 +225,6 @@ def run_ours(images: Path, out: Path, max_image_size: int, sift_backend: str) ->
 def run_colmap(images: Path, work: Path, max_image_size: int, max_features: int) -> dict:
     import pycolmap
 
-    from sceneforge.core.conventions import quat_xyzw_to_wxyz
-    from sceneforge.core.rotations import quat_wxyz_to_matrix
-
     work.mkdir(parents=True, exist_ok=True)
     db = work / "database.db"
     t0, c0 = time.perf_counter(), cpu_seconds()
@@ -244,14 +260,7 @@ def run_colmap(images: Path, work: Path, max_image_size: int, max_features: int)
             "cpu_s": cpu,
         }
     rec = max(recs.values(), key=lambda r: r.num_reg_images())
-    poses = {}
-    for img in rec.images.values():
-        if not img.has_pose:
-            continue
-        pose = img.cam_from_world()
-        q = quat_xyzw_to_wxyz(torch.as_tensor(np.asarray(pose.rotation.quat), dtype=torch.float64))
-        t = torch.as_tensor(np.asarray(pose.translation), dtype=torch.float64)
-        poses[img.name] = torch.cat([quat_wxyz_to_matrix(q), t[:, None]], 1)
+    poses = pycolmap_poses(rec)
     return {
         "registered": rec.num_reg_images(),
         "poses": poses,

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from sceneforge.core import run_files
 from sceneforge.core.timing import cpu_seconds
+from sceneforge.recon.retrieval import PairSelectionConfig, resolve_method
 from sceneforge.recon.sfm import Reconstruction, SfMConfig, reconstruct_from_tracks
 from sceneforge.recon.sfm_error import SfMError
 
@@ -49,6 +50,13 @@ class ReconstructConfig:
     sequential_overlap: int = 3
     """With ``sequential``: following images matched with each image (otherwise 1), so that one
     blurred or poorly matched frame does not break the chain of matches along the video."""
+    pair_selection: PairSelectionConfig = field(
+        default_factory=lambda: PairSelectionConfig(method="auto")
+    )
+    """Which image pairs are matched. ``auto``: the query frames above up to
+    ``exhaustive_max_images`` (100) images; beyond, ``sequential`` (each frame with its next
+    ``overlap`` frames + loop-closure candidates by retrieval) with ``sequential``, else
+    ``retrieval`` (each image with its ``retrieval_neighbors`` most similar images by VLAD)."""
     retrack_on_doubt: bool = True
     """When the global poses cannot be trusted (see :attr:`IncrementalConfig.min_rotation_inliers`)
     or the reconstruction fails, track again with every image as a query frame (all pairs
@@ -332,8 +340,12 @@ def reconstruct(
             matching=MatchingConfig(method="auto"),
             num_query_frames=cfg.num_query_frames,
             neighbor_frames=nbr,
+            pair_selection=replace(
+                cfg.pair_selection, ordered=bool(cfg.sequential) or cfg.pair_selection.ordered
+            ),
         )
-        if cfg.sequential:
+        pair_method = resolve_method(tcfg.pair_selection, len(images))
+        if cfg.sequential and pair_method == "query":
             log(f"sequential matching: every image also with its next {nbr} image(s)")
         mask_list = masks if any(m is not None for m in masks) else None
         with _tracking_threads(cfg):
@@ -351,7 +363,10 @@ def reconstruct(
             status.update(f"[bold]sfm: {msg}")
             log(msg)
 
-        some_pairs = 0 < cfg.num_query_frames < len(images)  # not every pair matched yet
+        if pair_method == "query":  # not every pair matched yet
+            some_pairs = 0 < cfg.num_query_frames < len(images)
+        else:
+            some_pairs = pair_method != "exhaustive"
         retrack = some_pairs and cfg.retrack_on_doubt and len(images) <= cfg.retrack_max_images
         first: Reconstruction | None = None
         try:
@@ -368,7 +383,12 @@ def reconstruct(
             t0 = time.perf_counter()
             with _tracking_threads(cfg):
                 # every pair: also the frames farther apart than the sequential overlap
-                tcfg = replace(tcfg, num_query_frames=0, max_frame_distance=None)
+                tcfg = replace(
+                    tcfg,
+                    num_query_frames=0,
+                    max_frame_distance=None,
+                    pair_selection=replace(tcfg.pair_selection, method="query"),
+                )
                 tracks = build_tracks(images, tcfg, mask_list, log=log, features=feats)
             timings["retrack_s"] = time.perf_counter() - t0
             status.update("[bold]structure from motion")
@@ -417,6 +437,7 @@ def reconstruct(
         "query_frames": tracks.info.get("query_frames"),
         "num_pairs": tracks.info.get("num_pairs"),
     }
+    summary["pair_selection"] = tracks.info.get("pair_selection")
     atomic_write_json(out_dir / run_files.SFM_SUMMARY, summary, default=str)
     log(
         f"[green]registered {summary['num_registered']}/{summary['num_images']} images, "

@@ -38,6 +38,7 @@ from sceneforge.recon.refine import (
     TrackRefiner,
     default_search_levels,
 )
+from sceneforge.recon.retrieval import PairSelectionConfig, select_image_pairs
 from sceneforge.recon.tracks import Tracks, merge_matches
 
 
@@ -62,6 +63,11 @@ class TracksConfig:
     otherwise be split into pairs: with no track through three images there, the relative
     scale of the camera motion on either side is not fixed (measured: the 24-view indoor walk,
     whose query frames are 3-4 frames apart, fell into two scale groups; 1 links them)."""
+    pair_selection: PairSelectionConfig = field(default_factory=PairSelectionConfig)
+    """Which pairs are matched: ``query`` (default) = the query frames and neighbour frames
+    above; ``exhaustive`` / ``sequential`` / ``retrieval`` (or ``auto`` above its
+    ``exhaustive_max_images``) = the list of :func:`select_image_pairs` instead, every frame
+    then a query frame (each track anchored in its best-connected frame)."""
     refine_enabled: bool = True
     """Run the sub-pixel refinement."""
     min_track_length: int = 2
@@ -205,9 +211,20 @@ def build_tracks(
     )
 
     t0 = time.perf_counter()
-    nq = frames.n if config.num_query_frames <= 0 else config.num_query_frames
-    queries = select_query_frames(frames.n, nq)
-    pairs = query_pairs(frames.n, queries, config.max_frame_distance, config.neighbor_frames)
+    selection = select_image_pairs([f.descriptors for f in feats], config.pair_selection)
+    if selection.pairs is None:
+        nq = frames.n if config.num_query_frames <= 0 else config.num_query_frames
+        queries = select_query_frames(frames.n, nq)
+        pairs = query_pairs(frames.n, queries, config.max_frame_distance, config.neighbor_frames)
+    else:
+        queries = list(range(frames.n))
+        pairs = [(int(i), int(j)) for i, j in selection.pairs.tolist()]
+        log(
+            f"pairs: {selection.method}, {len(pairs)} of {frames.n * (frames.n - 1) // 2} "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
+    timings["pair_selection_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     pair_matches = {p: (m.idx, m.scores) for p, m in matcher.match_pairs(feats, pairs).items()}
     timings["matching_s"] = time.perf_counter() - t0
     log(
@@ -237,6 +254,7 @@ def build_tracks(
         matcher=config.matching.method,
         query_frames=queries,
         num_pairs=len(pairs),
+        pair_selection=selection.info,
         image_names=frames.names,
         **timings,
     )
