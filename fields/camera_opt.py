@@ -19,10 +19,15 @@ a correction that is exactly zero at zero parameters", so with refinement on, st
 exactly the unrefined rays. An L2 regulariser (``camera_opt_weight * mean |params|^2``) keeps
 the corrections small and pins the gauge (a global drift of all cameras).
 
-Held-out views get no correction (they have no parameters; nerfstudio does the same): they
-are rendered with their input poses in the world frame of the input cameras, which the
-regulariser keeps the refined training cameras anchored to. Refined training cameras are
-exported with :meth:`CameraOptimizer.refined_cameras` and written into the run
+Held-out views get no correction of their own (they have no parameters). The field is learned
+in the frame of the *refined* training cameras, which may drift from the input frame by a
+global similarity (the gauge; the regulariser only damps it), so held-out cameras are mapped
+into that frame before rendering (:func:`eval_cameras`, as BARF / nerfstudio-style
+evaluations): by the Sim(3) that aligns the reference training cameras (by default the input
+ones; a benchmark with ground truth sets :attr:`CameraOptimizer.align_reference` to the true
+ones) onto the refined ones, fitted on the camera centres and on points at the scene's depth on
+the optical axes (:func:`~sceneforge.core.metrics.sim3_cameras_to_cameras`). Refined training
+cameras are exported with :meth:`CameraOptimizer.refined_cameras` and written into the run
 (:data:`REFINED_CAMERAS`).
 """
 
@@ -37,6 +42,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from sceneforge.core.cameras import MODEL_PARAMS, Cameras, compose_rigid, invert_rigid
+from sceneforge.core.metrics import sim3_cameras_to_cameras, transform_cameras_sim3
 from sceneforge.core.rotations import _sinc_and_cosc, angle_axis_to_matrix, skew
 from sceneforge.core.scene import SceneData
 
@@ -153,6 +159,9 @@ class CameraOptimizer(nn.Module):
         self.log_focal = nn.Parameter(torch.zeros(n)) if focal else None
         # float64: the rays' rotation is cast per batch (exact refined cameras in float64 tests)
         self.register_buffer("cam_rot", cameras.cam_from_world[:, :, :3].double().clone())
+        self.align_reference: Tensor | None = None
+        """``N 3 4`` training ``cam_from_world`` the held-out cameras' frame is aligned by
+        (:func:`eval_cameras`; None = the input cameras; not saved in checkpoints)."""
 
     def apply(
         self,
@@ -216,6 +225,40 @@ class CameraOptimizer(nn.Module):
         return out
 
 
+def scene_depth(scene: SceneData, indices: list[int]) -> float:
+    """A typical depth of the scene in cameras ``indices``: the median camera-z of the sparse
+    points in front of them, else the mean distance of their centres from their centroid."""
+    cfw = scene.cameras.cam_from_world[list(indices)].double()
+    if scene.points is not None and len(scene.points) > 0:
+        z = (cfw[:, None, 2, :3] * scene.points.double()[None]).sum(-1) + cfw[:, None, 2, 3]
+        z = z[z > 0]
+        if z.numel() > 0:
+            return float(z.median())
+    c = invert_rigid(cfw)[..., 3]
+    return max(float((c - c.mean(0)).norm(dim=-1).mean()), 1e-6)
+
+
+@torch.no_grad()
+def eval_cameras(trainer) -> Cameras:
+    """The scene's cameras for held-out rendering: unchanged without refinement; with it,
+    mapped into the refined training cameras' frame by the Sim(3) from the reference training
+    cameras (:attr:`CameraOptimizer.align_reference`, default the input ones) to the refined
+    ones (centres + optical-axis points at :func:`scene_depth`)."""
+    opt, scene = getattr(trainer, "camera_opt", None), trainer.scene
+    if opt is None or len(trainer.train_indices) < 3:  # < 3 centres: no Sim(3) to fit
+        return scene.cameras
+    idx = list(trainer.train_indices)
+    ref = opt.align_reference
+    ref = opt.input_cameras.cam_from_world if ref is None else ref.double().cpu()
+    s, R, t = sim3_cameras_to_cameras(
+        ref, opt.refined_cameras().cam_from_world, scene_depth(scene, idx)
+    )
+    if not all(bool(torch.isfinite(x).all()) for x in (s, R, t)):  # e.g. all centres equal
+        return scene.cameras
+    cfw = transform_cameras_sim3(scene.cameras.cam_from_world.double(), s, R, t)
+    return scene.cameras.with_poses(cfw.to(scene.cameras.cam_from_world))
+
+
 def real_capture_config(cfg, renders_rays: bool):
     """The effective settings of ``real_capture`` / ``camera_opt auto`` (see
     :class:`~sceneforge.fields.trainer_config.TrainerConfig`); idempotent."""
@@ -239,7 +282,12 @@ def heldout_protocol(cfg, has_appearance: bool) -> dict[str, str]:
     p = {
         "heldout_cameras": "input poses and intrinsics (no per-view refinement)"
         + (
-            "; training cameras refined (" + cfg.camera_opt + ")" if cfg.camera_opt != "off" else ""
+            "; training cameras refined ("
+            + cfg.camera_opt
+            + "), held-out poses mapped into their frame by the Sim(3) aligning the input "
+            "training cameras to the refined ones (centres and optical-axis points)"
+            if cfg.camera_opt != "off"
+            else ""
         ),
         "heldout_appearance": "mean training appearance" if has_appearance else "none",
     }
@@ -369,6 +417,8 @@ __all__ = [
     "CameraOptimizer",
     "camera_optimizer",
     "describe",
+    "eval_cameras",
+    "scene_depth",
     "load_state",
     "param_groups",
     "refine_batch",

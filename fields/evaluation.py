@@ -121,7 +121,10 @@ def evaluate_heldout(
     idx = trainer.eval_indices[:max_images] if max_images else trainer.eval_indices
     if not idx:
         raise ValueError("no held-out images to evaluate (holdout_every = 0 or too few images)")
+    from sceneforge.fields.camera_opt import eval_cameras
+
     model, scene, ds = trainer.model, trainer.scene, trainer.downscale
+    cams = eval_cameras(trainer)  # held-out poses in the refined cameras' frame (refinement)
     fit_steps = appearance_fit_steps if getattr(model, "has_appearance", False) else 0
     vals: dict[str, list[float]] = {}
     samples, rays = 0, 0
@@ -133,7 +136,7 @@ def evaluate_heldout(
         used = max(used, eds)
         gt = downscale_image(scene.load_image(i), eds)
         opts = model.view_options(i)
-        r = trainer.render_camera(scene.cameras, i, downscale=eds, **opts)
+        r = trainer.render_camera(cams, i, downscale=eds, **opts)
         pred = r["rgb"]
         eval_size = max(eval_size, (pred.shape[1], pred.shape[0]), key=lambda s: s[0] * s[1])
         m = scene.load_mask(i)
@@ -155,7 +158,7 @@ def evaluate_heldout(
             right = torch.zeros(pred.shape[:2], dtype=torch.bool)
             right[:, pred.shape[1] // 2 :] = True
             vals.setdefault("psnr_right_mean", []).append(psnr(pred, gt, right))
-            o, d, _ = scene.cameras.rays(i, downscale=eds)
+            o, d, _ = cams.rays(i, downscale=eds)
             left = ~right.reshape(-1)
             try:
                 model.fit_unseen_appearance(
@@ -166,7 +169,7 @@ def evaluate_heldout(
                     trainer.cfg.batch_rays,
                     seed=i,
                 )
-                fitted = trainer.render_camera(scene.cameras, i, downscale=eds, **opts)["rgb"]
+                fitted = trainer.render_camera(cams, i, downscale=eds, **opts)["rgb"]
             finally:
                 model.clear_unseen_appearance()
             fit = torch.where(right[..., None], fitted, pred)

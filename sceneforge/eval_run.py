@@ -152,6 +152,7 @@ def evaluate_run(
     from sceneforge.core.metrics import psnr, ssim
     from sceneforge.core.progress import RunLog
     from sceneforge.fields.api import load_trained
+    from sceneforge.fields.camera_opt import eval_cameras
     from sceneforge.fields.datasets import downscale_image, downscale_mask
     from sceneforge.fields.evaluation import color_correct
 
@@ -171,6 +172,8 @@ def evaluate_run(
     if cfg.max_images:
         idx = idx[: cfg.max_images]
     scene, ds = trainer.scene, cfg.downscale
+    # held-out poses in the refined training cameras' frame (camera refinement; else as given)
+    cams = eval_cameras(trainer)
     vals: dict[str, list[float]] = {}
     views = []
     rl = log if isinstance(log, RunLog) else RunLog(None, console=log)
@@ -179,7 +182,7 @@ def evaluate_run(
             name = scene.image_names[i]
             gt = downscale_image(scene.load_image(i), ds)
             opts = trainer.model.view_options(i)  # e.g. a human4d image's own frame
-            pred = trainer.render_camera(scene.cameras, i, downscale=ds, **opts)["rgb"].cpu()
+            pred = trainer.render_camera(cams, i, downscale=ds, **opts)["rgb"].cpu()
             if pred.shape != gt.shape:
                 raise EvalError(
                     f"{name}: render {tuple(pred.shape)} and photo {tuple(gt.shape)} differ in "

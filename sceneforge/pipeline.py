@@ -45,7 +45,10 @@ from sceneforge.report import STAGES, write_report
 
 
 def _default_train() -> TrainConfig:
-    return TrainConfig(trainer=TrainerConfig(use_masks=False, checkpoint_every=200))
+    # own photos: camera refinement and per-image colour transforms (TrainerConfig.real_capture;
+    # eval.json labels the held-out protocol)
+    trainer = TrainerConfig(use_masks=False, checkpoint_every=200, real_capture=True)
+    return TrainConfig(trainer=trainer)
 
 
 def _default_render() -> RenderConfig:
@@ -158,7 +161,7 @@ def run(
     stages = _Stages(out)
     images_dir, sizes, rcfg = _prepare_images(src, out, cfg, log)
     plan = make_plan(cfg, sizes, cfg.train.device or device)
-    matching = sfm_matching(rcfg, is_file)
+    matching = sfm_matching(rcfg, is_file, len(sizes))
     for line in plan.lines() + ["  " + matching["line"]]:
         log(line)
     atomic_write_json(out / run_files.PLAN, {**plan.to_dict(), "sfm_matching": matching})
@@ -339,19 +342,36 @@ def _prepare_images(
     return images, sizes, rcfg
 
 
-def sfm_matching(rcfg: ReconstructConfig, video: bool) -> dict:
+def sfm_matching(rcfg: ReconstructConfig, video: bool, num_images: int) -> dict:
     """Which image pairs the reconstruction matches (recorded in ``plan.json``), with a line
     for the log."""
+    from sceneforge.recon.retrieval import resolve_method
+
     seq = bool(rcfg.sequential)
     nbr = neighbor_frames(rcfg)
     nq = "every image" if rcfg.num_query_frames <= 0 else f"{rcfg.num_query_frames} query images"
-    if seq:
-        why = " (video frames, in order)" if video else ""
+    ps = dataclasses.replace(rcfg.pair_selection, ordered=seq or rcfg.pair_selection.ordered)
+    method = resolve_method(ps, num_images)
+    why = " (video frames, in order)" if video else ""
+    if method == "sequential":
+        line = (
+            f"sfm matching: sequential{why}, {num_images} images: each frame with its next "
+            f"{ps.overlap} + {ps.loop_neighbors} loop-closure candidates by retrieval"
+        )
+    elif method == "retrieval":
+        line = (
+            f"sfm matching: retrieval, {num_images} images: each image with its "
+            f"{ps.retrieval_neighbors} most similar (VLAD)"
+        )
+    elif method == "exhaustive":
+        line = f"sfm matching: exhaustive: every pair of the {num_images} images"
+    elif seq:
         line = f"sfm matching: sequential{why}: each frame with its next {nbr}, plus {nq}"
     else:
         line = f"sfm matching: unordered photos: {nq} with every image"
     return {
         "sequential": seq,
+        "pair_selection": method,
         "neighbor_frames": nbr,
         "num_query_frames": rcfg.num_query_frames,
         "video": video,

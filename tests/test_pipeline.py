@@ -245,3 +245,15 @@ def test_run_renders_auto_path_embeds_the_video_and_survives_a_move(demo_run, tm
     assert (tmp_path / "r" / "video.mp4").is_file()
     assert main(["eval", str(moved), "--max-images", "1", "--downscale", "8"]) == 0
     assert folder_to_show(moved) == moved / "field"
+
+
+def test_sfm_matching_names_the_pairs_above_the_exhaustive_limit():
+    from sceneforge.pipeline import sfm_matching
+    from sceneforge.recon.reconstruct import ReconstructConfig
+
+    video = ReconstructConfig(sequential=True)
+    small, large = sfm_matching(video, True, 40), sfm_matching(video, True, 400)
+    assert small["pair_selection"] == "query" and "plus" in small["line"]
+    assert large["pair_selection"] == "sequential" and "loop-closure" in large["line"]
+    photos = sfm_matching(ReconstructConfig(), False, 400)
+    assert photos["pair_selection"] == "retrieval" and "VLAD" in photos["line"]

@@ -54,11 +54,46 @@ def align_cameras_sim3(
     c_est = invert_rigid(cam_from_world_est)[..., 3]
     c_gt = invert_rigid(cam_from_world_gt)[..., 3]
     s, R, t = umeyama_sim3(c_est, c_gt)
-    # X_est = (R^T (X_gt - t)) / s ; cam = R_c X_est + t_c = (R_c R^T / s)(X_gt - t) + t_c
-    Rc, tc = cam_from_world_est[..., :3], cam_from_world_est[..., 3]
+    return transform_cameras_sim3(cam_from_world_est, s, R, t), (s, R, t)
+
+
+def transform_cameras_sim3(
+    cam_from_world: Float[Tensor, "N 3 4"],
+    s: Tensor,
+    R: Float[Tensor, "3 3"],
+    t: Float[Tensor, " 3"],
+) -> Float[Tensor, "N 3 4"]:
+    """The cameras expressed in the frame ``X' = s R X + t`` (metric ``cam_from_world``: the
+    camera-frame translation is scaled by ``s`` with the scene)."""
+    # X = (R^T (X' - t)) / s ; cam = R_c X + t_c = (R_c R^T / s)(X' - t) + t_c
+    Rc, tc = cam_from_world[..., :3], cam_from_world[..., 3]
+    R, t = R.to(Rc), t.to(Rc)
     R_new = Rc @ R.T
     t_new = tc * s - (R_new @ t[:, None])[..., 0]
-    return torch.cat([R_new, t_new[..., None]], dim=-1), (s, R, t)
+    return torch.cat([R_new, t_new[..., None]], dim=-1)
+
+
+def camera_axis_points(
+    cam_from_world: Float[Tensor, "N 3 4"], depth: float
+) -> Float[Tensor, "2N 3"]:
+    """Camera centres, then the points ``depth`` ahead of them on their optical axes."""
+    wfc = invert_rigid(cam_from_world)
+    return torch.cat([wfc[..., 3], wfc[..., 3] + depth * wfc[..., 2]], dim=0)
+
+
+def sim3_cameras_to_cameras(
+    cam_from_world_src: Float[Tensor, "N 3 4"],
+    cam_from_world_dst: Float[Tensor, "N 3 4"],
+    depth: float,
+) -> tuple[Tensor, Float[Tensor, "3 3"], Float[Tensor, " 3"]]:
+    """``(s, R, t)`` with ``X_dst ~= s R X_src + t``: Umeyama on the camera centres and the
+    points ``depth`` ahead on the optical axes (:func:`camera_axis_points`; ``depth`` in the
+    source frame, times the centres' Umeyama scale in the destination; float64). Unlike
+    centres alone it sees the orientations, and it weighs what the cameras see at the scene's
+    depth, where a turn about the centre and a sideways move of the camera nearly agree."""
+    src, dst = cam_from_world_src.double(), cam_from_world_dst.double()
+    s0, _, _ = umeyama_sim3(invert_rigid(src)[..., 3], invert_rigid(dst)[..., 3])
+    return umeyama_sim3(camera_axis_points(src, depth), camera_axis_points(dst, depth * float(s0)))
 
 
 def pose_errors_sim3(

@@ -1,21 +1,28 @@
 """Camera refinement while training (``fields.camera_opt``): exp maps and the ray transform
 (float64 gradchecks, zero init = the input rays exactly, agreement with the refined cameras),
-the trainer seam (optimizer group, exact resume, refined_cameras.json, eval.json labels) and,
-on a tiny synthetic scene with perturbed training poses, that refinement shrinks the pose
-error."""
+the trainer seam (optimizer group, exact resume, refined_cameras.json, eval.json labels), the
+held-out cameras' Sim(3) into the refined frame and, on a tiny synthetic scene with perturbed
+training poses, that refinement brings held-out PSNR within 0.5 dB of the true poses' and
+shrinks the pose error."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 from fields_analytic import sphere_scene
 
 from sceneforge.core.cameras import Cameras
-from sceneforge.core.metrics import pose_errors_sim3
+from sceneforge.core.metrics import (
+    pose_errors_sim3,
+    sim3_cameras_to_cameras,
+    transform_cameras_sim3,
+)
 from sceneforge.core.rotations import angle_axis_to_matrix, skew
+from sceneforge.core.synthetic import turntable_scene
 from sceneforge.fields import camera_opt as camopt
 from sceneforge.fields.camera_opt import (
     REFINED_CAMERAS,
@@ -234,25 +241,60 @@ def test_trainer_refines_resumes_exactly_and_writes_refined_cameras(scene, tmp_p
         )
 
 
-def _refine_run(scene, steps: int, mode: str, **kw) -> Trainer:
-    tr = Trainer(scene, _tiny(max_steps=steps, camera_opt=mode, **kw))
+def test_heldout_cameras_are_mapped_into_the_refined_frame(scene):
+    """A global similarity (gauge) between the reference and the refined training cameras is
+    recovered exactly and applied to every camera of the scene (held-out ones included)."""
+    s0 = torch.tensor(1.3, dtype=D)
+    R0 = angle_axis_to_matrix(torch.tensor([0.2, -0.1, 0.3], dtype=D))
+    t0 = torch.tensor([0.5, -0.2, 0.1], dtype=D)
+    true = scene.cameras.cam_from_world.double()
+    learned = transform_cameras_sim3(true, s0, R0, t0)  # the field's frame
+    idx = [i for i in range(len(scene)) if i % 8]
+    opt = CameraOptimizer("SO3xR3", scene.cameras[idx].with_poses(learned[idx]))
+    tr = SimpleNamespace(camera_opt=opt, scene=scene, train_indices=idx)
+    assert torch.equal(
+        camopt.eval_cameras(SimpleNamespace(camera_opt=None, scene=scene)).cam_from_world,
+        scene.cameras.cam_from_world,
+    )
+    # default reference = the input cameras = the refined ones (zero corrections): identity
+    torch.testing.assert_close(
+        camopt.eval_cameras(tr).cam_from_world.double(), true, atol=1e-5, rtol=0
+    )
+    opt.align_reference = true[idx]  # ground truth: the held-out view 0 lands in the frame
+    got = camopt.eval_cameras(tr).cam_from_world.double()
+    torch.testing.assert_close(got, learned.to(got.dtype), atol=1e-5, rtol=0)
+    s, R, t = sim3_cameras_to_cameras(true[idx], learned[idx], depth=3.0)
+    torch.testing.assert_close((s, R, t), (s0, R0, t0))
+
+
+def _turntable_run(scene, steps: int, **kw) -> Trainer:
+    cfg = _tiny(max_steps=steps, batch_rays=512, scene_box="bounded", use_masks=False, **kw)
+    tr = Trainer(scene, cfg)
     tr.train()
     return tr
 
 
-def test_refinement_shrinks_the_pose_error_of_perturbed_training_cameras():
-    """Training poses rotated by 3 degrees and moved by 0.08 (camera distance 3): after 300
-    steps the refined training cameras, Sim(3)-aligned to the true ones, are closer to them
-    than the perturbed inputs."""
-    true = sphere_scene(n_views=12, size=24)
-    bad = perturb_training_cameras(true, 3.0, 0.08)
-    tr = _refine_run(bad, 300, "SO3xR3")
+def test_refinement_recovers_heldout_psnr_of_perturbed_training_cameras():
+    """The issue's protocol, small: training poses rotated by 2 degrees and moved by 0.05; the
+    same 500 steps on the true cameras, the perturbed ones, and the perturbed ones refined (the
+    default learning rate and regulariser). Held-out views (true cameras, mapped into the
+    refined frame by the Sim(3) of the true onto the refined training cameras): the refined run
+    is within 0.5 dB of the true-pose run while the unrefined one is > 1 dB below it, and the
+    pose errors shrink."""
+    true = turntable_scene(num_views=16, size=32)
+    bad = perturb_training_cameras(true, 2.0, 0.05)
+    psnr_true = _turntable_run(true, 500).evaluate()["psnr"]
+    psnr_bad = _turntable_run(bad, 500).evaluate()["psnr"]
+    tr = _turntable_run(bad, 500, camera_opt="SO3xR3")
     idx = tr.train_indices
     gt = true.cameras.cam_from_world[idx]
+    tr.camera_opt.align_reference = gt
+    psnr_ref = tr.evaluate()["psnr"]
+    assert psnr_true - psnr_bad > 1.0, (psnr_true, psnr_bad)  # the perturbation matters
+    assert psnr_true - psnr_ref < 0.5, (psnr_true, psnr_ref)
     rot0, c0 = pose_errors_sim3(bad.cameras.cam_from_world[idx], gt)
     rot1, c1 = pose_errors_sim3(tr.camera_opt.refined_cameras().cam_from_world, gt)
-    assert rot0 == pytest.approx(3.0, abs=0.1)
-    assert rot1 < 0.8 * rot0, (rot0, rot1)
-    assert c1 < c0, (c0, c1)
-    # held-out views keep their input cameras (untouched by the perturbation and refinement)
+    assert rot0 == pytest.approx(2.0, abs=0.1)
+    assert rot1 < 0.8 * rot0 and c1 < 0.9 * c0, (rot0, rot1, c0, c1)
+    # held-out views are never perturbed
     assert all(i % 8 == 0 for i in tr.eval_indices)
