@@ -8,7 +8,9 @@ oversubscribed one they do not stretch with the load. Scenes: the synthetic 64x6
 (exact ground truth, 21 train / 3 held-out views), blowtorch (LLFF poses, downscaled, whole
 photos, contracted scene) and blowtorch-object (the same photos with the background outside
 the foreground masks set to black, a bounded box around the masks' visual hull and a mask
-loss: the object protocol of NeRD-style evaluations). Held-out metrics are reported raw (mean
+loss: the object protocol of NeRD-style evaluations); on request (``--scenes``) fern (posed
+by our SfM, 353x264) and room-1080p (a generated 1920x1080 hand-held capture trained at
+960x540). Held-out metrics are reported raw (mean
 appearance embedding) and colour-corrected (``cc``: per-image least-squares affine colour
 transform, see ``sceneforge.fields.evaluation``).
 
@@ -27,6 +29,7 @@ import json
 import os
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -225,11 +228,56 @@ def as_gaussians(scene, cfg: TrainerConfig) -> tuple:
     return scene, cfg
 
 
+def real_capture_config(**kw) -> TrainerConfig:
+    """``sceneforge train`` / ``run``'s trainer defaults for photos (whole images, the 1600-px
+    long-side cap, scene box auto), one thread, 1024 rays per step, and a learning-rate horizon
+    (``max_steps`` 5000) that a 10-minute CPU budget reaches, as for blowtorch."""
+    base = dict(max_steps=5000, batch_rays=1024, use_masks=False, progress=False)
+    return TrainerConfig(**{**base, "tensorboard": False, "num_threads": 1, **kw})
+
+
+def fern_setup(cache: Path) -> tuple:
+    """LLFF fern (20 photos, 706x529, no poses in the data): posed by our SfM
+    (``sceneforge reconstruct``'s defaults; cached in ``cache``), trained at downscale 2
+    (353x264, the size ``sceneforge run`` plans for it)."""
+    from sceneforge.core.io import load_scene
+    from sceneforge.recon.reconstruct import ReconstructConfig, reconstruct
+
+    out = cache / "fern_sfm"
+    if not (out / "summary.json").is_file():
+        reconstruct(DATA / "scenes" / "fern" / "images", out, ReconstructConfig(progress=False))
+    return load_scene(out), real_capture_config(downscale=2)
+
+
+def room_1080p_setup(cache: Path, views: int = 24) -> tuple:
+    """A generated hand-held capture of a room (``views`` 1920x1080 renders of the
+    ``handheld`` rig of benchmarks/sfm.py without motion blur, exact cameras; rendered once
+    into ``cache``, ~20 s per view), trained at the default long-side cap (960x540)."""
+    from sceneforge.core.io import load_scene, save_scene
+    from sceneforge.core.synthetic import SyntheticSceneConfig, make_scene
+
+    out = cache / f"room_1080p_{views}"
+    if not (out / "sparse").is_dir():
+        gen = SyntheticSceneConfig(
+            scene="room", rig="handheld", num_views=views, width=1920, height=1080,
+            fov_deg=70.0, num_objects=20, seed=0,
+        )  # fmt: skip
+        tmp = cache / f".room_1080p_{views}.partial"
+        save_scene(make_scene(gen), tmp, "colmap")
+        tmp.rename(out)
+    return load_scene(out), real_capture_config()
+
+
 SETUPS = {
     "synthetic": lambda args: synthetic_setup(),
     "blowtorch": lambda args: blowtorch_setup(args.blowtorch_downscale),
     "blowtorch-object": lambda args: blowtorch_object_setup(args.blowtorch_downscale),
+    "fern": lambda args: fern_setup(args.cache),
+    "room-1080p": lambda args: room_1080p_setup(args.cache),
 }
+DEFAULT_SCENES = ("synthetic", "blowtorch", "blowtorch-object")
+"""What a run without ``--scenes`` measures (fern: SfM first; room-1080p: ~8 minutes of
+rendering the first time)."""
 
 
 def apply_override(cfg: TrainerConfig, item: str) -> None:
@@ -262,9 +310,11 @@ def apply_override(cfg: TrainerConfig, item: str) -> None:
 def run_scene(name: str, args: argparse.Namespace) -> list[dict]:
     """Set up and run one scene (also in a worker process with ``--jobs``)."""
     torch.set_num_threads(args.threads)
-    if name.startswith("blowtorch") and not (DATA / "scenes" / "blowtorch").is_dir():
-        print(f"skip {name}: {DATA / 'scenes' / 'blowtorch'} not found", file=sys.stderr)
+    data = {"blowtorch": "blowtorch", "blowtorch-object": "blowtorch", "fern": "fern"}
+    if name in data and not (DATA / "scenes" / data[name]).is_dir():
+        print(f"skip {name}: {DATA / 'scenes' / data[name]} not found", file=sys.stderr)
         return []
+    args.cache.mkdir(parents=True, exist_ok=True)
     scene, cfg, *prepare = SETUPS[name](args)
     if args.model == "gaussians":
         scene, cfg = as_gaussians(scene, cfg)
@@ -277,7 +327,13 @@ def run_scene(name: str, args: argparse.Namespace) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budgets", type=float, nargs="+", default=[120, 300, 600])
-    ap.add_argument("--scenes", nargs="+", default=list(SETUPS), help=", ".join(SETUPS))
+    ap.add_argument("--scenes", nargs="+", default=list(DEFAULT_SCENES), help=", ".join(SETUPS))
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "sceneforge_bench_fields",
+        help="fern's SfM and the generated room-1080p capture, made once",
+    )
     ap.add_argument(
         "--jobs",
         type=int,
