@@ -421,21 +421,7 @@ class RayDataset:
         """One whole training view (uniformly among those with usable pixels) as a one-patch
         batch; its pixels outside the masks have ``valid`` False."""
         usable = (self._usable > 0).double()
-        j = int(torch.multinomial(usable, 1, generator=generator))
-        h, w = self.shapes[j]
-        p = torch.arange(int(self.offsets[j]), int(self.offsets[j + 1]))
-        zero = torch.zeros(1, dtype=torch.long)
-        o, d, z = self.rays(j)
-        return RayBatch(
-            o,
-            d,
-            self._rgb8[p].float() / 255.0,
-            torch.full_like(p, j),
-            p,
-            z,
-            PatchLayout(torch.tensor([j]), zero, zero, h, w),
-            self._usable_at(p),
-        )
+        return self._views_batch(torch.multinomial(usable, 1, generator=generator))
 
     def sample_views(self, k: int, generator: torch.Generator) -> RayBatch:
         """``k`` distinct whole training views as a ``k``-patch batch (``k`` = 1:
@@ -455,11 +441,16 @@ class RayDataset:
                 f"{len(set(self.shapes))} sizes (e.g. {sorted(set(self.shapes))[:3]}): use "
                 "--trainer.views-per-step 1 (one process) or --trainer.batch patches"
             )
-        views = torch.multinomial(usable, k, replacement=False, generator=generator)
+        return self._views_batch(
+            torch.multinomial(usable, k, replacement=False, generator=generator)
+        )
+
+    def _views_batch(self, views: Int[Tensor, " V"]) -> RayBatch:
+        """Training views ``views`` (of one size) whole, as a ``V``-patch batch."""
         h, w = self.shapes[int(views[0])]
         p = torch.cat([torch.arange(int(self.offsets[j]), int(self.offsets[j + 1])) for j in views])
         rays = [self.rays(int(j)) for j in views]
-        zero = torch.zeros(k, dtype=torch.long)
+        zero = torch.zeros(len(views), dtype=torch.long)
         return RayBatch(
             torch.cat([r[0] for r in rays]),
             torch.cat([r[1] for r in rays]),

@@ -277,6 +277,13 @@ def neighbor_frames(cfg: ReconstructConfig) -> int:
     return cfg.sequential_overlap
 
 
+def pair_selection(cfg: ReconstructConfig) -> PairSelectionConfig:
+    """The pair selection a reconstruction with ``cfg`` uses: ``sequential`` marks the
+    images as frames in capture order."""
+    ps = cfg.pair_selection
+    return replace(ps, ordered=bool(cfg.sequential) or ps.ordered)
+
+
 def reconstruct(
     images_dir: str | Path,
     out_dir: str | Path,
@@ -340,9 +347,7 @@ def reconstruct(
             matching=MatchingConfig(method="auto"),
             num_query_frames=cfg.num_query_frames,
             neighbor_frames=nbr,
-            pair_selection=replace(
-                cfg.pair_selection, ordered=bool(cfg.sequential) or cfg.pair_selection.ordered
-            ),
+            pair_selection=pair_selection(cfg),
         )
         pair_method = resolve_method(tcfg.pair_selection, len(images))
         if cfg.sequential and pair_method == "query":

@@ -349,12 +349,13 @@ def _prepare_images(
 def sfm_matching(rcfg: ReconstructConfig, video: bool, num_images: int) -> dict:
     """Which image pairs the reconstruction matches (recorded in ``plan.json``), with a line
     for the log."""
+    from sceneforge.recon.reconstruct import pair_selection
     from sceneforge.recon.retrieval import resolve_method
 
     seq = bool(rcfg.sequential)
     nbr = neighbor_frames(rcfg)
     nq = "every image" if rcfg.num_query_frames <= 0 else f"{rcfg.num_query_frames} query images"
-    ps = dataclasses.replace(rcfg.pair_selection, ordered=seq or rcfg.pair_selection.ordered)
+    ps = pair_selection(rcfg)
     method = resolve_method(ps, num_images)
     why = " (video frames, in order)" if video else ""
     if method == "sequential":
