@@ -1,10 +1,17 @@
 """SfM at scale (issue 25): our reconstruction with pair selection vs pycolmap at 100-1,000
 images of a generated walk with exact cameras.
 
-The scene is the indoor walk of ``benchmarks/sfm.py`` (a textured room with objects, the
-camera circling inside and looking out: one lap, so the last frames close the loop onto the
-first), rendered at ``--images`` views by our renderer. Every method runs in its own process
-on the same folder of frames (named in capture order), so its peak RSS is its own:
+The scene (``--scene``) is rendered at ``--images`` views by our renderer, with exact cameras:
+
+- ``room`` (default): the indoor walk of ``benchmarks/sfm.py`` (a textured room with objects,
+  the camera circling inside and looking out: one lap, so the last frames close the loop onto
+  the first);
+- ``street``: a walk down a street between two rows of building facades (window grids,
+  :mod:`sceneforge.core.synthetic_street`), 0.35 m per frame, so more images = a longer street
+  (60 images: 21 m, 300: 105 m); no loop to close.
+
+Every method runs in its own process on the same folder of frames (named in capture order),
+so its peak RSS is its own:
 
 - ``sceneforge``: ``sceneforge reconstruct`` defaults for frames of a video (``sequential``
   on, pair selection ``auto``: the query-frame scheme up to 100 images, beyond it sequential
@@ -26,6 +33,7 @@ Usage::
     python benchmarks/sfm_scale.py                      # 100 and 300 images
     python benchmarks/sfm_scale.py --images 100 --json /tmp/scale.json
     python benchmarks/sfm_scale.py --long               # + 1,000 images (hours on 2 cores)
+    python benchmarks/sfm_scale.py --scene street --images 60 --methods sceneforge colmap-sequential
 """
 
 from __future__ import annotations
@@ -67,8 +75,14 @@ def cpu_s() -> float:
 # ----------------------------------------------------------------------------- scene
 
 
-def render_walk(views: int, folder: Path, seed: int) -> dict[str, torch.Tensor]:
-    """Frames of the walk in ``folder`` (cached with their ground truth in ``gt.pt``)."""
+SCENES = ("room", "street")
+
+
+def render_walk(
+    views: int, folder: Path, seed: int, scene: str = "room"
+) -> dict[str, torch.Tensor]:
+    """Frames of the walk through ``scene`` in ``folder`` (cached with their ground truth in
+    ``gt.pt``)."""
     sys.path.insert(0, str(HERE))
     from sfm import render_synthetic
 
@@ -76,8 +90,27 @@ def render_walk(views: int, folder: Path, seed: int) -> dict[str, torch.Tensor]:
     if gt_file.is_file():
         return torch.load(gt_file)
     images = folder / "images"
-    gt = render_synthetic("walk", views, images, seed)
+    if scene == "room":
+        gt = render_synthetic("walk", views, images, seed)
+    elif scene == "street":
+        gt = render_street(views, images, seed)
+    else:
+        raise ValueError(f"unknown scene {scene!r}; use one of {SCENES}")
     torch.save(gt, gt_file)
+    return gt
+
+
+def render_street(views: int, folder: Path, seed: int) -> dict[str, torch.Tensor]:
+    """The street walk (480 x 360, as the room) in ``folder``; ground-truth poses by name."""
+    from sceneforge.core.image_io import write_image_atomic
+    from sceneforge.core.synthetic_street import StreetConfig, make_street
+
+    scene = make_street(StreetConfig(num_views=views, width=480, height=360, seed=seed))
+    folder.mkdir(parents=True, exist_ok=True)
+    gt = {}
+    for i, name in enumerate(scene.image_names):
+        write_image_atomic(folder / name, scene.images[i].numpy())
+        gt[name] = scene.cameras.cam_from_world[i].double()
     return gt
 
 
@@ -217,6 +250,7 @@ def main() -> None:
     )
     ap.add_argument("--max-image-size", type=int, default=1024, help="extraction size, both")
     ap.add_argument("--seed", type=int, default=0, help="seed of the generated scene")
+    ap.add_argument("--scene", choices=SCENES, default="room", help="generated scene walked")
     ap.add_argument("--work", type=Path, default=None, help="work folder (default: temporary)")
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
     # internal: one method in a child process
@@ -235,9 +269,10 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="sfm_scale_"))
     rows: list[dict] = []
     for n in sizes:
-        scene_dir = work / f"walk_{n}_seed{args.seed}"
+        prefix = "walk" if args.scene == "room" else args.scene  # room: the older cache name
+        scene_dir = work / f"{prefix}_{n}_seed{args.seed}"
         t0 = time.perf_counter()
-        gt = render_walk(n, scene_dir, args.seed)
+        gt = render_walk(n, scene_dir, args.seed, args.scene)
         print(f"{n} views rendered ({time.perf_counter() - t0:.0f} s)", flush=True)
         names = sorted(gt)
         for method in args.methods:
@@ -245,10 +280,11 @@ def main() -> None:
                 continue
             if method in COLMAP and n >= 1000:
                 continue
-            run_dir = work / f"run_{n}_{method}"
+            run_dir = work / f"run_{'' if args.scene == 'room' else 'street_'}{n}_{method}"
             res = run_method(method, scene_dir / "images", run_dir, args.max_image_size)
             auc = auc_with_missing(res["poses"], gt, names)
             row = {
+                "scene": args.scene,
                 "images": n,
                 "method": method,
                 "registered": int(res["registered"]),

@@ -1,6 +1,7 @@
-"""``sceneforge reconstruct``: an image folder in, an output folder out.
+"""``sceneforge reconstruct``: an image folder (or a video) in, an output folder out.
 
-Loads the images (and masks), tracks them (:mod:`sceneforge.recon.tracking`), runs the SfM
+Samples a video's sharpest frames into the output folder (:mod:`sceneforge.core.video_input`),
+loads the images (and masks), tracks them (:mod:`sceneforge.recon.tracking`), runs the SfM
 (:func:`sceneforge.recon.sfm.reconstruct_from_tracks`; tracking again with every image pair
 matched when its global poses are in doubt) and writes a COLMAP model, ``transforms.json``
 (+ ``sparse_pc.ply``), a PNG of cameras and points and ``summary.json``.
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from sceneforge.core import run_files
 from sceneforge.core.timing import cpu_seconds
+from sceneforge.core.video_input import VideoConfig
 from sceneforge.recon.retrieval import PairSelectionConfig, resolve_method
 from sceneforge.recon.sfm import Reconstruction, SfMConfig, reconstruct_from_tracks
 from sceneforge.recon.sfm_error import SfMError
@@ -46,7 +48,7 @@ class ReconstructConfig:
     sequential: bool | None = None
     """Images are frames in capture order (sorted by name, e.g. sampled from a video): match
     every image also with its next ``sequential_overlap`` images (None: on for a video given to
-    ``sceneforge run``, off otherwise)."""
+    ``sceneforge run`` or ``sceneforge reconstruct``, off otherwise)."""
     sequential_overlap: int = 3
     """With ``sequential``: following images matched with each image (otherwise 1), so that one
     blurred or poorly matched frame does not break the chain of matches along the video."""
@@ -289,8 +291,14 @@ def reconstruct(
     out_dir: str | Path,
     config: ReconstructConfig | None = None,
     log: Callable[[str], None] | None = None,
+    video: VideoConfig | None = None,
 ) -> dict:
     """Images in, COLMAP model + ``transforms.json`` + PNG + ``summary.json`` out.
+
+    ``images_dir`` may be a video file instead: the sharpest frame of each of
+    ``video.num_frames`` windows (:mod:`sceneforge.core.video_input`) is written to
+    ``out_dir/images`` (at most ``max_image_size`` px), which frames were kept to
+    ``out_dir/video.json``, and the frames are matched in order (``sequential`` unless given).
 
     ``log`` receives every message shown on the console (loading, tracking, SfM, the result)
     as plain text (rich markup removed), also when ``config.progress`` is off, e.g. to put them
@@ -320,17 +328,33 @@ def reconstruct(
         if sink is not None:
             sink(plain_text(message))
 
-    if not images_dir.is_dir():
+    from_video = _is_video_input(images_dir)
+    if not from_video and not images_dir.is_dir():
         raise SfMError(f"{images_dir}: images folder does not exist or is not a folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SfMError(f"{out_dir}: the output folder is a file")
     if out_dir.exists() and any(out_dir.iterdir()) and not cfg.overwrite:
         raise SfMError(f"{out_dir}: output folder exists and is not empty (use overwrite)")
     if out_dir.resolve() == images_dir.resolve():
         raise SfMError(f"{out_dir}: the output folder must not be the images folder")
     t_all, c_all = time.perf_counter(), cpu_seconds()
     timings: dict[str, float] = {}
+    video_record: dict | None = None
 
     with console.status("[bold]loading images") as status:
         t0 = time.perf_counter()
+        if from_video:
+            from sceneforge.core.video_input import video_frames_folder
+
+            status.update("[bold]sampling video frames")
+            images_dir, video_record = video_frames_folder(
+                images_dir, out_dir, video, cfg.max_image_size, log
+            )
+            if cfg.sequential is None:  # frame_NNNNN.jpg: sorted by name = in temporal order
+                cfg = replace(cfg, sequential=True)
+                nbr = neighbor_frames(cfg)
+            timings["video_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
         paths, images, masks, unreadable, skipped = _load_inputs(images_dir, cfg, log)
         timings["load_s"] = time.perf_counter() - t0
         log(f"{len(paths)} images loaded from {images_dir}")
@@ -443,6 +467,13 @@ def reconstruct(
         "num_pairs": tracks.info.get("num_pairs"),
     }
     summary["pair_selection"] = tracks.info.get("pair_selection")
+    if video_record is not None:
+        summary["video"] = {
+            "video": video_record["video"],
+            "record": run_files.VIDEO_RECORD,
+            "num_video_frames": video_record["num_video_frames"],
+            "frames": [f["file"] for f in video_record["frames"]],
+        }
     atomic_write_json(out_dir / run_files.SFM_SUMMARY, summary, default=str)
     log(
         f"[green]registered {summary['num_registered']}/{summary['num_images']} images, "
@@ -450,6 +481,17 @@ def reconstruct(
         f"in {timings['total_s']:.1f} s → {out_dir}"
     )
     return summary
+
+
+def _is_video_input(path: Path) -> bool:
+    """Whether ``path`` is given as a video (a file, or a missing path with a video ending);
+    a single image is an error."""
+    from sceneforge.core.image_io import IMAGE_EXTENSIONS
+    from sceneforge.core.video_input import is_video
+
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        raise SfMError(f"{path}: a single image; give a folder of images or a video file")
+    return path.is_file() or (is_video(path) and not path.exists())
 
 
 @contextmanager

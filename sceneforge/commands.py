@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import tyro
 
+from sceneforge.core.video_input import VideoConfig
 from sceneforge.demo import DemoConfig
 from sceneforge.eval_run import EvalConfig
 from sceneforge.fields.api import RenderConfig, TrainConfig
@@ -311,11 +312,13 @@ class Render:
 
 @dataclass
 class Reconstruct:
-    """Structure from motion: an image folder in; a COLMAP model (sparse/0), transforms.json,
-    reconstruction.png and summary.json out."""
+    """Structure from motion: an image folder or a video in; a COLMAP model (sparse/0),
+    transforms.json, reconstruction.png and summary.json out (for a video also images/, its
+    sharpest frames, and video.json)."""
 
     images_dir: Pos[Path]
-    """Folder of images."""
+    """Folder of images, or a video file (the sharpest frame of each of --video.num-frames
+    windows, matched in order)."""
     out_dir: Pos[Path]
     """Output folder (must be empty or new unless --overwrite)."""
     masks: Path | None = None
@@ -326,6 +329,8 @@ class Reconstruct:
     """Camera model to estimate (default: --sfm.camera.model, SIMPLE_RADIAL)."""
     shared_intrinsics: bool | None = None
     """One camera for all images (default: yes when all images have one size)."""
+    video: VideoConfig = field(default_factory=VideoConfig)
+    """Frames taken from a video input."""
     config: Annotated[ReconstructConfig, Flat] = field(default_factory=ReconstructConfig)
 
     def run(self) -> int:
@@ -342,7 +347,7 @@ class Reconstruct:
         cfg = dataclasses.replace(cfg, sfm=dataclasses.replace(cfg.sfm, camera=camera))
         if self.masks is not None:
             cfg = dataclasses.replace(cfg, masks_dir=self.masks)
-        summary = reconstruct(self.images_dir, self.out_dir, cfg)
+        summary = reconstruct(self.images_dir, self.out_dir, cfg, video=self.video)
         keys = (
             "num_images",
             "num_registered",

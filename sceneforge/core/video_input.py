@@ -30,7 +30,7 @@ class VideoError(ValueError):
 
 @dataclass
 class VideoConfig:
-    """Frames taken from a video given to ``sceneforge run``."""
+    """Frames taken from a video given to ``sceneforge run`` or ``sceneforge reconstruct``."""
 
     num_frames: int = 40
     """Frames to keep: the sharpest of each of this many equal windows of the video."""
@@ -191,6 +191,34 @@ def sample_video_frames(
     }
 
 
+def video_frames_folder(
+    video: str | Path,
+    out_dir: str | Path,
+    config: VideoConfig | None = None,
+    max_size: int = 1600,
+    log: Callable[[str], None] = print,
+) -> tuple[Path, dict]:
+    """The frames of ``video`` (:func:`sample_video_frames`) in ``out_dir/images`` and their
+    record in ``out_dir/video.json`` (``run_files.IMAGES_DIR`` / ``VIDEO_RECORD``); returns the
+    frames folder and the record.
+
+    The folder is written whole or not at all: frames go into a temporary folder that replaces
+    ``out_dir/images`` (a previous one included) only once every frame is written, and the
+    record is written (atomically) after it. Errors name the video (:class:`VideoError`).
+    """
+    from sceneforge.core import run_files
+    from sceneforge.core.atomic import atomic_dir, atomic_write_json
+
+    out = Path(out_dir)
+    images = out / run_files.IMAGES_DIR
+    with atomic_dir(images) as tmp:
+        record = sample_video_frames(
+            video, tmp, config, max_size, lambda m: log(m.replace(str(tmp), str(images)))
+        )
+    atomic_write_json(out / run_files.VIDEO_RECORD, record)
+    return images, record
+
+
 def image_size(path: str | Path) -> tuple[int, int] | None:
     """Width and height of an image file as read (EXIF orientation applied), from its header;
     None when it cannot be opened."""
@@ -283,4 +311,5 @@ __all__ = [
     "is_video",
     "sample_video_frames",
     "sharpness",
+    "video_frames_folder",
 ]
