@@ -9,7 +9,9 @@ coordinates, ``p2^T F p1 = 0`` in pixels; float64 throughout.
 The pose refinement works on 5 DoF (``R <- exp(w) R``, ``t`` on the unit sphere) with the
 analytic Jacobian of the signed Sampson residual, written with explicit vector components
 (torch reductions over 3-vectors are slow) and run in chunks of problems so that its
-temporaries stay in cache (about 2x faster than one batch, measured on one thread).
+temporaries stay in cache (about 2x faster than one batch, measured on one thread); each
+problem's correspondences are compacted and the chunks grouped by size, so padding costs
+nothing. Elementwise kernels use fused multiply-adds with in-place accumulation.
 """
 
 from __future__ import annotations
@@ -99,16 +101,19 @@ def essential_8pt(
 
 
 def _sampson_terms(M: Tensor, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
-    """Algebraic residual ``x2^T M x1`` and the Sampson denominator (``M`` broadcast over N)."""
+    """Algebraic residual ``x2^T M x1`` and the Sampson denominator (``M`` broadcast over N).
+
+    Fused multiply-adds (``addcmul``) and in-place accumulation: half the temporaries of the
+    plain expression, which on the RANSAC scoring batches is about 2x faster."""
     m = [[M[..., i, j, None] for j in range(3)] for i in range(3)]
     u1, v1, u2, v2 = x1[..., 0], x1[..., 1], x2[..., 0], x2[..., 1]
-    a0 = m[0][0] * u1 + m[0][1] * v1 + m[0][2]  # (M x1)_0
-    a1 = m[1][0] * u1 + m[1][1] * v1 + m[1][2]
-    a2 = m[2][0] * u1 + m[2][1] * v1 + m[2][2]
-    b0 = m[0][0] * u2 + m[1][0] * v2 + m[2][0]  # (M^T x2)_0
-    b1 = m[0][1] * u2 + m[1][1] * v2 + m[2][1]
-    num = u2 * a0 + v2 * a1 + a2
-    den = a0 * a0 + a1 * a1 + b0 * b0 + b1 * b1
+    a0 = torch.addcmul(torch.addcmul(m[0][2], m[0][0], u1), m[0][1], v1)  # (M x1)_0
+    a1 = torch.addcmul(torch.addcmul(m[1][2], m[1][0], u1), m[1][1], v1)
+    a2 = torch.addcmul(torch.addcmul(m[2][2], m[2][0], u1), m[2][1], v1)
+    b0 = torch.addcmul(torch.addcmul(m[2][0], m[0][0], u2), m[1][0], v2)  # (M^T x2)_0
+    b1 = torch.addcmul(torch.addcmul(m[2][1], m[0][1], u2), m[1][1], v2)
+    num = torch.addcmul(a2, u2, a0).addcmul_(v2, a1)
+    den = (a0 * a0).addcmul_(a1, a1).addcmul_(b0, b0).addcmul_(b1, b1)
     return num, den
 
 
@@ -117,7 +122,7 @@ def sampson_error(
 ) -> Float[Tensor, "*B N"]:
     """Squared Sampson distance of each correspondence to ``x2^T M x1 = 0``."""
     num, den = _sampson_terms(M, x1, x2)
-    return num * num / den.clamp(min=1e-300)
+    return num.square_().div_(den.clamp_(min=1e-300))
 
 
 # ----------------------------------------------------------------------------- decomposition
@@ -152,13 +157,16 @@ def two_view_depths(
     Solves ``l1 R d1 - l2 d2 = -t`` in least squares with ``d = (x, y, 1)``, so ``l`` are
     z-depths; used for cheirality.
     """
-    d1 = torch.cat([x1, torch.ones_like(x1[..., :1])], dim=-1)
-    d2 = torch.cat([x2, torch.ones_like(x2[..., :1])], dim=-1)
-    a = d1 @ R.transpose(-1, -2)  # R d1
-    b = -d2
-    c = -t[..., None, :].expand_as(a)
-    aa, ab, bb = (a * a).sum(-1), (a * b).sum(-1), (b * b).sum(-1)
-    ac, bc = (a * c).sum(-1), (b * c).sum(-1)
+    # Explicit components (reductions over 3-vectors are slow): a = R d1, b = -d2, c = -t.
+    u1, v1, u2, v2 = x1[..., 0], x1[..., 1], x2[..., 0], x2[..., 1]
+    r = [[R[..., i, j, None] for j in range(3)] for i in range(3)]
+    a = [torch.addcmul(torch.addcmul(r[i][2], r[i][0], u1), r[i][1], v1) for i in range(3)]
+    tt = [t[..., i, None] for i in range(3)]
+    aa = (a[0] * a[0]).addcmul_(a[1], a[1]).addcmul_(a[2], a[2])
+    ab = -torch.addcmul(a[2], a[0], u2).addcmul_(a[1], v2)
+    bb = torch.addcmul(u2 * u2, v2, v2).add_(1.0)
+    ac = -(a[0] * tt[0]).addcmul_(a[1], tt[1]).addcmul_(a[2], tt[2])
+    bc = torch.addcmul(tt[2], u2, tt[0]).addcmul_(v2, tt[1])
     det = aa * bb - ab * ab
     det = torch.where(det.abs() < 1e-15, torch.full_like(det, 1e-15), det)
     l1 = (bb * ac - ab * bc) / det
@@ -193,9 +201,11 @@ def triangulation_angles_deg(
     t: Float[Tensor, "*B 3"],
     x1: Float[Tensor, "*B N 2"],
     x2: Float[Tensor, "*B N 2"],
+    depths: Float[Tensor, "*B N"] | None = None,
 ) -> Float[Tensor, "*B N"]:
-    """Angle at the triangulated point between the two viewing rays (degrees)."""
-    l1, _ = two_view_depths(R, t, x1, x2)
+    """Angle at the triangulated point between the two viewing rays (degrees); ``depths``
+    optionally passes the camera-1 depths of :func:`two_view_depths` already computed."""
+    l1 = two_view_depths(R, t, x1, x2)[0] if depths is None else depths
     X1 = torch.cat([x1, torch.ones_like(x1[..., :1])], dim=-1) * l1[..., None]
     c2 = -(R.transpose(-1, -2) @ t[..., None])[..., 0]  # centre of camera 2 in frame 1
     r1 = X1
@@ -282,23 +292,28 @@ def _sampson_residual_and_jacobian(
     u1, v1, u2, v2 = x1[..., 0], x1[..., 1], x2[..., 0], x2[..., 1]  # (B, M)
 
     def rows(Mt: Tensor, u: Tensor, v: Tensor, i: int) -> Tensor:  # (Mt [u v 1])_i
-        return Mt[..., i, 0, None] * u + Mt[..., i, 1, None] * v + Mt[..., i, 2, None]
+        return torch.addcmul(Mt[..., i, 2, None], Mt[..., i, 0, None], u).addcmul_(
+            Mt[..., i, 1, None], v
+        )
 
     def cols(Mt: Tensor, u: Tensor, v: Tensor, j: int) -> Tensor:  # (Mt^T [u v 1])_j
-        return Mt[..., 0, j, None] * u + Mt[..., 1, j, None] * v + Mt[..., 2, j, None]
+        return torch.addcmul(Mt[..., 2, j, None], Mt[..., 0, j, None], u).addcmul_(
+            Mt[..., 1, j, None], v
+        )
 
     e0, e1, e2 = rows(E, u1, v1, 0), rows(E, u1, v1, 1), rows(E, u1, v1, 2)
     f0, f1 = cols(E, u2, v2, 0), cols(E, u2, v2, 1)
-    s = e0 * u2 + e1 * v2 + e2
-    d = (e0 * e0 + e1 * e1 + f0 * f0 + f1 * f1).clamp(min=1e-300)
+    s = torch.addcmul(e2, e0, u2).addcmul_(e1, v2)
+    d = (e0 * e0).addcmul_(e1, e1).addcmul_(f0, f0).addcmul_(f1, f1).clamp_(min=1e-300)
     U1, V1, U2, V2 = u1[:, None], v1[:, None], u2[:, None], v2[:, None]
     g0, g1, g2 = rows(G, U1, V1, 0), rows(G, U1, V1, 1), rows(G, U1, V1, 2)  # (B, 5, M)
     h0, h1 = cols(G, U2, V2, 0), cols(G, U2, V2, 1)
-    ds = g0 * U2 + g1 * V2 + g2
-    dd = 2.0 * (e0[:, None] * g0 + e1[:, None] * g1 + f0[:, None] * h0 + f1[:, None] * h1)
+    ds = g2.addcmul_(g0, U2).addcmul_(g1, V2)
+    dd = (g0.mul_(e0[:, None])).addcmul_(g1, e1[:, None]).addcmul_(h0, f0[:, None])
+    dd.addcmul_(h1, f1[:, None])
     sq = d.sqrt()
     r = s / sq
-    J = ds / sq[:, None] - (0.5 * s / (d * sq))[:, None] * dd
+    J = ds.div_(sq[:, None]).addcmul_((-s / (d * sq))[:, None], dd)
     return r, J
 
 
@@ -321,21 +336,43 @@ def refine_relative_pose(
     B, M = valid.shape
     if B == 0 or iterations <= 0:
         return R, t
-    chunk = max(1, _REFINE_ELEMENTS // max(1, 5 * M))
-    if B > chunk:  # independent problems: chunks keep the temporaries in cache
-        out = [
-            refine_relative_pose(
-                R[i : i + chunk],
-                t[i : i + chunk],
-                x1[i : i + chunk],
-                x2[i : i + chunk],
-                valid[i : i + chunk],
-                threshold2[i : i + chunk],
+    # Independent problems: each row's valid correspondences first, the problems by size and
+    # cut into chunks only as wide as their largest problem (padding costs nothing) and small
+    # enough for the temporaries to stay in cache. Results do not depend on the chunks.
+    cnt = valid.sum(1)
+    perm = torch.argsort(cnt, stable=True)
+    cnt_sorted = cnt[perm].tolist()
+    col = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
+    x1 = torch.gather(x1, 1, col[..., None].expand(-1, -1, 2))
+    x2 = torch.gather(x2, 1, col[..., None].expand(-1, -1, 2))
+    valid = torch.gather(valid, 1, col)
+    R_out, t_out = R.clone(), t.clone()
+    s = 0
+    while s < B:
+        n = max(1, _REFINE_ELEMENTS // (5 * max(1, cnt_sorted[s])))
+        n = max(1, _REFINE_ELEMENTS // (5 * max(1, cnt_sorted[min(B, s + n) - 1])))
+        e = min(B, s + n)
+        width = cnt_sorted[e - 1]
+        if width > 0:  # problems without correspondences keep their pose
+            i = perm[s:e]
+            R_out[i], t_out[i] = _refine_chunk(
+                R[i],
+                t[i],
+                x1[i, :width],
+                x2[i, :width],
+                valid[i, :width],
+                threshold2[i],
                 iterations,
             )
-            for i in range(0, B, chunk)
-        ]
-        return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+        s = e
+    return R_out, t_out
+
+
+def _refine_chunk(
+    R: Tensor, t: Tensor, x1: Tensor, x2: Tensor, valid: Tensor, threshold2: Tensor, iterations: int
+) -> tuple[Tensor, Tensor]:
+    """:func:`refine_relative_pose` of one chunk of problems, all at once."""
+    B = R.shape[0]
     lam = torch.full((B,), 1e-3, dtype=R.dtype, device=R.device)
 
     def cost(r: Tensor, c2: Tensor) -> Tensor:

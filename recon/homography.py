@@ -74,11 +74,27 @@ def homography_dlt(
 ) -> Float[Tensor, "*B 3 3"]:
     """Weighted, Hartley-normalised DLT (unit Frobenius norm)."""
     T1, T2 = hartley_normalization(x1, weights), hartley_normalization(x2, weights)
-    A = dlt_rows(apply_affine(T1, x1), apply_affine(T2, x2))
-    w2 = weights.repeat_interleave(2, dim=-1)
-    AtA = (A * w2[..., None]).transpose(-1, -2) @ A
+    y1, y2 = apply_affine(T1, x1), apply_affine(T2, x2)
+    # A^T W A of the rows of dlt_rows in closed form: with a = (y1, 1) and S_k = sum w_k a a^T
+    # for w_k = w, w u2, w v2, w (u2^2 + v2^2), its 3x3 blocks are
+    # [[S_0, 0, -S_1], [0, S_0, -S_2], [-S_1, -S_2, S_3]] (one small matmul, no 2M x 9 rows).
+    a = _homogeneous(y1)
+    u2, v2 = y2[..., 0], y2[..., 1]
+    wk = torch.stack([weights, weights * u2, weights * v2, weights * (u2 * u2 + v2 * v2)], -2)
+    aa = (a[..., :, None] * a[..., None, :]).flatten(-2)  # (*B, M, 9)
+    S = (wk @ aa).unflatten(-1, (3, 3))  # (*B, 4, 3, 3)
+    S0, S1, S2, S3 = S.unbind(-3)
+    Z = torch.zeros_like(S0)
+    AtA = torch.cat(
+        [
+            torch.cat([S0, Z, -S1], -1),
+            torch.cat([Z, S0, -S2], -1),
+            torch.cat([-S1, -S2, S3], -1),
+        ],
+        -2,
+    )
     _, vecs = torch.linalg.eigh(AtA)
-    Hn = vecs[..., 0].reshape(*A.shape[:-2], 3, 3)
+    Hn = vecs[..., 0].reshape(*AtA.shape[:-2], 3, 3)
     H = torch.linalg.solve(T2, Hn @ T1)
     return H / H.flatten(-2).norm(dim=-1).clamp(min=1e-300)[..., None, None]
 
@@ -89,21 +105,23 @@ def homography_sampson_error(
     """Squared Sampson distance of each correspondence to ``x2 ~ H x1`` (two equations)."""
     h = [[H[..., i, j, None] for j in range(3)] for i in range(3)]
     u1, v1, u2, v2 = x1[..., 0], x1[..., 1], x2[..., 0], x2[..., 1]
-    h1 = h[0][0] * u1 + h[0][1] * v1 + h[0][2]
-    h2 = h[1][0] * u1 + h[1][1] * v1 + h[1][2]
-    h3 = h[2][0] * u1 + h[2][1] * v1 + h[2][2]
-    r1 = u2 * h3 - h1
-    r2 = v2 * h3 - h2
-    j11 = u2 * h[2][0] - h[0][0]
-    j12 = u2 * h[2][1] - h[0][1]
-    j21 = v2 * h[2][0] - h[1][0]
-    j22 = v2 * h[2][1] - h[1][1]
+    # Fused multiply-adds and in-place accumulation (about half the temporaries).
+    h1 = torch.addcmul(torch.addcmul(h[0][2], h[0][0], u1), h[0][1], v1)
+    h2 = torch.addcmul(torch.addcmul(h[1][2], h[1][0], u1), h[1][1], v1)
+    h3 = torch.addcmul(torch.addcmul(h[2][2], h[2][0], u1), h[2][1], v1)
+    r1 = torch.addcmul(-h1, u2, h3)
+    r2 = torch.addcmul(-h2, v2, h3)
+    j11 = torch.addcmul(-h[0][0], u2, h[2][0])
+    j12 = torch.addcmul(-h[0][1], u2, h[2][1])
+    j21 = torch.addcmul(-h[1][0], v2, h[2][0])
+    j22 = torch.addcmul(-h[1][1], v2, h[2][1])
     h33 = h3 * h3
-    a = j11 * j11 + j12 * j12 + h33
-    b = j11 * j21 + j12 * j22
-    c = j21 * j21 + j22 * j22 + h33
-    det = (a * c - b * b).clamp(min=1e-300)
-    return (c * r1 * r1 - 2.0 * b * r1 * r2 + a * r2 * r2) / det
+    a = torch.addcmul(h33, j11, j11).addcmul_(j12, j12)
+    b = (j11 * j21).addcmul_(j12, j22)
+    c = torch.addcmul(h33, j21, j21).addcmul_(j22, j22)
+    det = (a * c).addcmul_(b, b, value=-1.0).clamp_(min=1e-300)
+    num = (c * r1 * r1).addcmul_(b * r1, r2, value=-2.0).addcmul_(a * r2, r2)
+    return num.div_(det)
 
 
 def rotation_from_bearings(

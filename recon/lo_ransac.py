@@ -1,14 +1,15 @@
 """Batched LO-RANSAC over many image pairs for 3x3 two-view models (E, F, H).
 
 Every pair is a row of a padded batch whose valid correspondences come first (see
-``two_view._compact``). The loop runs in rounds; each round, for every still active pair:
+``two_view_models.compact_rows``). The loop runs in rounds; each round, for every still active pair:
 
 1. draw ``round_size`` minimal samples (one ``(P, round_size, k)`` draw for *all* pairs, so a
    pair's samples depend only on the seed, its row and its number of correspondences);
 2. solve them all in one call of the minimal solver (up to ``S`` solutions each);
 3. score every real solution by MSAC (truncated squared error) on a fixed random subset of the
    pair's correspondences (preemptive scoring: ``P x hypotheses x subset`` instead of
-   ``x M``), and verify the ``num_verified`` best of the round on all correspondences;
+   ``x M``; in float32, as it only ranks), and verify the ``num_verified`` best of the round
+   on all correspondences in the input dtype (their inlier masks are kept for the LO step);
 4. local optimisation (LO): the ``num_local`` best verified hypotheses of the round that beat
    the pair's best so far are refitted on their inliers by the model's non-minimal
    ``local_opt``; the best of them (refitted or not) becomes the pair's best;
@@ -149,9 +150,13 @@ def lo_ransac(
     sub, sub_valid = order[:, :S], torch.gather(valid, 1, order[:, :S])
     x1s, x2s = _gather_points(x1, sub), _gather_points(x2, sub)
 
+    # Preemptive scores only rank hypotheses (the best few are verified in the input dtype):
+    # float32 halves their cost.
+    x1s32, x2s32, thr2_32 = x1s.float(), x2s.float(), thr2.float()
+
     best = torch.zeros(P, 3, 3, dtype=dt, device=dev)
     best_score = torch.full((P,), math.inf, dtype=dt, device=dev)
-    best_inl = torch.zeros(P, dtype=torch.long, device=dev)
+    best_mask = torch.zeros(P, M, dtype=torch.bool, device=dev)
     drawn = torch.zeros(P, dtype=torch.long, device=dev)
     possible = counts >= k
     active = possible.clone()
@@ -173,6 +178,7 @@ def lo_ransac(
         keep = keep[:, :C]
         real = torch.gather(real, 1, keep)
         Ms = torch.gather(Ms, 1, keep[..., None, None].expand(-1, -1, 3, 3))
+        Ms32 = Ms.float()
         # Preemptive scoring on the subset, in chunks of pairs.
         kv = min(C, opts.num_verified)
         cand = torch.zeros(A, kv, 3, 3, dtype=dt, device=dev)
@@ -181,14 +187,16 @@ def lo_ransac(
         for s in range(0, A, chunk):
             sl = slice(s, min(A, s + chunk))
             aa = a[sl]
-            err = model.error(Ms[sl], x1s[aa, None], x2s[aa, None])
-            sc = msac_score(err, sub_valid[aa, None], thr2[aa, None, None])
+            err = model.error(Ms32[sl], x1s32[aa, None], x2s32[aa, None])
+            sc = msac_score(err, sub_valid[aa, None], thr2_32[aa, None, None])
             sc = torch.where(real[sl], sc, torch.full_like(sc, math.inf))
             top = sc.topk(kv, dim=1, largest=False)
             cand[sl] = torch.gather(Ms[sl], 1, top.indices[..., None, None].expand(-1, -1, 3, 3))
             cand_ok[sl] = torch.isfinite(top.values)
-        # Verification of the round's best few on all correspondences.
+        # Verification of the round's best few on all correspondences (their inlier masks are
+        # kept for the local optimisation).
         vs = torch.zeros(A, kv, dtype=dt, device=dev)
+        vmask = torch.zeros(A, kv, M, dtype=torch.bool, device=dev)
         chunk = max(1, opts.max_elements // max(1, kv * M))
         for s in range(0, A, chunk):
             sl = slice(s, min(A, s + chunk))
@@ -196,6 +204,7 @@ def lo_ransac(
             err = model.error(cand[sl], x1[aa, None], x2[aa, None])
             sc = msac_score(err, valid[aa, None], thr2[aa, None, None])
             vs[sl] = torch.where(cand_ok[sl], sc, torch.full_like(sc, math.inf))
+            vmask[sl] = valid[aa, None] & (err < thr2[aa, None, None])
         # Local optimisation of the best ``num_local`` verified candidates that beat the
         # pair's best so far, all at once; the best result (refined or not) is kept.
         nl = min(kv, opts.num_local)
@@ -207,26 +216,29 @@ def lo_ransac(
         if pi.numel():
             ii = a[pi]
             Mi, si = cm[pi, ki], cs[pi, ki]
-            inl = valid[ii] & (model.error(Mi, x1[ii], x2[ii]) < thr2[ii, None])
+            inl = vmask[pi, ci[pi, ki]]
             Mo = model.local_opt(Mi, x1[ii], x2[ii], valid[ii], inl, thr2[ii])
-            so = msac_score(model.error(Mo, x1[ii], x2[ii]), valid[ii], thr2[ii, None])
+            err = model.error(Mo, x1[ii], x2[ii])
+            so = msac_score(err, valid[ii], thr2[ii, None])
             take = so < si
             Mi = torch.where(take[:, None, None], Mo, Mi)
             si = torch.where(take, so, si)
+            inl = torch.where(take[:, None], valid[ii] & (err < thr2[ii, None]), inl)
             # the best of every pair's refined candidates
             score = torch.full((A, nl), math.inf, dtype=dt, device=dev)
             score[pi, ki] = si
             res = torch.zeros(A, nl, 3, 3, dtype=dt, device=dev)
             res[pi, ki] = Mi
+            res_mask = torch.zeros(A, nl, M, dtype=torch.bool, device=dev)
+            res_mask[pi, ki] = inl
             b = score.argmin(1)
             ar = torch.arange(A, device=dev)
-            bs, bm = score[ar, b], res[ar, b]
+            bs, bm, bk = score[ar, b], res[ar, b], res_mask[ar, b]
             up = bs < best_score[a]
             ii = a[up]
-            best[ii], best_score[ii] = bm[up], bs[up]
-            err = model.error(best[ii], x1[ii], x2[ii])
-            best_inl[ii] = (valid[ii] & (err < thr2[ii, None])).sum(1)
+            best[ii], best_score[ii], best_mask[ii] = bm[up], bs[up], bk[up]
         drawn[a] += H
+        best_inl = best_mask.sum(1)
         need = required_samples(best_inl.double() / counts.clamp(min=1), k, opts.confidence)
         need = (need * opts.trials_factor).clamp(min=opts.min_hypotheses)
         active = possible & (drawn < need) & (drawn < cap)
@@ -236,11 +248,13 @@ def lo_ransac(
     ii = ok.nonzero()[:, 0]
     if ii.numel():
         Mi = best[ii]
-        inl = valid[ii] & (model.error(Mi, x1[ii], x2[ii]) < thr2[ii, None])
-        Mo = model.refine(Mi, x1[ii], x2[ii], valid[ii], inl, thr2[ii])
-        so = msac_score(model.error(Mo, x1[ii], x2[ii]), valid[ii], thr2[ii, None])
+        Mo = model.refine(Mi, x1[ii], x2[ii], valid[ii], best_mask[ii], thr2[ii])
+        err = model.error(Mo, x1[ii], x2[ii])
+        so = msac_score(err, valid[ii], thr2[ii, None])
         take = so <= best_score[ii]
         best[ii] = torch.where(take[:, None, None], Mo, Mi)
         best_score[ii] = torch.where(take, so, best_score[ii])
-    inliers = valid & ok[:, None] & (model.error(best, x1, x2) < thr2[:, None])
+        inl = valid[ii] & (err < thr2[ii, None])
+        best_mask[ii] = torch.where(take[:, None], inl, best_mask[ii])
+    inliers = best_mask & ok[:, None]
     return best, inliers, best_score

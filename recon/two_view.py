@@ -82,7 +82,6 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from sceneforge.recon.epipolar import (
-    _sampson_terms,
     apply_affine,
     decompose_essential,
     eight_point,
@@ -96,20 +95,25 @@ from sceneforge.recon.epipolar import (
     triangulation_angles_deg,
     two_view_depths,
 )
-from sceneforge.recon.five_point import cheiral_sample, five_point, seven_point
 from sceneforge.recon.homography import (
-    homography_4pt,
-    homography_dlt,
     homography_sampson_error,
     pose_from_homography,
     rotation_from_bearings,
 )
-from sceneforge.recon.lo_ransac import (
-    RansacModel,
-    RansacOptions,
-    lo_ransac,
-    required_samples,
-    select_masked,
+from sceneforge.recon.lo_ransac import lo_ransac
+from sceneforge.recon.two_view_models import (
+    cheiral_pose,
+    compact_rows,
+    essential_model,
+    estimate_homography,
+    fundamental_model,
+    homography_model,
+    pixel_normalisation,
+    ransac_options,
+    robust_weights,
+    torch_threads,
+    uncompact_rows,
+    unit_frobenius,
 )
 
 # The epipolar primitives live in :mod:`sceneforge.recon.epipolar`; re-exported here.
@@ -190,6 +194,9 @@ class TwoViewConfig:
     """Inliers per pair a local optimisation uses (essential matrix)."""
     final_subset: int = 1024
     """Inliers per pair the final refinement uses (essential matrix)."""
+    cheirality_subset: int = 256
+    """Inliers per pair (spread over the row) whose cheirality picks the pose of an essential
+    matrix among its four (a vote: a subset gives the same pose, at a fraction of the cost)."""
     max_elements: int = 262_144
     """Upper bound on hypotheses x correspondences scored at once (memory, cache)."""
     model_selection: bool = True
@@ -213,6 +220,10 @@ class TwoViewConfig:
     """Rotation-only inliers / homography inliers above which the pair is panoramic."""
     seed: int = 0
     """Seed of the sampler (deterministic results)."""
+    num_threads: int | None = 1
+    """torch threads while estimating (restored after; ``None``: the caller's). The batched
+    kernels are small: on the 2-core machine shared with other jobs, 2 threads took 6x the
+    CPU and wall time of 1 (spin-waiting; issue 25). Results do not depend on it."""
 
 
 @dataclass
@@ -257,190 +268,6 @@ class TwoViewGeometry:
         return [PairConfig(int(c)).name.lower() for c in self.config]
 
 
-# ----------------------------------------------------------------------------- RANSAC models
-
-
-def _compact(x1: Tensor, x2: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Move valid correspondences to the front of each row; returns the permutation too."""
-    order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
-    g = order[..., None].expand(-1, -1, 2)
-    return torch.gather(x1, 1, g), torch.gather(x2, 1, g), torch.gather(valid, 1, order), order
-
-
-def _uncompact(mask: Tensor, order: Tensor) -> Tensor:
-    out = torch.zeros_like(mask)
-    out.scatter_(1, order, mask)
-    return out
-
-
-def _spread(mask: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """Up to ``n`` masked entries per row, spread over the row by a fixed scrambled order
-    (deterministic, no generator): indices and which are real."""
-    M = mask.shape[1]
-    order = torch.argsort((torch.arange(M, device=mask.device) * 2654435761) % 4294967296)
-    return select_masked(mask, order.expand_as(mask), n)
-
-
-def _take(x: Tensor, idx: Tensor) -> Tensor:
-    return torch.gather(x, 1, idx[..., None].expand(-1, -1, 2))
-
-
-def _robust_weights(err: Tensor, mask: Tensor, thr2: Tensor) -> Tensor:
-    """Cauchy weights of the correspondences under ``thr2`` (zero elsewhere)."""
-    inl = mask & (err < thr2[:, None])
-    return torch.where(inl, 1.0 / (1.0 + err / thr2[:, None]), torch.zeros_like(err))
-
-
-def _five_point_cheiral(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
-    """5-point solutions that can put their sample in front of both cameras."""
-    batch = x1.shape[:-2]
-    x1, x2 = x1.reshape(-1, 5, 2), x2.reshape(-1, 5, 2)
-    E, real = five_point(x1, x2)
-    n, k = real.nonzero(as_tuple=True)  # test the real solutions only (about half)
-    front = cheiral_sample(E[n, k][:, None], x1[n], x2[n])[:, 0]
-    real = real.clone()
-    real[n, k] = front
-    E = torch.where(real[..., None, None], E, torch.zeros_like(E))
-    return E.reshape(*batch, 10, 3, 3), real.reshape(*batch, 10)
-
-
-def _essential_model(cfg: TwoViewConfig) -> RansacModel:
-    def fit(n: int, iters: int, passes: int):
-        def run(E: Tensor, x1: Tensor, x2: Tensor, valid: Tensor, inl: Tensor, thr2: Tensor):
-            R, t, _ = pose_from_essential(E, x1, x2, inl)
-            for p in range(passes):
-                if p:  # re-estimate the inliers of the refined model
-                    inl = valid & (sampson_error(essential_from_pose(R, t), x1, x2) < thr2[:, None])
-                idx, ok = _spread(inl, n)
-                R, t = refine_relative_pose(R, t, _take(x1, idx), _take(x2, idx), ok, thr2, iters)
-            return essential_from_pose(R, t)
-
-        return run
-
-    return RansacModel(
-        5,
-        _five_point_cheiral,
-        sampson_error,
-        fit(cfg.refine_subset, cfg.refine_iterations, cfg.refine_passes),
-        fit(cfg.final_subset, cfg.final_iterations, cfg.final_passes),
-    )
-
-
-def _fundamental_model(cfg: TwoViewConfig) -> RansacModel:
-    def fit(iters: int):
-        def run(Fm: Tensor, x1: Tensor, x2: Tensor, valid: Tensor, inl: Tensor, thr2: Tensor):
-            for _ in range(iters):
-                num, den = _sampson_terms(Fm, x1, x2)
-                err = num * num / den.clamp(min=1e-300)
-                w = _robust_weights(err, inl, thr2) / den.clamp(min=1e-12)
-                enough = (w > 0).sum(1) >= 8
-                new = torch.nan_to_num(fundamental_8pt(x1, x2, w))
-                Fm = torch.where(enough[:, None, None], new, Fm)
-                inl = valid & (err < thr2[:, None])
-            return Fm
-
-        return run
-
-    return RansacModel(
-        7, seven_point, sampson_error, fit(cfg.refine_iterations), fit(cfg.final_iterations)
-    )
-
-
-def _homography_model(cfg: TwoViewConfig) -> RansacModel:
-    def fit(iters: int):
-        def run(Hm: Tensor, x1: Tensor, x2: Tensor, valid: Tensor, inl: Tensor, thr2: Tensor):
-            for _ in range(iters):
-                err = homography_sampson_error(Hm, x1, x2)
-                w = _robust_weights(err, inl, thr2)
-                enough = (w > 0).sum(1) >= 4
-                new = torch.nan_to_num(homography_dlt(x1, x2, w + 1e-12 * inl))
-                Hm = torch.where(enough[:, None, None], new, Hm)
-                inl = valid & (err < thr2[:, None])
-            return Hm
-
-        return run
-
-    return RansacModel(
-        4,
-        homography_4pt,
-        homography_sampson_error,
-        fit(cfg.h_refine_iterations),
-        fit(2 * cfg.h_refine_iterations),
-    )
-
-
-def _options(cfg: TwoViewConfig, max_hypotheses: int, min_hypotheses: int) -> RansacOptions:
-    return RansacOptions(
-        round_size=cfg.round_size,
-        min_hypotheses=min(min_hypotheses, max_hypotheses),
-        max_hypotheses=max_hypotheses,
-        confidence=cfg.confidence,
-        trials_factor=cfg.trials_factor,
-        preemptive_subset=cfg.preemptive_subset,
-        num_verified=cfg.num_verified,
-        num_local=cfg.num_local,
-        max_elements=cfg.max_elements,
-    )
-
-
-def _h_samples(inl: Tensor, valid: Tensor, cfg: TwoViewConfig) -> Tensor:
-    """Homography samples needed to find, with ``cfg.confidence``, one that has
-    ``h_inlier_ratio`` times the epipolar inliers (a weaker homography changes nothing)."""
-    ratio = cfg.h_inlier_ratio * inl.sum(1).double() / valid.sum(1).clamp(min=1)
-    need = required_samples(ratio, 4, cfg.confidence).clamp(max=1e9)
-    return need.ceil().long()
-
-
-def _homography(
-    x1: Tensor,
-    x2: Tensor,
-    valid: Tensor,
-    inl: Tensor,
-    thr2: Tensor,
-    cfg: TwoViewConfig,
-    opts: RansacOptions,
-    gen: torch.Generator,
-) -> tuple[Tensor, Tensor]:
-    """Homography of every pair by LO-RANSAC on up to ``h_subset`` of its correspondences
-    (spread over the row), then its inliers among all of them."""
-    idx, ok = _spread(valid, cfg.h_subset)
-    H, _, _ = lo_ransac(
-        _homography_model(cfg),
-        _take(x1, idx),
-        _take(x2, idx),
-        ok,
-        thr2,
-        opts,
-        gen,
-        _h_samples(inl, valid, cfg),
-    )
-    return H, valid & (homography_sampson_error(H, x1, x2) < thr2[:, None])
-
-
-def _pixel_normalisation(x1: Tensor, x2: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per pair, a similarity for each image with a common scale (centroids to 0, mean
-    distance sqrt(2)): ``T1, T2`` and the scale (Sampson distances scale by it)."""
-    w = valid.double()
-    n = w.sum(1).clamp(min=1)
-    mu1 = (x1 * w[..., None]).sum(1) / n[:, None]
-    mu2 = (x2 * w[..., None]).sum(1) / n[:, None]
-    d = ((x1 - mu1[:, None]).norm(dim=-1) + (x2 - mu2[:, None]).norm(dim=-1)) * w
-    s = math.sqrt(2.0) / (0.5 * d.sum(1) / n).clamp(min=1e-12)
-    Ts = []
-    for mu in (mu1, mu2):
-        T = torch.zeros(x1.shape[0], 3, 3, dtype=x1.dtype, device=x1.device)
-        T[:, 0, 0] = s
-        T[:, 1, 1] = s
-        T[:, :2, 2] = -s[:, None] * mu
-        T[:, 2, 2] = 1.0
-        Ts.append(T)
-    return Ts[0], Ts[1], s
-
-
-def _unit(M: Tensor) -> Tensor:
-    return M / M.flatten(-2).norm(dim=-1).clamp(min=1e-300)[..., None, None]
-
-
 def ransac_two_view(
     x1: Float[Tensor, "P M 2"],
     x2: Float[Tensor, "P M 2"],
@@ -458,39 +285,49 @@ def ransac_two_view(
     if kind not in ("essential", "fundamental", "homography"):
         raise ValueError(f"kind must be 'essential', 'fundamental' or 'homography', got {kind!r}")
     cfg = config or TwoViewConfig()
+    with torch_threads(cfg.num_threads):
+        return _ransac_two_view(x1, x2, valid, threshold, kind, cfg)
+
+
+def _ransac_two_view(
+    x1: Tensor, x2: Tensor, valid: Tensor, threshold: float | Tensor, kind: str, cfg: TwoViewConfig
+) -> tuple[Tensor, Tensor]:
     x1, x2 = x1.double(), x2.double()
     P = valid.shape[0]
     if P == 0:
         return torch.zeros(0, 3, 3, dtype=x1.dtype), valid.clone()
-    x1c, x2c, vc, order = _compact(x1, x2, valid)
+    x1c, x2c, vc, order = compact_rows(x1, x2, valid)
     thr = torch.as_tensor(threshold, dtype=x1.dtype).expand(P).clone()
     gen = torch.Generator().manual_seed(cfg.seed)
     if kind == "essential":
         M, inl, _ = lo_ransac(
-            _essential_model(cfg),
+            essential_model(cfg),
             x1c,
             x2c,
             vc,
             thr**2,
-            _options(cfg, cfg.num_hypotheses, cfg.min_hypotheses),
+            ransac_options(cfg, cfg.num_hypotheses, cfg.min_hypotheses),
             gen,
         )
-        return M, _uncompact(inl, order)
-    T1, T2, s = _pixel_normalisation(x1c, x2c, vc)
+        return M, uncompact_rows(inl, order)
+    T1, T2, s = pixel_normalisation(x1c, x2c, vc)
     x1n, x2n = apply_affine(T1, x1c), apply_affine(T2, x2c)
     if kind == "fundamental":
-        model, opts = _fundamental_model(cfg), _options(cfg, cfg.num_hypotheses, cfg.min_hypotheses)
+        model, opts = (
+            fundamental_model(cfg),
+            ransac_options(cfg, cfg.num_hypotheses, cfg.min_hypotheses),
+        )
     else:
         model, opts = (
-            _homography_model(cfg),
-            _options(cfg, cfg.h_max_hypotheses, cfg.h_min_hypotheses),
+            homography_model(cfg),
+            ransac_options(cfg, cfg.h_max_hypotheses, cfg.h_min_hypotheses),
         )
     Mn, inl, _ = lo_ransac(model, x1n, x2n, vc, (thr * s) ** 2, opts, gen)
     if kind == "fundamental":
         M = T2.transpose(-1, -2) @ Mn @ T1
     else:
         M = torch.linalg.solve(T2, Mn @ T1)
-    return _unit(M), _uncompact(inl, order)
+    return unit_frobenius(M), uncompact_rows(inl, order)
 
 
 def estimate_two_view(
@@ -508,41 +345,48 @@ def estimate_two_view(
     fundamental matrix is estimated (no pose: ``R = I``, ``t = 0``).
     """
     cfg = config or TwoViewConfig()
+    with torch_threads(cfg.num_threads):
+        return _estimate_two_view(x1, x2, valid, focal, cfg)
+
+
+def _estimate_two_view(
+    x1: Tensor, x2: Tensor, valid: Tensor, focal: Tensor | float | None, cfg: TwoViewConfig
+) -> TwoViewGeometry:
     P, M = valid.shape
     x1, x2 = x1.double(), x2.double()
     eye = torch.eye(3, dtype=torch.float64).expand(P, 3, 3).clone()
     zeros3 = torch.zeros(P, 3, dtype=torch.float64)
-    x1c, x2c, vc, order = _compact(x1, x2, valid)
+    x1c, x2c, vc, order = compact_rows(x1, x2, valid)
     gen = torch.Generator().manual_seed(cfg.seed)
     opts, h_opts = (
-        _options(cfg, cfg.num_hypotheses, cfg.min_hypotheses),
-        _options(cfg, cfg.h_max_hypotheses, cfg.h_min_hypotheses),
+        ransac_options(cfg, cfg.num_hypotheses, cfg.min_hypotheses),
+        ransac_options(cfg, cfg.h_max_hypotheses, cfg.h_min_hypotheses),
     )
     H = torch.zeros(P, 3, 3, dtype=torch.float64)
     h_inl = torch.zeros_like(vc)
     if focal is None:
-        T1, T2, s = _pixel_normalisation(x1c, x2c, vc)
+        T1, T2, s = pixel_normalisation(x1c, x2c, vc)
         x1n, x2n = apply_affine(T1, x1c), apply_affine(T2, x2c)
         thr2 = (cfg.threshold_px * s) ** 2
-        Fn, inl, _ = lo_ransac(_fundamental_model(cfg), x1n, x2n, vc, thr2, opts, gen)
-        mat = _unit(T2.transpose(-1, -2) @ Fn @ T1)
+        Fn, inl, _ = lo_ransac(fundamental_model(cfg), x1n, x2n, vc, thr2, opts, gen)
+        mat = unit_frobenius(T2.transpose(-1, -2) @ Fn @ T1)
         R, t, angle = eye, zeros3, torch.zeros(P, dtype=torch.float64)
         config = torch.full((P,), int(PairConfig.UNCALIBRATED))
         if cfg.model_selection and P:
-            Hn, h_inl = _homography(x1n, x2n, vc, inl, thr2, cfg, h_opts, gen)
-            H = _unit(torch.linalg.solve(T2, Hn @ T1))
+            Hn, h_inl = estimate_homography(x1n, x2n, vc, inl, thr2, cfg, h_opts, gen)
+            H = unit_frobenius(torch.linalg.solve(T2, Hn @ T1))
             h_dom = h_inl.sum(1) > cfg.h_inlier_ratio * inl.sum(1)
             config[h_dom] = int(PairConfig.PLANAR_OR_PANORAMIC)
         t_ok = torch.zeros(P, dtype=torch.bool)
     else:
         f = torch.as_tensor(focal, dtype=torch.float64).expand(P)
         thr2 = (cfg.threshold_px / f) ** 2
-        E, inl, _ = lo_ransac(_essential_model(cfg), x1c, x2c, vc, thr2, opts, gen)
-        R, t, _ = pose_from_essential(E, x1c, x2c, inl)
+        E, inl, _ = lo_ransac(essential_model(cfg), x1c, x2c, vc, thr2, opts, gen)
+        R, t = cheiral_pose(E, x1c, x2c, inl, cfg.cheirality_subset)
         pano = torch.zeros(P, dtype=torch.bool)
         config = torch.full((P,), int(PairConfig.CALIBRATED))
         if cfg.model_selection and P:
-            H, h_inl = _homography(x1c, x2c, vc, inl, thr2, cfg, h_opts, gen)
+            H, h_inl = estimate_homography(x1c, x2c, vc, inl, thr2, cfg, h_opts, gen)
             n_h = h_inl.sum(1)
             h_dom = n_h > cfg.h_inlier_ratio * inl.sum(1)
             # A rotation alone (H = R) on the homography inliers, reweighted twice.
@@ -550,7 +394,7 @@ def estimate_two_view(
             for _ in range(3):
                 Rr = rotation_from_bearings(x1c, x2c, w)
                 err = homography_sampson_error(Rr, x1c, x2c)
-                w = _robust_weights(err, vc, thr2)
+                w = robust_weights(err, vc, thr2)
             n_rot = (vc & (err < thr2[:, None])).sum(1)
             pano = h_dom & (n_rot >= cfg.panoramic_ratio * n_h)
             R = torch.where(pano[:, None, None], Rr, R)
@@ -573,7 +417,7 @@ def estimate_two_view(
         # whose depths are meaningless).
         l1, l2 = two_view_depths(R, t, x1c, x2c)
         inl = inl & (((l1 > 0) & (l2 > 0)) | pano[:, None])
-        ang = triangulation_angles_deg(R, t, x1c, x2c)
+        ang = triangulation_angles_deg(R, t, x1c, x2c, depths=l1)
         ang = torch.where(inl, ang, torch.full_like(ang, math.nan))
         angle = torch.nan_to_num(ang.nanmedian(dim=1).values, nan=0.0) if M else ang.sum(1)
         mat = E
@@ -584,14 +428,14 @@ def estimate_two_view(
     config = torch.where(ok, config, torch.zeros_like(config))
     return TwoViewGeometry(
         mat,
-        _uncompact(inl, order),
+        uncompact_rows(inl, order),
         n_in,
         ok,
         R,
         t,
         angle,
         homography=H,
-        h_inliers=_uncompact(h_inl, order),
+        h_inliers=uncompact_rows(h_inl, order),
         num_h_inliers=h_inl.sum(1),
         config=config,
         t_reliable=t_ok & ok,
