@@ -8,25 +8,29 @@ adjustment polishes them into a model with a small reprojection error (blowtorch
 pose is only accepted once it agrees with 3D points triangulated from other images, and the
 intrinsics (distortion included) are refined as the model grows (COLMAP's scheme): slower,
 being sequential, but it does not depend on any single pair's relative pose beyond the first.
+
+At scale (hundreds of images) each round registers a batch of images (every candidate with
+enough 2D-3D correspondences, PnP per image, best-connected first) and triangulates their new
+points once; a local bundle adjustment then refines the new images and their most-connected
+registered neighbours with every other camera held fixed, while the whole model is adjusted
+only whenever it has grown by :attr:`IncrementalConfig.ba_growth` and at the end.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from sceneforge.core.cameras import Cameras, make_rigid, project, transform_points, unproject
+from sceneforge.core.cameras import Cameras, make_rigid, unproject
 from sceneforge.recon.global_sfm import PnPConfig, pnp_ransac
+from sceneforge.recon.incremental_local import AdjustFn, drop_outliers, local_bundle_adjustment
 from sceneforge.recon.triangulation import TriangulationOptions, triangulate
-
-AdjustFn = Callable[..., tuple[Tensor, Tensor, Tensor]]
-"""``adjust(cam_from_world, intr, points, obs_cam, obs_pt, obs_xy, fix_points, fix_intr)`` ->
-poses, intrinsics, points: one bundle adjustment of the given cameras."""
 
 
 @dataclass
@@ -49,7 +53,15 @@ class IncrementalConfig:
     intrinsics miss the distortion (~17 px at blowtorch's corners); bundle adjustment and
     the error filter then tighten the model."""
     ba_growth: float = 1.25
-    """Bundle adjust all registered images whenever their number has grown by this factor."""
+    """Bundle adjust all registered images whenever their number has grown by this factor
+    (and once at the end); the rounds in between get a local bundle adjustment."""
+    batch_images: int = 8
+    """Images registered per round at most (PnP each against the same model, most 2D-3D
+    correspondences first, then by index; 1: one image per round, the best-connected)."""
+    local_ba_images: int = 12
+    """Local bundle adjustment after a round without a global one: the round's images plus
+    their registered neighbours sharing the most points, this many in all (at least the
+    round's images), every other camera and the intrinsics held fixed; 0: none."""
     min_images_intrinsics: int = 4
     """Intrinsics stay fixed until this many images are registered (two views barely
     constrain focal length and distortion)."""
@@ -86,6 +98,16 @@ class IncrementalResult:
     """Points in the model at the end."""
     num_observations: int
     """Observations of those points within the error threshold."""
+    rounds: int = 0
+    """Registration rounds (PnP batches)."""
+    global_bas: int = 0
+    """Bundle adjustments of the whole model."""
+    local_bas: int = 0
+    """Local bundle adjustments (a window of cameras, the others fixed)."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent in PnP, triangulation, global and local bundle adjustment (by
+    :func:`incremental_registration`: summed over every model it grew; reported only,
+    nothing depends on them)."""
 
 
 def init_pair_order(
@@ -125,6 +147,7 @@ def incremental_registration(
         raise ValueError("incremental registration needs at least one verified pair")
     order = init_pair_order(edges, num_inliers, angle_deg, cfg.min_init_angle_deg)
     best: IncrementalResult | None = None
+    timings: dict[str, float] = {}
     for k in order[: max(1, cfg.init_candidates)].tolist():
         res = _grow(
             xy, vis, image_sizes, (int(edges[k, 0]), int(edges[k, 1])), R_rel[k], t_rel[k],
@@ -134,10 +157,21 @@ def incremental_registration(
             f"incremental: from pair {res.init_pair}: {int(res.registered.sum())} images, "
             f"{res.num_points} points, {res.num_observations} observations"
         )
+        for name, sec in res.timings.items():
+            timings[name] = timings.get(name, 0.0) + sec
         if best is None or res.num_observations > best.num_observations:
             best = res
     assert best is not None
-    return best
+    return replace(best, timings=timings)
+
+
+def registration_candidates(
+    counts: Int[Tensor, " N"], min_count: int, max_images: int
+) -> Int[Tensor, " B"]:
+    """Images with at least ``min_count`` 2D-3D correspondences (``counts``), most first
+    (ties: lower index first), at most ``max_images`` (at least one)."""
+    order = counts.argsort(descending=True, stable=True)
+    return order[counts[order] >= min_count][: max(1, max_images)]
 
 
 def _grow(
@@ -167,6 +201,8 @@ def _grow(
     tri_opts = TriangulationOptions(
         min_angle_deg=cfg.min_tri_angle_deg, max_reproj_error=cfg.max_reproj_px
     )
+    timings = {"pnp_s": 0.0, "triangulation_s": 0.0, "global_ba_s": 0.0, "local_ba_s": 0.0}
+    count = {"rounds": 0, "global": 0, "local": 0}
 
     def cams(ids: Tensor) -> Cameras:
         return Cameras(model, intr[ids], sizes[ids, 1], sizes[ids, 0], T[ids])
@@ -175,6 +211,7 @@ def _grow(
         """Triangulate ``tids`` from all their registered views (where they pass the checks)."""
         if tids.numel() == 0:
             return
+        t0 = time.perf_counter()
         ids = reg.nonzero()[:, 0]
         m = vis[tids][:, ids]
         tri = triangulate(cams(ids), xy[tids][:, ids], m, tri_opts)
@@ -183,12 +220,13 @@ def _grow(
         o = torch.zeros(int(good.sum()), n, dtype=torch.bool)
         o[:, ids] = m[good]
         obs[tids[good]] = o
+        timings["triangulation_s"] += time.perf_counter() - t0
 
     def bundle() -> None:
         """Bundle adjust the registered images, then drop observations above the threshold."""
+        t0 = time.perf_counter()
         ids = reg.nonzero()[:, 0]
-        has = obs.any(1)
-        tids = has.nonzero()[:, 0]
+        tids = obs.any(1).nonzero()[:, 0]
         pi, vi = obs[tids][:, ids].nonzero(as_tuple=True)
         fix_intr = int(reg.sum()) < cfg.min_images_intrinsics
         T_r, intr_r, P = adjust(
@@ -199,53 +237,82 @@ def _grow(
         if shared_intrinsics and not fix_intr:
             intr[~reg] = intr_r[0]  # images still to come start from the refined camera
         X[tids] = P
-        uv, depth = project(transform_points(T_r[vi], P[pi]), model, intr_r[vi])
-        bad = ((uv - xy[tids[pi], ids[vi]]).norm(dim=-1) >= cfg.max_reproj_px) | (depth <= 0)
-        obs[tids[pi[bad]], ids[vi[bad]]] = False
-        obs[obs.sum(1) < 2] = False
+        drop_outliers(model, T, intr, X, obs, xy, tids, ids, pi, vi, cfg.max_reproj_px)
+        timings["global_ba_s"] += time.perf_counter() - t0
+        count["global"] += 1
+
+    def local_bundle(new: Tensor) -> None:
+        """Bundle adjust the window around the round's images ``new`` (the rest fixed)."""
+        t0 = time.perf_counter()
+        local_bundle_adjustment(
+            model, T, intr, X, obs, xy, reg, new, adjust, cfg.local_ba_images, cfg.max_reproj_px
+        )
+        timings["local_ba_s"] += time.perf_counter() - t0
+        count["local"] += 1
+
+    def register(c: int, has: Tensor) -> Tensor | None:
+        """PnP of image ``c`` on the model's points; its inlier tracks, or None."""
+        t0 = time.perf_counter()
+        sel = (has & vis[:, c]).nonzero()[:, 0]
+        rays = unproject(xy[sel, c], model, intr[c].expand(sel.numel(), -1))[..., :2]
+        Tc, inl = pnp_ransac(X[sel], rays, float(intr[c, 0]), pnp)
+        ninl = int(inl.sum())
+        ok = (
+            ninl >= pnp.min_inliers
+            and ninl >= cfg.min_inlier_ratio * sel.numel()
+            and bool(torch.isfinite(Tc).all())
+        )
+        s = sel[inl] if ok else None
+        if s is not None:
+            zero = torch.zeros(s.numel(), dtype=torch.long)
+            T_c, _, _ = adjust(
+                Tc[None], intr[c : c + 1], X[s], zero, torch.arange(s.numel()), xy[s, c],
+                True, True,
+            )  # fmt: skip
+            T[c] = T_c[0]
+        timings["pnp_s"] += time.perf_counter() - t0
+        return s
 
     add_points((vis[:, i] & vis[:, j]).nonzero()[:, 0])
     if int(obs.any(1).sum()) < pnp.min_inliers:
-        return IncrementalResult(T, reg & False, intr, pair, 0, 0)
+        return IncrementalResult(T, reg & False, intr, pair, 0, 0, timings=timings)
     bundle()
     failed = torch.zeros(n, dtype=torch.bool)
     last_ba = 2
-    focal = intr[:, 0]
     while True:
         has = obs.any(1)
         counts = (vis & has[:, None]).sum(0)
         counts[reg | failed] = 0
-        c = int(counts.argmax())
-        if int(counts[c]) < pnp.min_inliers:
+        batch = registration_candidates(counts, pnp.min_inliers, cfg.batch_images)
+        if batch.numel() == 0:
             if int(reg.sum()) == last_ba:
                 break
             bundle()  # then retry the images that failed against the older model
             last_ba = int(reg.sum())
             failed.zero_()
             continue
-        sel = (has & vis[:, c]).nonzero()[:, 0]
-        rays = unproject(xy[sel, c], model, intr[c].expand(sel.numel(), -1))[..., :2]
-        Tc, inl = pnp_ransac(X[sel], rays, float(focal[c]), pnp)
-        ninl = int(inl.sum())
-        if (
-            ninl < pnp.min_inliers
-            or ninl < cfg.min_inlier_ratio * sel.numel()
-            or not bool(torch.isfinite(Tc).all())
-        ):
-            failed[c] = True
+        count["rounds"] += 1
+        new: list[int] = []
+        for c in batch.tolist():  # every PnP against the same model
+            s = register(c, has)
+            if s is None:
+                failed[c] = True
+                continue
+            reg[c] = True
+            obs[s, c] = True
+            new.append(c)
+        if not new:
             continue
-        s = sel[inl]
-        zero = torch.zeros(s.numel(), dtype=torch.long)
-        T_c, _, _ = adjust(
-            Tc[None], intr[c : c + 1], X[s], zero, torch.arange(s.numel()), xy[s, c], True, True
-        )
-        T[c] = T_c[0]
-        reg[c] = True
-        obs[s, c] = True
-        new = (~has & vis[:, c] & ((vis & reg[None]).sum(1) >= 2)).nonzero()[:, 0]
-        add_points(new)
+        new_ids = torch.tensor(new)
+        tri = ~has & vis[:, new_ids].any(1) & ((vis & reg[None]).sum(1) >= 2)
+        add_points(tri.nonzero()[:, 0])
         if int(reg.sum()) >= math.ceil(cfg.ba_growth * last_ba):
             bundle()
             last_ba = int(reg.sum())
             failed.zero_()
-    return IncrementalResult(T, reg, intr, pair, int(obs.any(1).sum()), int(obs.sum()))
+        elif cfg.local_ba_images > 0:
+            local_bundle(new_ids)
+    return IncrementalResult(
+        T, reg, intr, pair, int(obs.any(1).sum()), int(obs.sum()),
+        count["rounds"], count["global"], count["local"], timings,
+    )  # fmt: skip

@@ -74,9 +74,10 @@ def _ba(
     cfg: RefinementConfig,
     fix_points: bool = False,
     function_tolerance: float = 1e-6,
+    fixed_cameras: tuple[int, ...] = (),
 ) -> tuple[Tensor, Tensor, Tensor, list[float]]:
-    """One bundle adjustment on the registered cameras; returns poses, intrinsics, points
-    and the cost after each iteration."""
+    """One bundle adjustment on the registered cameras (``fixed_cameras`` keep their pose);
+    returns poses, intrinsics, points and the cost after each iteration."""
     from sceneforge.recon.ba import BAOptions, BAProblem, bundle_adjust
 
     shared = intr_mode == "shared"
@@ -96,6 +97,7 @@ def _ba(
         loss_scale=cfg.ba_loss_scale_px,
         intrinsics="fixed" if intr_mode == "fixed" else intr_mode,
         fix_points=fix_points,
+        fixed_cameras=fixed_cameras,
         function_tolerance=function_tolerance,
         constant_intrinsics=() if cfg.refine_principal_point else ("cx", "cy"),
         # The pipeline's thread setting (BAOptions' default, all cores, oversubscribes).

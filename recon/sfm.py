@@ -9,7 +9,7 @@ Stages (each with its own typed config):
 3. global initialisation: rotation then translation averaging, all cameras at once
    (:mod:`sceneforge.recon.global_sfm`). When the pairs give reason to doubt it (relative
    rotations largely inconsistent, or pair groups with unrelated scales) an incremental model
-   (:mod:`sceneforge.recon.incremental`: one pair, then PnP image by image) checks it, and
+   (:mod:`sceneforge.recon.incremental`: one pair, then PnP in rounds of images) checks it, and
    replaces it when the two disagree; :func:`sceneforge.recon.reconstruct.reconstruct` then
    also re-tracks with every image pair matched;
 4. triangulation (:mod:`sceneforge.recon.triangulation`) → bundle adjustment
@@ -88,7 +88,7 @@ class SfMConfig:
     """PnP fallback registration."""
     init: Literal["auto", "global", "incremental"] = "auto"
     """Initial poses: "global" (rotation and translation averaging), "incremental" (one
-    pair, then PnP image by image) or "auto" (global, incremental where it cannot be
+    pair, then PnP in rounds of images) or "auto" (global, incremental where it cannot be
     trusted)."""
     incremental: IncrementalConfig = field(default_factory=IncrementalConfig)
     """Incremental registration."""
@@ -356,11 +356,12 @@ def _reconstruct_from_tracks(
         if cfg.init == "auto":
             log(f"global poses need verification ({'; '.join(reasons)}): incremental registration")
 
-        def adjust(T, K, X, cam, pt, obs_xy, fix_points, fix_intr):
+        def adjust(T, K, X, cam, pt, obs_xy, fix_points, fix_intr, fixed_cameras=()):
             mode = "fixed" if fix_intr else intr_mode
             T, K, X, _ = _ba(
                 model, T, K, X, cam, pt, obs_xy, mode, rcfg, fix_points=fix_points,
                 function_tolerance=rcfg.ba_first_round_function_tolerance,
+                fixed_cameras=fixed_cameras,
             )  # fmt: skip
             return T, K, X
 
@@ -369,8 +370,11 @@ def _reconstruct_from_tracks(
             model, intr, adjust, intr_mode == "shared", cfg.incremental, cfg.pnp, log,
         )  # fmt: skip
         timings["incremental_s"] = time.perf_counter() - t0
+        timings.update({f"incremental_{k}": v for k, v in inc.timings.items()})
         n_inc = int(inc.registered.sum())
         stats["incremental_registered"] = n_inc
+        stats["incremental_rounds"] = inc.rounds
+        stats["incremental_bundle_adjustments"] = {"global": inc.global_bas, "local": inc.local_bas}
         agree = _pose_agreement(
             cam_from_world, registered, inc.cam_from_world, inc.registered,
             cfg.incremental.min_common_images,

@@ -74,23 +74,26 @@ def triangulate_dlt(cam_from_world: Tensor, rays: Tensor, mask: Tensor) -> Tenso
         rays: ``(N, V, 3)`` camera-frame ray directions (``z != 0``).
         mask: ``(N, V)`` views to use (at least two per point).
     Returns ``(N, 3)`` points minimising the algebraic error of ``d x (T X) = 0``.
+
+    Only the masked views are evaluated: each point's ``4 x 4`` normal matrix ``A^T A`` of
+    its (unit) DLT rows is accumulated from its observations and the solution is its
+    eigenvector of the smallest eigenvalue (the smallest right singular vector of ``A``). A
+    dense SVD over all ``V`` views did ``V / track length`` times the work (300 views,
+    tracks of 16: 37 of the 54 CPU seconds of a triangulation).
     """
-    T = (
-        cam_from_world
-        if cam_from_world.ndim == 4
-        else cam_from_world[None].expand(rays.shape[0], -1, -1, -1)
-    )
-    rays = torch.where(mask[..., None], rays, torch.ones_like(rays))
-    xy = rays[..., :2] / rays[..., 2:3]
+    n = mask.shape[0]
+    pi, vi = mask.nonzero(as_tuple=True)
+    T = cam_from_world[vi] if cam_from_world.ndim == 3 else cam_from_world[pi, vi]  # (M, 3, 4)
+    r = rays[pi, vi]
+    xy = r[:, :2] / r[:, 2:3]
     rows = torch.stack(
-        [xy[..., 0:1] * T[..., 2, :] - T[..., 0, :], xy[..., 1:2] * T[..., 2, :] - T[..., 1, :]],
-        dim=-2,
-    )  # (N, V, 2, 4)
+        [xy[:, 0:1] * T[:, 2, :] - T[:, 0, :], xy[:, 1:2] * T[:, 2, :] - T[:, 1, :]], dim=1
+    )  # (M, 2, 4)
     rows = rows / rows.norm(dim=-1, keepdim=True).clamp(min=1e-30)
-    rows = torch.where(mask[..., None, None], rows, torch.zeros_like(rows))
-    A = rows.reshape(rows.shape[0], -1, 4)
-    _, _, vh = torch.linalg.svd(A, full_matrices=False)
-    h = vh[:, -1]
+    ata = rows[:, 0, :, None] * rows[:, 0, None, :] + rows[:, 1, :, None] * rows[:, 1, None, :]
+    A = torch.zeros(n, 4, 4, dtype=rays.dtype, device=rays.device).index_add_(0, pi, ata)
+    _, vecs = torch.linalg.eigh(A)
+    h = vecs[:, :, 0]
     w = h[:, 3:]
     w = torch.where(w.abs() < 1e-300, torch.full_like(w, 1e-300), w)
     return h[:, :3] / w
@@ -105,20 +108,29 @@ def _project_all(cameras: Cameras, points: Tensor) -> tuple[Tensor, Tensor]:
 def triangulation_angles(cameras: Cameras, points: Tensor, mask: Tensor) -> Tensor:
     """Largest angle (degrees) between any two masked viewing rays of each point.
 
-    Computed over each point's own views only (padded to the longest track), not over all
-    ``V x V`` view pairs: tracks are usually much shorter than the number of views."""
-    n, v = mask.shape
-    longest = int(mask.sum(1).max()) if n else 0
-    if longest < 2:
-        return torch.zeros(n, dtype=points.dtype, device=points.device)
-    views = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :longest]
-    used = torch.gather(mask, 1, views)
-    d = points[:, None, :] - cameras.centers[views]  # (N, L, 3)
-    d = d / d.norm(dim=-1, keepdim=True).clamp(min=1e-30)
-    cos = d @ d.transpose(1, 2)
-    both = used[:, :, None] & used[:, None, :]
-    min_cos = torch.where(both, cos, torch.ones_like(cos)).flatten(1).min(1).values
-    return torch.rad2deg(torch.acos(min_cos.clamp(-1.0, 1.0)))
+    Computed over each point's own views only, not over all ``V x V`` view pairs: the points
+    are taken in order of track length, in blocks padded to their own longest track (a few
+    long loop-closure tracks would otherwise pad every point to their length)."""
+    n = mask.shape[0]
+    out = torch.zeros(n, dtype=points.dtype, device=points.device)
+    lengths = mask.sum(1)
+    order = torch.argsort(lengths, stable=True)
+    block = 4096
+    for s in range(0, n, block):
+        idx = order[s : s + block]
+        longest = int(lengths[idx].max())
+        if longest < 2:
+            continue
+        m = mask[idx]
+        views = torch.argsort((~m).to(torch.int8), dim=1, stable=True)[:, :longest]
+        used = torch.gather(m, 1, views)
+        d = points[idx, None, :] - cameras.centers[views]  # (B, L, 3)
+        d = d / d.norm(dim=-1, keepdim=True).clamp(min=1e-30)
+        cos = d @ d.transpose(1, 2)
+        both = used[:, :, None] & used[:, None, :]
+        min_cos = torch.where(both, cos, torch.ones_like(cos)).flatten(1).min(1).values
+        out[idx] = torch.rad2deg(torch.acos(min_cos.clamp(-1.0, 1.0)))
+    return out
 
 
 def refine_points(
