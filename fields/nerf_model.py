@@ -59,16 +59,21 @@ def density_tv(grid: Float[Tensor, "1 1 D H W"]) -> Tensor:
     )
 
 
-def auto_grid_resolution(max_image_side: int | None) -> int:
-    """Explicit density-grid cells per side from the longest training image side (64..256,
-    a multiple of 16); 128 when the image size is unknown."""
+def auto_grid_resolution(max_image_side: int | None, forward: bool = False) -> int:
+    """Explicit density-grid cells per side from the longest training image side (a multiple
+    of 16, clamped to 64..256; 128 when the image size is unknown). A forward-facing frustum
+    caps it at 128: its cells follow the pixels' footprint, so 256 makes cells of ~1.4 pixels
+    (fern at 353 px, 2 CPU minutes: 256 cells 18.67 dB at 2,370 rays/s, 128 cells 18.52 dB at
+    4,650 rays/s)."""
     if not max_image_side:
         return 128
-    return int(min(256, max(64, round(max_image_side / 16) * 16)))
+    return int(min(128 if forward else 256, max(64, round(max_image_side / 16) * 16)))
 
 
 def reference_step(box: SceneBox, sampler: SamplerConfig) -> float:
     """Typical world-space step between samples, for the occupancy threshold."""
+    if box.forward is not None:
+        return box.forward.reference_step(sampler.num_samples)
     extent = float((box.aabb[1] - box.aabb[0]).norm())
     return extent / (sampler.num_samples / 2 if box.contract else sampler.num_samples)
 
@@ -84,7 +89,7 @@ def build_nerf_parts(
     the occupancy grid of a box, both still on the CPU where they are built."""
     fcfg = cfg.field
     if fcfg.density_grid_resolution <= 0:
-        n = auto_grid_resolution(max_image_side)
+        n = auto_grid_resolution(max_image_side, box.forward is not None)
         fcfg = dataclasses.replace(fcfg, density_grid_resolution=n)
     field = RadianceField(fcfg, box, num_images, device)
     return field, OccupancyGrid(cfg.sampler, reference_step(box, cfg.sampler))

@@ -3,7 +3,8 @@
 Candidate samples are laid out densely (``R x S``) so that rendering is a plain cumulative sum;
 only the samples in occupied cells are sent to the field (the expensive part on CPU).
 Bounded scenes step uniformly inside the box; contracted scenes step uniformly in
-``s = g(t)`` (linear near the cameras, linear in disparity far away).
+``s = g(t)`` (linear near the cameras, linear in disparity far away); forward-facing scenes
+step uniformly in disparity between their near and far depth.
 """
 
 from __future__ import annotations
@@ -87,7 +88,10 @@ def ray_intervals(
     else:
         u = draw(torch.rand, (r, 1), generator=generator, device=dev, dtype=dt)
     k = torch.arange(s_n + 1, device=dev, dtype=dt)[None]
-    if box.contract:
+    if box.forward is not None:
+        edges, hit = box.forward.ray_intervals(origins, directions, s_n, u)
+        valid = hit[:, None].expand(r, s_n).clone()
+    elif box.contract:
         # split distance: the inner box's half-diagonal (cameras and object are inside)
         split = ((box.aabb[1] - box.aabb[0]).norm() * 0.5).to(origins)
         s0 = _s_of_t(torch.full((r, 1), cfg.near, device=dev, dtype=dt), split)

@@ -575,8 +575,7 @@ class Trainer:
             )
         if list(s["image_names"]) != list(self.scene.image_names):
             raise CheckpointError(f"{where}: was trained on a different scene (image names differ)")
-        self.box.aabb.copy_(s["box"]["aabb"])
-        self.box.contract = bool(s["box"]["contract"])
+        self.box.load_state(s["box"])
         self.model.load_state_dict(s["model"])
         camopt.load_state(self.camera_opt, s.get("camera_opt"))
         self.optimizer = self._make_optimizer()  # the model may have changed its parameters

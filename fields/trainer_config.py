@@ -111,8 +111,10 @@ class TrainerConfig:
     box with fog that drives the colours to the background and never recovers)."""
     mask_loss_weight: float = 0.05
     """Weight of ``mean((accumulation - mask coverage)^2)`` with ``object_masks``."""
-    scene_box: Literal["auto", "bounded", "unbounded", "masks"] = "auto"
-    """``auto``: bounded when the scene metadata has an ``aabb``, else unbounded (contracted);
+    scene_box: Literal["auto", "bounded", "unbounded", "masks", "forward"] = "auto"
+    """``auto``: bounded when the scene metadata has an ``aabb``, else ``forward`` for a
+    forward-facing capture (cameras looking one way at the sparse points, as LLFF), else
+    unbounded (contracted); ``forward``: the cameras' frustum, spaced in disparity as NDC;
     ``masks``: bounded by the visual hull of the foreground masks (default with
     ``object_masks``)."""
     inner_scale: float = 1.0

@@ -177,6 +177,13 @@ def look_at(
     return make_rigid(R, -(R @ eye[..., None])[..., 0])
 
 
+def view_names(n: int) -> list[str]:
+    """``view_000.png`` ...: zero-padded to the count (at least 3 digits), so that the names
+    sort in capture order (1,000+ views of a walk are matched as a sequence by name)."""
+    width = max(3, len(str(n - 1)))
+    return [f"view_{i:0{width}d}.png" for i in range(n)]
+
+
 def orbit_rig(
     num_views: int,
     target,
@@ -456,7 +463,7 @@ def make_scene(cfg: SyntheticSceneConfig) -> SceneData:
     obs = observe_points(mesh, cameras, points, near)
     return SceneData(
         cameras=cameras,
-        image_names=[f"view_{i:03d}.png" for i in range(len(cameras))],
+        image_names=view_names(len(cameras)),
         images=images,
         masks=masks,
         depths=depths,
@@ -595,5 +602,6 @@ __all__ = [
     "sample_surface",
     "scene_cameras",
     "turntable_scene",
+    "view_names",
     "walk_rig",
 ]

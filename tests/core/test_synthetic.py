@@ -395,3 +395,11 @@ def test_points_beyond_distortion_fold_over_are_not_observed():
     mesh = Mesh(tri, torch.tensor([[0, 1, 2]]), materials=[Material(noise_seed=0)])
     assert len(observe_points(mesh, cams, p, near=1e-3)) == 0
     assert (render_view(mesh, cams, 0).face < 0).all()
+
+
+def test_view_names_sort_in_capture_order_past_999():
+    from sceneforge.core.synthetic import view_names
+
+    assert view_names(3) == ["view_000.png", "view_001.png", "view_002.png"]
+    names = view_names(1001)
+    assert sorted(names) == names and names[-1] == "view_1000.png"
