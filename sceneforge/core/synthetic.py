@@ -51,14 +51,15 @@ from sceneforge.core.raster import (
     Shading,
     cast_pixels,
     cast_points,
-    render_view,
-    shade,
-    vertex_normals,
 )
-from sceneforge.core.scene import Observations, SceneData
-
-#: Relative depth slack when deciding that nothing lies in front of a point.
-VISIBILITY_RTOL = 1e-7
+from sceneforge.core.scene import SceneData
+from sceneforge.core.synthetic_truth import (
+    VISIBILITY_RTOL,
+    observe_points,
+    render_ground_truth,
+    sample_surface,
+    view_names,
+)
 
 
 @dataclass
@@ -175,13 +176,6 @@ def look_at(
     R_wc = torch.stack([right, down, fwd], -1)  # columns: camera axes in world
     R = R_wc.transpose(-1, -2)
     return make_rigid(R, -(R @ eye[..., None])[..., 0])
-
-
-def view_names(n: int) -> list[str]:
-    """``view_000.png`` ...: zero-padded to the count (at least 3 digits), so that the names
-    sort in capture order (1,000+ views of a walk are matched as a sequence by name)."""
-    width = max(3, len(str(n - 1)))
-    return [f"view_{i:0{width}d}.png" for i in range(n)]
 
 
 def orbit_rig(
@@ -399,35 +393,6 @@ def scene_cameras(cfg: SyntheticSceneConfig, mesh: Mesh, rig: str) -> Cameras:
     return make_cameras(T, cfg.width, cfg.height, cfg.fov_deg, cfg.camera_model, cfg.distortion)
 
 
-def sample_surface(
-    mesh: Mesh, num: int, gen: torch.Generator
-) -> tuple[Float[Tensor, "M 3"], Tensor, Float[Tensor, "M 3"]]:
-    """``num`` points uniform by area: world points, their faces and barycentrics."""
-    a, b, c = mesh.vertices[mesh.faces].unbind(1)
-    area = torch.cross(b - a, c - a, dim=-1).norm(dim=-1)
-    face = torch.multinomial(area, num, replacement=True, generator=gen)
-    r = torch.rand(num, 2, generator=gen, dtype=torch.float64)
-    s = r[:, 0].sqrt()
-    bary = torch.stack([1 - s, s * (1 - r[:, 1]), s * r[:, 1]], -1)
-    pts = (mesh.vertices[mesh.faces[face]] * bary[..., None]).sum(1)
-    return pts, face, bary
-
-
-def observe_points(
-    mesh: Mesh, cameras: Cameras, points: Float[Tensor, "M 3"], near: float
-) -> Observations:
-    """Exact observations: point k is seen in view j where the ray to it hits nothing closer."""
-    img, pid, xys = [], [], []
-    for j in range(len(cameras)):
-        pix, z, hits = cast_points(mesh, cameras, j, points, near)
-        vis = (hits.face >= 0) & (hits.depth >= z * (1 - VISIBILITY_RTOL))
-        k = vis.nonzero()[:, 0]
-        img.append(torch.full_like(k, j))
-        pid.append(k)
-        xys.append(pix[k])
-    return Observations(torch.cat(img), torch.cat(pid), torch.cat(xys))
-
-
 @limit_threads
 def make_scene(cfg: SyntheticSceneConfig) -> SceneData:
     """Render ``cfg`` into an in-memory :class:`SceneData` with exact ground truth."""
@@ -436,53 +401,13 @@ def make_scene(cfg: SyntheticSceneConfig) -> SceneData:
     lo, hi = mesh.bounds()
     near = cfg.near if cfg.near > 0 else 1e-3 * float((hi - lo).norm())
     shading = Shading(mode=cfg.shading)
-    normals = vertex_normals(mesh.vertices, mesh.faces)
-    images, masks, depths, face_ids, object_ids = [], [], [], [], []
     blur = _handheld.blur_schedule(len(cameras), cfg.seed, tuple(cfg.motion_blur_px))
-    for i in range(len(cameras)):
-        out = render_view(
-            mesh,
-            cameras,
-            i,
-            ssaa=cfg.ssaa,
-            near=near,
-            shading=shading,
-            background=cfg.background,
-            normals=normals,
-        )
-        color = _handheld.motion_blur(out.color, *blur[i]) if blur else out.color
-        images.append((color * 255 + 0.5).clamp(0, 255).to(torch.uint8))
-        obj = torch.where(out.face >= 0, mesh.face_object[out.face.clamp_min(0)], -2)
-        masks.append(obj >= 0)
-        depths.append(out.depth.float())
-        face_ids.append(out.face.to(torch.int32))
-        object_ids.append(obj.to(torch.int16))
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + 13)
-    points, pfaces, pbary = sample_surface(mesh, cfg.num_points, gen)
-    colors = shade(mesh, pfaces, pbary, shading, normals)
-    obs = observe_points(mesh, cameras, points, near)
-    return SceneData(
-        cameras=cameras,
-        image_names=view_names(len(cameras)),
-        images=images,
-        masks=masks,
-        depths=depths,
-        points=points,
-        point_colors=(colors * 255 + 0.5).clamp(0, 255).to(torch.uint8),
-        observations=obs,
-        metadata={
-            "synthetic": True,
-            "mesh": mesh,
-            "face_ids": face_ids,
-            "object_ids": object_ids,
-            "point_faces": pfaces,
-            "point_bary": pbary,
-            "near": near,
-            "rig": rig,
-            "config": asdict(cfg),
-            "mask_semantics": "True where the pixel-centre ray hits an object of interest",
-        },
-    )
+    extra = {"rig": rig, "config": asdict(cfg)}
+    extra["mask_semantics"] = "True where the pixel-centre ray hits an object of interest"
+    return render_ground_truth(
+        mesh, cameras, near, shading, cfg.background, cfg.num_points, cfg.seed, extra,
+        ssaa=cfg.ssaa, blur=blur,
+    )  # fmt: skip
 
 
 def _scene_mesh(scene: SceneData) -> Mesh:
@@ -598,6 +523,7 @@ __all__ = [
     "observe_points",
     "orbit_rig",
     "pixel_correspondences",
+    "render_ground_truth",
     "room_scene",
     "sample_surface",
     "scene_cameras",

@@ -25,9 +25,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sceneforge.core.meshes import Material, Mesh, grid_patch, limit_threads, merge_meshes
-from sceneforge.core.raster import Shading, render_view, shade, vertex_normals
+from sceneforge.core.raster import Shading
 from sceneforge.core.scene import SceneData
-from sceneforge.core.synthetic import look_at, make_cameras, observe_points, sample_surface
+from sceneforge.core.synthetic import look_at, make_cameras
+from sceneforge.core.synthetic_truth import render_ground_truth
 
 
 @dataclass
@@ -246,45 +247,10 @@ def make_street(cfg: StreetConfig | None = None) -> SceneData:
     cfg = cfg or StreetConfig()
     mesh = street_mesh(cfg)
     cameras = make_cameras(street_cameras(cfg), cfg.width, cfg.height, cfg.fov_deg)
-    near = 1e-2
-    shading = Shading()
-    normals = vertex_normals(mesh.vertices, mesh.faces)
-    images, masks, depths, face_ids, object_ids = [], [], [], [], []
-    for i in range(len(cameras)):
-        out = render_view(
-            mesh, cameras, i, near=near, shading=shading, background=cfg.sky, normals=normals
-        )
-        images.append((out.color * 255 + 0.5).clamp(0, 255).to(torch.uint8))
-        obj = torch.where(out.face >= 0, mesh.face_object[out.face.clamp_min(0)], -2)
-        masks.append(obj >= 0)
-        depths.append(out.depth.float())
-        face_ids.append(out.face.to(torch.int32))
-        object_ids.append(obj.to(torch.int16))
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + 13)
-    points, pfaces, pbary = sample_surface(mesh, cfg.num_points, gen)
-    colors = shade(mesh, pfaces, pbary, shading, normals)
-    digits = max(3, len(str(cfg.num_views - 1)))
-    return SceneData(
-        cameras=cameras,
-        image_names=[f"view_{i:0{digits}d}.png" for i in range(len(cameras))],
-        images=images,
-        masks=masks,
-        depths=depths,
-        points=points,
-        point_colors=(colors * 255 + 0.5).clamp(0, 255).to(torch.uint8),
-        observations=observe_points(mesh, cameras, points, near),
-        metadata={
-            "synthetic": True,
-            "mesh": mesh,
-            "face_ids": face_ids,
-            "object_ids": object_ids,
-            "point_faces": pfaces,
-            "point_bary": pbary,
-            "near": near,
-            "rig": "street",
-            "config": asdict(cfg),
-            "mask_semantics": "True where the pixel-centre ray hits a building",
-        },
+    extra = {"rig": "street", "config": asdict(cfg)}
+    extra["mask_semantics"] = "True where the pixel-centre ray hits a building"
+    return render_ground_truth(
+        mesh, cameras, 1e-2, Shading(), cfg.sky, cfg.num_points, cfg.seed, extra
     )
 
 
