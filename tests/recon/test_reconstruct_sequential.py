@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from sceneforge.recon import tracking
 from sceneforge.recon.reconstruct import ReconstructConfig, neighbor_frames, reconstruct
@@ -30,25 +29,21 @@ def video_frames(tmp_path_factory) -> Path:
 
     from sceneforge.core.synthetic import SyntheticSceneConfig, make_scene
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        scene = make_scene(
-            SyntheticSceneConfig(
-                scene="room",
-                rig="handheld",
-                num_views=60,
-                width=W,
-                height=H,
-                fov_deg=70.0,
-                num_objects=20,
-                tiled_surfaces=("wall_y+",),
-                motion_blur_px=(0.5, 2.0),
-                seed=0,
-            )
+    # make_scene renders with one torch thread (core.meshes.limit_threads)
+    scene = make_scene(
+        SyntheticSceneConfig(
+            scene="room",
+            rig="handheld",
+            num_views=60,
+            width=W,
+            height=H,
+            fov_deg=70.0,
+            num_objects=20,
+            tiled_surfaces=("wall_y+",),
+            motion_blur_px=(0.5, 2.0),
+            seed=0,
         )
-    finally:
-        torch.set_num_threads(old)
+    )
     frames = np.stack(
         [(im.numpy() * 255 + 0.5).astype(np.uint8) for im in scene.images[:NUM_FRAMES]]
     )

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from sceneforge.core.video_input import VideoConfig, VideoError
 from sceneforge.recon.reconstruct import ReconstructConfig, reconstruct
@@ -33,24 +32,20 @@ def video(tmp_path_factory) -> Path:
 
     from sceneforge.core.synthetic import SyntheticSceneConfig, make_scene
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        scene = make_scene(
-            SyntheticSceneConfig(
-                scene="room",
-                rig="handheld",
-                num_views=60,
-                width=W,
-                height=H,
-                fov_deg=70.0,
-                num_objects=20,
-                tiled_surfaces=("wall_y+",),
-                seed=0,
-            )
+    # make_scene renders with one torch thread (core.meshes.limit_threads)
+    scene = make_scene(
+        SyntheticSceneConfig(
+            scene="room",
+            rig="handheld",
+            num_views=60,
+            width=W,
+            height=H,
+            fov_deg=70.0,
+            num_objects=20,
+            tiled_surfaces=("wall_y+",),
+            seed=0,
         )
-    finally:
-        torch.set_num_threads(old)
+    )
     frames = []
     for k in range(NUM_WINDOWS):
         sharp = (scene.images[k].numpy()).astype(np.uint8)
