@@ -98,10 +98,9 @@ class SceneBox:
 
     def load_state(self, s: dict) -> None:
         """Take a saved box's values in place (the model holds this object)."""
-        self.aabb.copy_(s["aabb"])
-        self.contract = bool(s["contract"])
-        fwd = s.get("forward")
-        self.forward = ForwardFrustum.from_state(fwd) if fwd is not None else None
+        saved = SceneBox.from_state(s)
+        self.aabb.copy_(saved.aabb)
+        self.contract, self.forward = saved.contract, saved.forward
 
 
 @dataclass

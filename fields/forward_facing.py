@@ -105,7 +105,7 @@ class ForwardFrustum:
         d_zs = torch.where(ok, d_z, torch.ones_like(d_z))
         k = torch.arange(num_samples + 1, device=origins.device, dtype=origins.dtype)[None]
         frac = (k + u - 0.5) / num_samples
-        frac = torch.cat([frac[:, :1] * 0, frac[:, 1:-1], frac[:, -1:] * 0 + 1], dim=1)
+        frac[:, 0], frac[:, -1] = 0.0, 1.0  # the end edges stay put (jitter moves the rest)
         inv = 1.0 / self.z_near + frac * (1.0 / self.z_far - 1.0 / self.z_near)
         t = (1.0 / inv - o_z[:, None]) / d_zs[:, None]
         ok = ok & (t[:, 0] >= 0)
@@ -193,10 +193,9 @@ def fit_forward_frustum(
         px = torch.tensor([[0, 0], [w, 0], [0, h], [w, h]], dtype=torch.float64)
         d = unproject(px, cams.model, cams.params[i].double().expand(4, -1))
         wfc = invert_rigid(cams.cam_from_world[i].double())
+        o_ref = transform_points(T, wfc[:, 3][None])[0]
+        dirs = transform_points(T, transform_points(wfc, d)) - o_ref  # corner rays, ref frame
         for z in (z_near, z_far):
-            p_ref = transform_points(T, transform_points(wfc, d))  # depth-1 corner rays
-            o_ref = transform_points(T, wfc[:, 3][None])[0]
-            dirs = p_ref - o_ref
             s = (z - o_ref[2]) / dirs[:, 2].clamp(min=1e-6)
             hit = o_ref + s[:, None] * dirs
             tans.append(hit[:, :2] / z)
