@@ -81,6 +81,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from sceneforge.core.torch_state import torch_threads
 from sceneforge.recon.epipolar import (
     apply_affine,
     decompose_essential,
@@ -111,7 +112,6 @@ from sceneforge.recon.two_view_models import (
     pixel_normalisation,
     ransac_options,
     robust_weights,
-    torch_threads,
     uncompact_rows,
     unit_frobenius,
 )

@@ -4,9 +4,7 @@ pad, compact and subsample the pairs' rows, and the torch thread setting of the 
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -32,19 +30,6 @@ from sceneforge.recon.lo_ransac import (
 
 if TYPE_CHECKING:
     from sceneforge.recon.two_view import TwoViewConfig
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (``None``: leave them), then restore."""
-    old = torch.get_num_threads()
-    if n is not None and n > 0 and n != old:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != old:
-            torch.set_num_threads(old)
 
 
 def compact_rows(x1: Tensor, x2: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
