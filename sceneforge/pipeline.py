@@ -303,9 +303,8 @@ def _prepare_images(
     A photo folder already inside ``OUT`` is used as it is. ``OUT/images`` made from another
     input (a video record that does not match) is an error, never overwritten.
     """
-    from sceneforge.core.atomic import atomic_write_json as write_json
     from sceneforge.core.image_io import scan_folder
-    from sceneforge.core.video_input import copy_images, image_size, sample_video_frames
+    from sceneforge.core.video_input import copy_images, image_size, video_frames_folder
 
     rcfg = cfg.reconstruct
     max_size = rcfg.max_image_size
@@ -325,8 +324,7 @@ def _prepare_images(
         else:
             if not same and images.exists() and any(images.iterdir()):
                 raise RunError(f"{images}: holds images of another input; use a new output folder")
-            record = sample_video_frames(src, images, cfg.video, max_size, log)
-            write_json(record_path, record)
+            images, record = video_frames_folder(src, out, cfg.video, max_size, log)
         files = [images / f["file"] for f in record["frames"]]
         if rcfg.sequential is None:  # frame_NNNNN.jpg: sorted by name = in temporal order
             rcfg = dataclasses.replace(rcfg, sequential=True)
