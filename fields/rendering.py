@@ -73,7 +73,7 @@ def render_rays(
     Returns ``rgb`` (R, 3), ``accumulation`` (R,), ``distance`` (expected ray distance, R),
     ``depth`` (expected camera z-depth when ``z_per_t`` is given, else the distance),
     ``features`` (R, C) when the field has feature channels, ``normals`` when asked,
-    ``weights`` (R, S), ``t`` (R, S) and ``num_samples`` (field evaluations).
+    ``weights`` (R, S), ``t`` (R, S), ``deltas`` (interval lengths, R, S) and ``num_samples`` (field evaluations).
     Ray distances are not normalised by accumulation (empty rays have depth 0).
     """
     t, deltas, valid = ray_intervals(
@@ -118,6 +118,7 @@ def render_rays(
         "depth": dist * z_per_t if z_per_t is not None else dist,
         "weights": weights,
         "t": t,
+        "deltas": deltas,
         "num_samples": torch.tensor(sel.numel()),
     }
     if field.cfg.num_feature_channels > 0:

@@ -116,6 +116,23 @@ def ray_intervals(
     return t_mid, deltas, valid
 
 
+def normalized_edges(
+    t: Float[Tensor, "R S"], deltas: Float[Tensor, "R S"], box: SceneBox, cfg: SamplerConfig
+) -> Float[Tensor, "R S1"]:
+    """The interval edges of :func:`ray_intervals` in the coordinate their samples are spaced
+    in (distance in a bounded box, ``g(t)`` of the contraction, disparity in a forward-facing
+    frustum), mapped per ray onto ``[0, 1]`` (mip-NeRF 360's normalised ray distance ``s``)."""
+    edges = torch.cat([t[:, :1] - 0.5 * deltas[:, :1], t + 0.5 * deltas], dim=1)
+    if box.forward is not None:
+        g = -1.0 / edges.clamp(min=1e-6)
+    elif box.contract:
+        g = _s_of_t(edges, ((box.aabb[1] - box.aabb[0]).norm() * 0.5).to(edges))
+    else:
+        g = edges
+    lo, hi = g[:, :1], g[:, -1:]
+    return (g - lo) / (hi - lo).clamp(min=1e-9)
+
+
 class OccupancyGrid(torch.nn.Module):
     """Binary occupancy over the normalised ``[0, 1]^3`` domain, updated from the field's density.
 
