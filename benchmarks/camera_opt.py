@@ -21,6 +21,7 @@ run within 0.5 dB of the true-pose run, and the pose errors shrink.
 
 Each row (``--json``): ``{"run": "true" | "perturbed" | "refined", "mode": str | null,
 "camera_opt_lr": float | null, "camera_opt_weight": float | null, "steps": int,
+"camera_opt_warmup": float | null, "camera_opt_units": str | null,
 "heldout_psnr": float, "heldout_psnr_input_align": float | null, "rot_err_deg": float,
 "center_err": float, "gap_to_true_db": float}``. torch runs on one thread, so the figures
 depend only on the arguments.
@@ -40,7 +41,7 @@ from sceneforge.fields.camera_opt import perturb_training_cameras
 from sceneforge.fields.trainer import Trainer, TrainerConfig
 
 
-def run(scene: SceneData, steps: int, camera_opt: str, lr: float, weight: float) -> Trainer:
+def run(scene: SceneData, steps: int, camera_opt: str, lr: float, weight: float, **kw) -> Trainer:
     cfg = TrainerConfig(
         max_steps=steps,
         batch_rays=1024,
@@ -52,6 +53,7 @@ def run(scene: SceneData, steps: int, camera_opt: str, lr: float, weight: float)
         camera_opt_lr=lr,
         camera_opt_weight=weight,
         num_threads=1,
+        **kw,
     )
     trainer = Trainer(scene, cfg)
     trainer.train()
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", nargs="+", default=["SO3xR3"], choices=["SO3xR3", "SE3"])
     ap.add_argument("--lrs", type=float, nargs="+", default=[1e-2])
     ap.add_argument("--weights", type=float, nargs="+", default=[1e-2])
+    ap.add_argument("--warmup", type=float, default=0.0, help="camera_opt_warmup")
+    ap.add_argument("--units", default="params", choices=["params", "pixels"])
     ap.add_argument("--no-baselines", action="store_true", help="only the refined runs")
     ap.add_argument("--json", default=None, help="append one JSON object per row to this file")
     args = ap.parse_args(argv)
@@ -88,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                 "camera_opt_lr": lr,
                 "camera_opt_weight": w,
                 "steps": args.steps,
+                "camera_opt_warmup": None if name != "refined" else args.warmup,
+                "camera_opt_units": None if name != "refined" else args.units,
                 "heldout_psnr": round(float(psnr), 3),
                 "heldout_psnr_input_align": None if psnr_in is None else round(float(psnr_in), 3),
                 "rot_err_deg": round(rot, 3),
@@ -104,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     for mode in args.modes:
         for lr in args.lrs:
             for w in args.weights:
-                tr = run(bad, args.steps, mode, lr, w)
+                extra = {"camera_opt_warmup": args.warmup, "camera_opt_units": args.units}
+                tr = run(bad, args.steps, mode, lr, w, **extra)
                 psnr_in = tr.evaluate()["psnr"]  # the trainer's protocol: input cameras
                 tr.camera_opt.align_reference = gt  # ground truth known: align to it
                 psnr = tr.evaluate()["psnr"]

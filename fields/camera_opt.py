@@ -19,6 +19,13 @@ a correction that is exactly zero at zero parameters", so with refinement on, st
 exactly the unrefined rays. An L2 regulariser (``camera_opt_weight * mean |params|^2``) keeps
 the corrections small and pins the gauge (a global drift of all cameras).
 
+Two options against corrections that absorb a young field's errors instead of pose errors
+(benchmarks/RESULTS.md): a warm-up (:func:`warmup_factor`: the corrections stay frozen for a
+fraction of the run, then their learning rate ramps up; a function of the schedule fraction,
+so exact on resume) and pixel units (:func:`pixel_scale`: the optimised parameters are the
+image motion the corrections cause, so Adam's step size, about ``lr`` per step whatever the
+gradient's size, and the regulariser mean the same for any focal length and scene scale).
+
 Held-out views get no correction of their own (they have no parameters). The field is learned
 in the frame of the *refined* training cameras, which may drift from the input frame by a
 global similarity (the gauge; the regulariser only damps it), so held-out cameras are mapped
@@ -147,21 +154,40 @@ class CameraOptimizer(nn.Module):
     """
 
     def __init__(
-        self, mode: str, cameras: Cameras, focal: bool = False, lr: float = 1e-3, weight=1e-2
+        self,
+        mode: str,
+        cameras: Cameras,
+        focal: bool = False,
+        lr: float = 1e-3,
+        weight=1e-2,
+        warmup: float = 0.0,
+        units: Tensor | None = None,
     ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown camera refinement {mode!r}; use one of {MODES}")
         self.mode, self.lr, self.weight = mode, float(lr), float(weight)
+        self.warmup = float(warmup)
+        """Fraction of the run with frozen corrections (see :func:`warmup_factor`)."""
         self.input_cameras = cameras.to(dtype=torch.float64, device="cpu")
         n = len(cameras)
         self.pose = nn.Parameter(torch.zeros(n, 6))
+        """The optimised corrections in :attr:`units` per component (``xi = pose / units``)."""
         self.log_focal = nn.Parameter(torch.zeros(n)) if focal else None
         # float64: the rays' rotation is cast per batch (exact refined cameras in float64 tests)
         self.register_buffer("cam_rot", cameras.cam_from_world[:, :, :3].double().clone())
+        # what one unit of the optimised parameter is, per camera and component of xi: ones =
+        # radians and scene units; :func:`pixel_scale` = pixels of image motion (so Adam's
+        # step, ~lr per step whatever the gradient's size, and the regulariser are in pixels)
+        units = torch.ones(n, 6) if units is None else units.float().clone()
+        self.register_buffer("units", units, persistent=False)
         self.align_reference: Tensor | None = None
         """``N 3 4`` training ``cam_from_world`` the held-out cameras' frame is aligned by
         (:func:`eval_cameras`; None = the input cameras; not saved in checkpoints)."""
+
+    def xi(self) -> Float[Tensor, "N 6"]:
+        """The corrections ``(rho, omega)`` in scene units and radians."""
+        return self.pose / self.units
 
     def apply(
         self,
@@ -179,7 +205,7 @@ class CameraOptimizer(nn.Module):
             directions.to(dev),
             z_per_t.to(dev),
             self.cam_rot[j].to(origins.dtype),
-            self.pose[j],
+            self.xi()[j],
             lf,
             self.mode,
         )
@@ -190,7 +216,7 @@ class CameraOptimizer(nn.Module):
         return dataclasses.replace(batch, origins=o, directions=d, z_per_t=z)
 
     def regularizer(self) -> Tensor:
-        """``weight * (mean |xi|^2 + mean phi^2)``."""
+        """``weight * (mean |pose|^2 + mean phi^2)`` (``pose`` in :attr:`units`)."""
         reg = self.pose.pow(2).sum(-1).mean()
         if self.log_focal is not None:
             reg = reg + self.log_focal.pow(2).mean()
@@ -199,12 +225,12 @@ class CameraOptimizer(nn.Module):
     def param_groups(self) -> list[dict]:
         """One optimizer group (its own learning rate)."""
         params = [self.pose] + ([self.log_focal] if self.log_focal is not None else [])
-        return [{"params": params, "lr": self.lr, "name": "camera_opt"}]
+        return [{"params": params, "lr": self.lr, "name": "camera_opt", "warmup": self.warmup}]
 
     @torch.no_grad()
     def refined_cameras(self) -> Cameras:
         """The training cameras with the corrections applied (float64, CPU)."""
-        delta = pose_delta(self.pose.detach().double().cpu(), self.mode)
+        delta = pose_delta(self.xi().detach().double().cpu(), self.mode)
         cams = self.input_cameras.with_poses(
             refined_cam_from_world(self.input_cameras.cam_from_world, delta)
         )
@@ -215,7 +241,7 @@ class CameraOptimizer(nn.Module):
     @torch.no_grad()
     def stats(self) -> dict[str, float]:
         """Mean rotation (degrees) / translation / |log focal scale| of the corrections."""
-        p = self.pose.detach().double()
+        p = self.xi().detach().double()
         out = {
             "camera_opt_rot_deg": float(p[:, 3:].norm(dim=-1).mean()) * 180.0 / math.pi,
             "camera_opt_trans": float(p[:, :3].norm(dim=-1).mean()),
@@ -223,6 +249,34 @@ class CameraOptimizer(nn.Module):
         if self.log_focal is not None:
             out["camera_opt_focal"] = float(self.log_focal.detach().abs().mean())
         return out
+
+
+def warmup_factor(fraction: float, warmup: float) -> float:
+    """Learning-rate multiplier of the camera corrections at ``fraction`` of the run: 0 for
+    the first ``warmup`` (the field settles on the input cameras first, so the corrections do
+    not absorb a young field's errors), then a linear ramp to 1 over the next ``warmup``; 1
+    throughout when ``warmup`` is 0. A function of the schedule fraction only: exact on
+    resume and follows a time budget like the learning-rate decay."""
+    if warmup <= 0:
+        return 1.0
+    return min(max(fraction / warmup - 1.0, 0.0), 1.0)
+
+
+def group_lr_factor(group: dict, fraction: float) -> float:
+    """:func:`warmup_factor` of an optimizer group (1 for groups without ``warmup``)."""
+    return warmup_factor(fraction, float(group.get("warmup", 0.0)))
+
+
+def pixel_scale(cameras: Cameras, depth: float, downscale: int = 1) -> Float[Tensor, "N 6"]:
+    """Pixels of image motion per unit of each correction component ``(rho, omega)``, per
+    camera: ``f / depth`` per unit of translation (a point at the scene depth moves by
+    ``f t / z``) and ``f`` per radian of rotation, ``f`` the mean focal length in pixels at
+    the training resolution (``1 / downscale``). With it the regulariser is the mean squared
+    image motion the corrections cause, whatever the scene's scale and the image size."""
+    K = cameras.K.double()
+    f = 0.5 * (K[:, 0, 0] + K[:, 1, 1]) / max(int(downscale), 1)
+    per_t = f / max(float(depth), 1e-9)
+    return torch.stack([per_t] * 3 + [f] * 3, dim=-1).float()
 
 
 def scene_depth(scene: SceneData, indices: list[int]) -> float:
@@ -306,8 +360,17 @@ def camera_optimizer(cfg, scene, train_indices: list[int], device) -> CameraOpti
     if cfg.camera_opt == "off":
         return None
     cams = scene.cameras[list(train_indices)]
+    scale = None
+    if cfg.camera_opt_units == "pixels":
+        scale = pixel_scale(cams, scene_depth(scene, list(train_indices)), cfg.downscale)
     opt = CameraOptimizer(
-        cfg.camera_opt, cams, cfg.camera_opt_focal, cfg.camera_opt_lr, cfg.camera_opt_weight
+        cfg.camera_opt,
+        cams,
+        cfg.camera_opt_focal,
+        cfg.camera_opt_lr,
+        cfg.camera_opt_weight,
+        cfg.camera_opt_warmup,
+        scale,
     )
     return opt.to(device)
 
@@ -374,7 +437,7 @@ def refined_cameras_json(opt: CameraOptimizer, names: list[str]) -> dict:
             "params": cams.params[j].tolist(),
             "width": int(cams.width[j]),
             "height": int(cams.height[j]),
-            "correction": opt.pose[j].detach().double().cpu().tolist(),
+            "correction": opt.xi()[j].detach().double().cpu().tolist(),
         }
     return {"mode": opt.mode, "focal": opt.log_focal is not None, "cameras": out}
 
@@ -418,7 +481,10 @@ __all__ = [
     "camera_optimizer",
     "describe",
     "eval_cameras",
+    "group_lr_factor",
+    "pixel_scale",
     "scene_depth",
+    "warmup_factor",
     "load_state",
     "param_groups",
     "refine_batch",

@@ -342,8 +342,10 @@ class Trainer:
         total, mse, samples = dp.global_stats(loss, mse, out["num_samples"])
         if not bool(torch.isfinite(total)):
             raise TrainingDivergedError(self._diverged(f"the loss is {float(total)}"))
+        frac = self.schedule_fraction()
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * self.lr_factor(final_factor=g["final_factor"])
+            g["lr"] *= camopt.group_lr_factor(g, frac)  # camera corrections' warm-up
         self.optimizer.zero_grad(set_to_none=True)
         if dp.backward(loss, self.optimizer):
             self.optimizer.step()

@@ -84,6 +84,13 @@ class TrainerConfig:
     """Weight of the L2 regulariser ``mean |correction|^2`` of the camera corrections."""
     camera_opt_focal: bool = False
     """Also refine a per-image focal-length scale (with ``camera_opt``)."""
+    camera_opt_warmup: float = 0.0
+    """Fraction of the run (of the lr schedule) with the camera corrections frozen; their lr
+    then ramps up linearly over the same fraction again (0 = from the first step)."""
+    camera_opt_units: Literal["params", "pixels"] = "params"
+    """Units of the optimised corrections, hence of ``camera_opt_lr`` (Adam moves ~lr per
+    step) and of the regulariser: ``params`` = radians and scene units; ``pixels`` = the image
+    motion they cause at the training resolution (focal length, scene depth)."""
     checkpoint_every: int = 1000
     """Write a checkpoint every N steps (0 = only at the end)."""
     log_every: int = 25
