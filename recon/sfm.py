@@ -57,16 +57,21 @@ from sceneforge.recon.mapping import RefinementConfig, _ba, _final_filter, _regi
 from sceneforge.recon.self_calibration import estimate_shared_focal, shared_focal_contrast
 from sceneforge.recon.sfm_error import SfMError
 from sceneforge.recon.tracks import Tracks
-from sceneforge.recon.two_view import TwoViewConfig, estimate_two_view
+from sceneforge.recon.two_view import (
+    CorrespondenceBatch,
+    TwoViewConfig,
+    estimate_two_view_batched,
+)
 from sceneforge.recon.view_graph import (
     PairsConfig,
     _check_motion,
     _pose_agreement,
     best_pairs_per_image,
+    gather_correspondences,
     image_groups,
-    pair_correspondences,
     scale_linked_edge_groups,
     select_pairs,
+    shared_track_sample,
 )
 
 
@@ -222,15 +227,25 @@ def _reconstruct_from_tracks(
         raise SfMError(
             f"no image pair shares {cfg.pairs.min_shared_tracks} tracks: the images do not overlap"
         )
-    p1, p2, pvalid = pair_correspondences(xy, vis, pairs, cfg.pairs.max_correspondences)
+    # Each pair's shared tracks (indices); correspondences are gathered a batch of pairs at a
+    # time inside the two-view estimation (memory: issue 25).
+    pidx, pvalid = shared_track_sample(vis, pairs, cfg.pairs.max_correspondences)
+
+    def pixels(sel: Tensor) -> CorrespondenceBatch:
+        def batch(sl: slice) -> tuple[Tensor, Tensor, Tensor]:
+            b = sel[sl]
+            return (*gather_correspondences(xy, pairs[b], pidx[b]), pvalid[b])
+
+        return batch
+
     known = cfg.camera.params is not None or cfg.camera.focal is not None
     focal0 = cfg.camera.focal
     if not known:
         fsel = best_pairs_per_image(pairs, shared_cnt, n, cfg.pairs.focal_pairs_per_image)
-        fgeo = estimate_two_view(p1[fsel], p2[fsel], pvalid[fsel], None, cfg.two_view)
+        fgeo = estimate_two_view_batched(pixels(fsel), fsel.numel(), None, cfg.two_view)
         if int(fgeo.success.sum()) < min(3, fsel.numel()) and fsel.numel() < pairs.shape[0]:
             fsel = torch.arange(pairs.shape[0])  # too few good pairs in the subset: use all
-            fgeo = estimate_two_view(p1, p2, pvalid, None, cfg.two_view)
+            fgeo = estimate_two_view_batched(pixels(fsel), fsel.numel(), None, cfg.two_view)
         ok = fgeo.success
         if int(ok.sum()) == 0:
             raise SfMError("no image pair has a valid fundamental matrix")
@@ -267,11 +282,14 @@ def _reconstruct_from_tracks(
 
     # ---- two-view geometry
     t0 = time.perf_counter()
-    frame_idx = torch.arange(n).expand_as(vis)
-    rays = unproject(xy, model, intr[frame_idx])[..., :2]  # calibrated coordinates (T, N, 2)
-    r1, r2, _ = pair_correspondences(rays, vis, pairs, cfg.pairs.max_correspondences)
+
+    def rays(sl: slice) -> tuple[Tensor, Tensor, Tensor]:  # calibrated coordinates
+        p1, p2 = gather_correspondences(xy, pairs[sl], pidx[sl])
+        i1, i2 = (intr[pairs[sl, k], None].expand(*p1.shape[:2], -1) for k in (0, 1))
+        return unproject(p1, model, i1)[..., :2], unproject(p2, model, i2)[..., :2], pvalid[sl]
+
     fpair = 0.5 * (_focals(model, intr)[pairs[:, 0]] + _focals(model, intr)[pairs[:, 1]])
-    geo = estimate_two_view(r1, r2, pvalid, fpair, cfg.two_view)
+    geo = estimate_two_view_batched(rays, pairs.shape[0], fpair, cfg.two_view)
     stats["pairs"] = int(pairs.shape[0])
     stats["pairs_verified"] = int(geo.success.sum())
     timings["two_view_s"] = time.perf_counter() - t0
@@ -308,7 +326,8 @@ def _reconstruct_from_tracks(
     cand = translation_points(vis, solved, cfg.translation)
     sub_vis = vis[cand] & solved[None]
     ti, fi = sub_vis.nonzero(as_tuple=True)
-    ray3 = torch.cat([rays[cand[ti], fi], torch.ones(ti.numel(), 1, dtype=rays.dtype)], -1)
+    ray3 = unproject(xy[cand[ti], fi], model, intr[fi])[:, :2]
+    ray3 = torch.cat([ray3, torch.ones(ti.numel(), 1, dtype=ray3.dtype)], -1)
     centers, _ = translation_averaging(
         R_abs, solved, edges, t_rel, tw, (fi, ti, ray3), cfg.translation
     )

@@ -74,7 +74,8 @@ same coordinates as the inputs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from enum import IntEnum
 
 import torch
@@ -220,6 +221,10 @@ class TwoViewConfig:
     """Rotation-only inliers / homography inliers above which the pair is panoramic."""
     seed: int = 0
     """Seed of the sampler (deterministic results)."""
+    batch_pairs: int = 512
+    """Pairs estimated together: bounds the memory (~0.6 MB per pair of 1,000
+    correspondences); each batch has its own seeded sampler (batch 0: ``seed``), so results
+    depend on it (as on ``seed``), never on the machine."""
     num_threads: int | None = 1
     """torch threads while estimating (restored after; ``None``: the caller's). The batched
     kernels are small: on the 2-core machine shared with other jobs, 2 threads took 6x the
@@ -344,20 +349,67 @@ def estimate_two_view(
     one value) converts the pixel threshold. With ``focal=None`` the inputs are pixels and a
     fundamental matrix is estimated (no pose: ``R = I``, ``t = 0``).
     """
+    return estimate_two_view_batched(
+        lambda sl: (x1[sl], x2[sl], valid[sl]), valid.shape[0], focal, config
+    )
+
+
+CorrespondenceBatch = Callable[[slice], tuple[Tensor, Tensor, Tensor]]
+"""``pairs slice -> (x1, x2, valid)`` of those pairs (see :func:`estimate_two_view`)."""
+
+
+def estimate_two_view_batched(
+    correspondences: CorrespondenceBatch,
+    num_pairs: int,
+    focal: Float[Tensor, " P"] | float | None = None,
+    config: TwoViewConfig | None = None,
+) -> TwoViewGeometry:
+    """:func:`estimate_two_view` of ``num_pairs`` pairs, ``config.batch_pairs`` at a time,
+    asking ``correspondences`` for each batch's inputs only when it is estimated: the
+    callers never hold every pair's correspondences (or the RANSAC state of every pair) at
+    once. Batch ``k`` samples with seed ``config.seed + k * 104729``."""
     cfg = config or TwoViewConfig()
+    step = max(cfg.batch_pairs, 1)
+    parts = []
     with torch_threads(cfg.num_threads):
-        return _estimate_two_view(x1, x2, valid, focal, cfg)
+        for k, s in enumerate(range(0, max(num_pairs, 1), step)):
+            sl = slice(s, min(s + step, num_pairs))
+            f = focal[sl] if isinstance(focal, Tensor) and focal.ndim == 1 else focal
+            x1, x2, valid = correspondences(sl)
+            parts.append(_estimate_two_view(x1, x2, valid, f, cfg, cfg.seed + k * 104729))
+    return parts[0] if len(parts) == 1 else _concat_geometries(parts)
+
+
+def _concat_geometries(parts: list[TwoViewGeometry]) -> TwoViewGeometry:
+    """One :class:`TwoViewGeometry` of the pairs of ``parts`` in order (masks padded to the
+    widest batch)."""
+    m = max(p.inliers.shape[1] for p in parts)
+
+    def cat(name: str) -> Tensor | None:
+        vals = [getattr(p, name) for p in parts]
+        if vals[0] is None:
+            return None
+        if name in ("inliers", "h_inliers"):
+            vals = [torch.nn.functional.pad(v, (0, m - v.shape[1])) for v in vals]
+        return torch.cat(vals)
+
+    return TwoViewGeometry(**{f.name: cat(f.name) for f in fields(TwoViewGeometry)})
 
 
 def _estimate_two_view(
-    x1: Tensor, x2: Tensor, valid: Tensor, focal: Tensor | float | None, cfg: TwoViewConfig
+    x1: Tensor,
+    x2: Tensor,
+    valid: Tensor,
+    focal: Tensor | float | None,
+    cfg: TwoViewConfig,
+    seed: int,
 ) -> TwoViewGeometry:
     P, M = valid.shape
     x1, x2 = x1.double(), x2.double()
     eye = torch.eye(3, dtype=torch.float64).expand(P, 3, 3).clone()
     zeros3 = torch.zeros(P, 3, dtype=torch.float64)
     x1c, x2c, vc, order = compact_rows(x1, x2, valid)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(seed)
     opts, h_opts = (
         ransac_options(cfg, cfg.num_hypotheses, cfg.min_hypotheses),
         ransac_options(cfg, cfg.h_max_hypotheses, cfg.h_min_hypotheses),

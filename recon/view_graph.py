@@ -65,23 +65,44 @@ def best_pairs_per_image(
     return keep.nonzero()[:, 0]
 
 
-def pair_correspondences(
-    data: Float[Tensor, "T N 2"],
+def shared_track_sample(
     visible: Bool[Tensor, "T N"],
     pairs: Int[Tensor, "P 2"],
     cap: int,
     seed: int = 0,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Padded ``(P, M, 2)`` batches of the shared tracks of every pair (at most ``cap``)."""
+    batch_pairs: int = 256,
+) -> tuple[Int[Tensor, "P M"], Bool[Tensor, "P M"]]:
+    """Up to ``cap`` shared tracks of every pair as track indices, in random order (padding
+    after them: index 0, ``valid`` False).
+
+    Built ``batch_pairs`` pairs at a time, so the transient memory grows with tracks x batch,
+    not tracks x pairs (issue 25: the ``T x P`` keys and their argsort took 10+ GB at 1,000
+    images). Each pair's random keys are drawn from one generator in pair order and ties are
+    broken by track index (stable sort): the result depends on ``seed`` only, not on
+    ``batch_pairs``.
+    """
     gen = torch.Generator().manual_seed(seed)
-    both = visible[:, pairs[:, 0]] & visible[:, pairs[:, 1]]  # (T, P)
-    key = torch.rand(both.shape, generator=gen).to(both.device) + (~both).float() * 2.0
-    m = min(cap, int(both.sum(0).max()) if both.numel() else 0)
-    order = key.argsort(0)[:m]  # (m, P) track indices, shared first in random order
-    valid = torch.gather(both, 0, order).T  # (P, m)
-    x1 = data[order, pairs[None, :, 0]].transpose(0, 1)
-    x2 = data[order, pairs[None, :, 1]].transpose(0, 1)
-    return x1, x2, valid
+    num_pairs, num_tracks = pairs.shape[0], visible.shape[0]
+    width = min(cap, num_tracks)
+    idx = torch.zeros(num_pairs, width, dtype=torch.int32)
+    valid = torch.zeros(num_pairs, width, dtype=torch.bool)
+    for s in range(0, num_pairs, max(batch_pairs, 1)):
+        pb = pairs[s : s + max(batch_pairs, 1)]
+        both = (visible[:, pb[:, 0]] & visible[:, pb[:, 1]]).T  # (B, T)
+        key = torch.rand(both.shape, generator=gen, dtype=torch.float64) + (~both).double() * 2
+        order = key.argsort(dim=1, stable=True)[:, :width]
+        idx[s : s + pb.shape[0]] = order.to(torch.int32)
+        valid[s : s + pb.shape[0]] = torch.gather(both, 1, order)
+    m = int(valid.sum(1).max()) if valid.numel() else 0
+    return idx[:, :m].contiguous(), valid[:, :m].contiguous()
+
+
+def gather_correspondences(
+    data: Float[Tensor, "T N C"], pairs: Int[Tensor, "B 2"], idx: Int[Tensor, "B M"]
+) -> tuple[Float[Tensor, "B M C"], Float[Tensor, "B M C"]]:
+    """The observations ``data`` of tracks ``idx`` in the first and second image of each pair."""
+    i = idx.long()
+    return data[i, pairs[:, :1]], data[i, pairs[:, 1:]]
 
 
 def _check_motion(pair_angles_deg: Tensor, min_angle_deg: float) -> None:

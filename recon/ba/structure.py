@@ -32,8 +32,8 @@ class Structure:
     col_idx: Tensor  # (Nc, C) reduced-system indices of each camera's [pose | intr]
     col_obs: Tensor  # (M, C) the same per observation
     cam_chunk_cam: Tensor  # (Ncc,) camera of each run of ``chunk`` consecutive slots
-    pair_chunks_a: Tensor  # (Npc, L) first observation of each pair in a chunk (M = padding)
-    pair_chunks_b: Tensor  # (Npc, L) second observation
+    pair_chunks_a: Tensor  # (Npc, L) int32 first observation of each pair in a chunk (M = pad)
+    pair_chunks_b: Tensor  # (Npc, L) int32 second observation
     pair_chunk_cams: Tensor  # (Npc, 2) camera pair (ca <= cb) of each chunk
     free_pose: Tensor  # (Nc, 6) float mask
     free_intr: Tensor | None  # (Ni, P) float mask
@@ -42,7 +42,6 @@ class Structure:
     pad_rows: Tensor | None = None  # padding slots (zero residual and Jacobian)
     chunk: int = 32  # slots per camera chunk
     cam_chunk_flat: Tensor | None = None  # (Ncc * C * C,) flat (Nr, Nr) index of each entry
-    pair_chunk_flat: Tensor | None = None  # (Npc * C * C,) the same for the pair chunks
 
     @property
     def nr(self) -> int:
@@ -50,7 +49,12 @@ class Structure:
 
     def __post_init__(self) -> None:
         self.cam_chunk_flat = self._flat(self.cam_chunk_cam, self.cam_chunk_cam)
-        self.pair_chunk_flat = self._flat(self.pair_chunk_cams[:, 0], self.pair_chunk_cams[:, 1])
+
+    def pair_chunk_flat(self, s: slice) -> Tensor:
+        """Flat ``(Nr, Nr)`` indices of the entries of the pair chunks ``s`` (made per slice:
+        stored for all chunks they would take 8 C^2 bytes per chunk)."""
+        cams = self.pair_chunk_cams[s]
+        return self._flat(cams[:, 0], cams[:, 1])
 
     def _flat(self, ca: Tensor, cb: Tensor) -> Tensor:
         """Flat indices into the dense ``(Nr, Nr)`` system of ``(K, C, C)`` camera blocks."""
@@ -181,18 +185,8 @@ def build_structure(
         col_idx = torch.cat([pose_cols, intr_cols], 1)
     else:
         col_idx = pose_cols
-    real = torch.as_tensor(np.setdiff1d(np.arange(m), pad), dtype=torch.long, device=dev)
-    pa, pb = _point_pairs(pt[real], npts)
-    pa, pb = real[pa], real[pb]
-    swap = cam[pa] > cam[pb]
-    pa, pb = torch.where(swap, pb, pa), torch.where(swap, pa, pb)
-    key = (cam[pa] * nc + cam[pb]).cpu().numpy()
-    order = np.argsort(key, kind="stable")
-    pa_np, pb_np, key = pa.cpu().numpy()[order], pb.cpu().numpy()[order], key[order]
-    p_pos, p_seg = _chunk_table(key, PAIR_CHUNK)
-    pa_ext = np.append(pa_np, m)
-    pb_ext = np.append(pb_np, m)
-    p_pos = np.where(p_pos < 0, len(pa_np), p_pos)
+    real = np.setdiff1d(np.arange(m), pad)
+    pair_a, pair_b, pair_cams = pair_chunk_tables(cam.cpu().numpy(), pt.cpu().numpy(), real, nc)
 
     def t(a):
         return torch.as_tensor(a, dtype=torch.long, device=dev)
@@ -207,9 +201,9 @@ def build_structure(
         col_idx,
         col_idx[cam],
         cam[::CHUNK].clone(),
-        t(pa_ext[p_pos]),
-        t(pb_ext[p_pos]),
-        t(np.stack([p_seg // nc, p_seg % nc], 1).reshape(-1, 2)),
+        torch.as_tensor(pair_a, device=dev),
+        torch.as_tensor(pair_b, device=dev),
+        t(pair_cams),
         free_pose,
         free_intr,
         not options.fix_points,
@@ -221,6 +215,54 @@ def build_structure(
 
 CHUNK = 32  # slots per camera chunk (each camera padded to whole chunks) in the block sums
 PAIR_CHUNK = 16  # observation pairs of one camera pair per GEMM chunk
+PAIRS_PER_BATCH = 1 << 22  # observation pairs made at once (bounds the transient memory)
+
+
+def pair_chunk_tables(
+    cam: np.ndarray, pt: np.ndarray, real: np.ndarray, nc: int, batch: int = PAIRS_PER_BATCH
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every unordered pair of observations (among ``real``) of the same point, grouped in
+    chunks of :data:`PAIR_CHUNK` pairs of one camera pair (first camera <= second):
+    ``(Npc, L)`` int32 first / second observations (``len(cam)`` pads) and ``(Npc, 2)``
+    cameras.
+
+    The pairs grow with the squared track lengths (a 1,000-frame walk: tens of millions), so
+    they are made for consecutive groups of points of at most ``batch`` pairs each and kept
+    as int32 chunk tables only; with one group (every problem below ``batch`` pairs) the
+    chunks are those of one global sort by camera pair."""
+    m = len(cam)
+    rp = pt[real]
+    order = np.argsort(rp, kind="stable")  # observations grouped by point
+    obs_sorted, pt_sorted = real[order], rp[order]
+    starts = np.flatnonzero(np.r_[True, pt_sorted[1:] != pt_sorted[:-1]]) if len(rp) else []
+    lengths = np.diff(np.r_[starts, len(rp)]).astype(np.int64)
+    npairs = lengths * (lengths - 1) // 2
+    group = np.cumsum(npairs) // max(batch, 1)  # consecutive points, ~batch pairs a group
+    bounds = np.r_[0, np.flatnonzero(np.diff(group)) + 1, len(starts)]
+    parts_a, parts_b, parts_c = [], [], []
+    for g0, g1 in zip(bounds[:-1], bounds[1:]):
+        if g1 <= g0:
+            continue
+        o0 = starts[g0]
+        o1 = starts[g1] if g1 < len(starts) else len(rp)
+        obs = obs_sorted[o0:o1]
+        local = np.repeat(np.arange(g1 - g0), lengths[g0:g1])
+        ia, ib = _point_pairs(torch.as_tensor(local), g1 - g0)
+        pa, pb = obs[ia.numpy()], obs[ib.numpy()]
+        swap = cam[pa] > cam[pb]
+        pa, pb = np.where(swap, pb, pa), np.where(swap, pa, pb)
+        key = cam[pa].astype(np.int64) * nc + cam[pb]
+        srt = np.argsort(key, kind="stable")
+        pa, pb, key = pa[srt], pb[srt], key[srt]
+        pos, seg = _chunk_table(key, PAIR_CHUNK)
+        pad_pos = np.where(pos < 0, len(pa), pos)
+        parts_a.append(np.append(pa, m).astype(np.int32)[pad_pos])
+        parts_b.append(np.append(pb, m).astype(np.int32)[pad_pos])
+        parts_c.append(np.stack([seg // nc, seg % nc], 1).reshape(-1, 2))
+    if not parts_a:
+        empty = np.zeros((0, PAIR_CHUNK), dtype=np.int32)
+        return empty, empty.copy(), np.zeros((0, 2), dtype=np.int64)
+    return np.concatenate(parts_a), np.concatenate(parts_b), np.concatenate(parts_c)
 
 
 def _chunk_table(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
