@@ -1,5 +1,5 @@
-"""Helpers for field tests: a tiny analytic scene (textured sphere, exact images and depth)
-and the quiet bounded-box trainer set-up the turntable tests share."""
+"""Helpers for field tests: a tiny analytic scene (textured sphere, exact images and depth),
+the quiet bounded-box trainer set-up the turntable tests share and a tiny NeRF trainer."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ import torch
 
 from sceneforge.core.cameras import Cameras
 from sceneforge.core.scene import SceneData
+from sceneforge.fields.encodings import TriPlaneConfig
+from sceneforge.fields.field import FieldConfig
+from sceneforge.fields.nerf_model import NerfConfig
+from sceneforge.fields.sampling import SamplerConfig
 from sceneforge.fields.trainer import TrainerConfig
 
 
@@ -23,6 +27,30 @@ def turntable_config(max_steps: int, **kw) -> TrainerConfig:
         use_masks=False,
         progress=False,
         tensorboard=False,
+        **kw,
+    )
+
+
+def tiny_nerf_config(**kw) -> TrainerConfig:
+    """A quiet CPU trainer with a tiny NeRF (16-32 tri-plane, 32^3 density grid, 32 samples):
+    40 steps of 256 rays unless ``kw`` says otherwise (the camera-refinement tests)."""
+    kw = {"max_steps": 40, "batch_rays": 256, **kw}
+    return TrainerConfig(
+        progress=False,
+        tensorboard=False,
+        device="cpu",
+        checkpoint_every=0,
+        num_threads=1,
+        nerf=NerfConfig(
+            field=FieldConfig(
+                triplane=TriPlaneConfig(resolutions=(16, 32), features=4),
+                density_grid_resolution=32,
+                hidden_dim=16,
+                color_hidden_dim=16,
+                sh_degree=2,
+            ),
+            sampler=SamplerConfig(num_samples=32, grid_resolution=16, grid_update_every=8),
+        ),
         **kw,
     )
 

@@ -7,37 +7,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fields_analytic import sphere_scene
+from fields_analytic import sphere_scene, tiny_nerf_config
 
 from sceneforge.fields import camera_opt as camopt
 from sceneforge.fields.camera_opt import CameraOptimizer, pixel_scale, warmup_factor
-from sceneforge.fields.encodings import TriPlaneConfig
-from sceneforge.fields.field import FieldConfig
-from sceneforge.fields.nerf_model import NerfConfig
-from sceneforge.fields.sampling import SamplerConfig
-from sceneforge.fields.trainer import Trainer, TrainerConfig
+from sceneforge.fields.trainer import Trainer
 
-
-def _tiny(**kw) -> TrainerConfig:
-    kw = {"max_steps": 40, "batch_rays": 256, **kw}
-    return TrainerConfig(
-        progress=False,
-        tensorboard=False,
-        device="cpu",
-        checkpoint_every=0,
-        num_threads=1,
-        nerf=NerfConfig(
-            field=FieldConfig(
-                triplane=TriPlaneConfig(resolutions=(16, 32), features=4),
-                density_grid_resolution=32,
-                hidden_dim=16,
-                color_hidden_dim=16,
-                sh_degree=2,
-            ),
-            sampler=SamplerConfig(num_samples=32, grid_resolution=16, grid_update_every=8),
-        ),
-        **kw,
-    )
+_tiny = tiny_nerf_config
 
 
 @pytest.fixture(scope="module")
