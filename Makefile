@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml third_party/opencv_python_shim/pyproject.toml \
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q ./third_party/opencv_python_shim ./third_party/opencv_contrib_python_shim
-	$(PY) -m pip install -q -e '.[dev,learned,viewer,gaussians,human]'
+	$(PY) -m pip install -q -e '.[dev,learned,viewer,gaussians,human,style]'
 	$(PY) -m pip check
 	touch $(STAMP)
 

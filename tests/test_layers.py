@@ -35,6 +35,8 @@ LAYERS: dict[str, tuple[str, frozenset[str]]] = {
     "sceneforge.stylize": ("stylize", frozenset({"inpaint", "app"})),
     "sceneforge.stylize.free3d": ("stylize", frozenset({"inpaint", "app"})),
     "sceneforge.stylize.human": ("stylize", frozenset({"inpaint", "app"})),
+    "sceneforge.stylize.human.style": ("stylize", frozenset({"inpaint", "app"})),
+    "sceneforge.stylize.hyperdreamer": ("stylize", frozenset({"inpaint", "app"})),
     # the app layer: CLI, pipeline, demo, viewer, nerfstudio plugins; may import every layer
     "sceneforge": ("app", frozenset()),
     "sceneforge.nerfstudio": ("app", frozenset()),
