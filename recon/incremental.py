@@ -30,6 +30,7 @@ from torch import Tensor
 from sceneforge.core.cameras import Cameras, make_rigid, unproject
 from sceneforge.recon.global_sfm import PnPConfig, pnp_ransac
 from sceneforge.recon.incremental_local import AdjustFn, drop_outliers, local_bundle_adjustment
+from sceneforge.recon.tracks import TrackPixels
 from sceneforge.recon.triangulation import TriangulationOptions, triangulate
 
 
@@ -122,7 +123,7 @@ def init_pair_order(
 
 
 def incremental_registration(
-    xy: Float[Tensor, "T N 2"],
+    xy: TrackPixels,
     vis: Bool[Tensor, "T N"],
     image_sizes: Int[Tensor, "N 2"],
     edges: Int[Tensor, "E 2"],
@@ -175,7 +176,7 @@ def registration_candidates(
 
 
 def _grow(
-    xy: Tensor,
+    xy: TrackPixels,
     vis: Tensor,
     sizes: Tensor,
     pair: tuple[int, int],
@@ -214,7 +215,7 @@ def _grow(
         t0 = time.perf_counter()
         ids = reg.nonzero()[:, 0]
         m = vis[tids][:, ids]
-        tri = triangulate(cams(ids), xy[tids][:, ids], m, tri_opts)
+        tri = triangulate(cams(ids), xy.block(tids, ids), m, tri_opts)
         good = tri.valid
         X[tids[good]] = tri.points[good]
         o = torch.zeros(int(good.sum()), n, dtype=torch.bool)

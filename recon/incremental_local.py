@@ -16,6 +16,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from sceneforge.core.cameras import project, transform_points
+from sceneforge.recon.tracks import TrackPixels
 
 AdjustFn = Callable[..., tuple[Tensor, Tensor, Tensor]]
 """``adjust(cam_from_world, intr, points, obs_cam, obs_pt, obs_xy, fix_points, fix_intr,
@@ -42,7 +43,7 @@ def drop_outliers(
     intr: Float[Tensor, "N P"],
     X: Float[Tensor, "T 3"],
     obs: Bool[Tensor, "T N"],
-    xy: Float[Tensor, "T N 2"],
+    xy: TrackPixels,
     tids: Int[Tensor, " K"],
     ids: Int[Tensor, " C"],
     pi: Int[Tensor, " M"],
@@ -64,7 +65,7 @@ def local_bundle_adjustment(
     intr: Float[Tensor, "N P"],
     X: Float[Tensor, "T 3"],
     obs: Bool[Tensor, "T N"],
-    xy: Float[Tensor, "T N 2"],
+    xy: TrackPixels,
     registered: Bool[Tensor, " N"],
     new: Int[Tensor, " B"],
     adjust: AdjustFn,

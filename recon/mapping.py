@@ -14,6 +14,7 @@ from sceneforge.core.cameras import make_rigid, project, transform_points, unpro
 from sceneforge.core.rotations import angle_axis_to_matrix, matrix_to_angle_axis
 from sceneforge.recon.global_sfm import PnPConfig, pnp_ransac
 from sceneforge.recon.intrinsics import _focals
+from sceneforge.recon.tracks import TrackPixels
 
 
 @dataclass
@@ -112,7 +113,7 @@ def _ba(
 
 
 def _register_pnp(
-    xy: Tensor,
+    xy: TrackPixels,
     vis: Tensor,
     track_ids: Tensor,
     points: Tensor,
@@ -137,7 +138,7 @@ def _register_pnp(
 
 
 def _final_filter(
-    xy: Tensor,
+    xy: TrackPixels,
     use: Tensor,
     track_ids: Tensor,
     points: Tensor,

@@ -112,7 +112,7 @@ def _load_inputs(images_dir: Path, cfg: ReconstructConfig, log) -> tuple[list, .
     paths, images, masks, unreadable = [], [], [], []
     for p in files:
         try:
-            img = read_image(p)
+            img = read_image(p, keep_8bit=True)  # uint8: 1,000 frames in 0.5 GB, not 2.1
         except (ImageReadError, OSError, ValueError) as e:
             unreadable.append(f"{p.name}: {e}")
             log(f"[yellow]skipping unreadable image {p}: {e}")
@@ -153,6 +153,8 @@ def _point_colors(images: list[Tensor], rec: Reconstruction) -> Tensor:
     for i in img_of.unique().tolist():
         sel = (img_of == i).nonzero()[:, 0]
         img = images[i]
+        if img.dtype == torch.uint8:  # what the float image would give, exactly (test)
+            img = img.float() / 255.0
         h, w = img.shape[:2]
         uv = rec.obs_xy[first[sel]]
         u = uv[:, 0].long().clamp(0, w - 1)

@@ -303,16 +303,19 @@ class PatchRefiner:
         t, n = tracks.num_tracks, tracks.num_frames
         if t == 0:
             return tracks
-        xy = tracks.xy.clone()
-        visible = tracks.visible.clone()
-        conf = tracks.confidence.clone()
+        # Per observation (no dense T x N tables: issue 25); row-major (track, frame) order.
+        obs_t, obs_f = tracks.observation_tracks_frames()
+        xy = tracks.obs_xy.clone()
+        conf = tracks.obs_confidence.clone()
+        keep = torch.ones(xy.shape[0], dtype=torch.bool)
         ref = tracks.ref_frame
         ps, q = c.search_patch, c.patch_size + 2
         off_s, off_q = _offsets(ps), _offsets(q)
         # 1) anchor templates, one pass over the anchor frames.
         templ_s = {s: torch.zeros(t, ps, ps) for s in c.search_levels}
         templ_q = torch.zeros(t, q, q)
-        anchor_xy = xy[torch.arange(t), ref]
+        anchor_obs = torch.searchsorted(obs_t * n + obs_f, torch.arange(t) * n + ref)
+        anchor_xy = xy[anchor_obs]
         for r in ref.unique().tolist():
             idx = (ref == r).nonzero()[:, 0]
             pyr = self._pyramid(images(r))
@@ -321,18 +324,23 @@ class PatchRefiner:
                 templ_s[s][idx] = sample(pyr[s], pos[:, None] + off_s[None]).view(-1, ps, ps)
             templ_q[idx] = sample(pyr[1], anchor_xy[idx][:, None] + off_q[None]).view(-1, q, q)
 
-        # 2) every other observation, frame by frame, in chunks. Frames write disjoint
-        # columns, so they can run concurrently.
+        # 2) every other observation, frame by frame (in track order), in chunks. Frames write
+        # disjoint observations, so they can run concurrently.
+        by_frame = torch.argsort(obs_f, stable=True)
+        bounds = [0, *torch.bincount(obs_f, minlength=n).cumsum(0).tolist()]
+
         def refine_frame(j: int) -> None:
-            idx = (visible[:, j] & (ref != j)).nonzero()[:, 0]
-            if idx.numel() == 0:
+            obs = by_frame[bounds[j] : bounds[j + 1]]
+            obs = obs[ref[obs_t[obs]] != j]
+            if obs.numel() == 0:
                 return
             pyr = self._pyramid(images(j))
             mask = masks(j) if masks is not None else None
             h, w = pyr[1].shape
-            for start in range(0, idx.numel(), c.chunk_size):
-                ti = idx[start : start + c.chunk_size]
-                pred = xy[ti, j]
+            for start in range(0, obs.numel(), c.chunk_size):
+                oi = obs[start : start + c.chunk_size]
+                ti = obs_t[oi]
+                pred = xy[oi]
                 pos = pred.clone()
                 for s in c.search_levels:
                     found, _ = ncc_search(templ_s[s][ti], pyr[s], pos / s, c.search_radius)
@@ -347,9 +355,9 @@ class PatchRefiner:
                     col = pos[:, 0].clamp(0, w - 1).long()
                     row = pos[:, 1].clamp(0, h - 1).long()
                     ok &= mask.to(torch.bool)[row, col]
-                xy[ti, j] = torch.where(ok[:, None], pos, pred)
-                visible[ti, j] = ok
-                conf[ti, j] = torch.where(ok, conf[ti, j] * ncc.clamp(0, 1), torch.zeros_like(ncc))
+                xy[oi] = torch.where(ok[:, None], pos, pred)
+                keep[oi] = ok
+                conf[oi] = conf[oi] * ncc.clamp(0, 1)
 
         workers = parallel_workers(c.num_threads or -1)  # 0 counts as "one per core" too
         if workers < 2 or n < 4 or xy.device.type != "cpu":
@@ -358,7 +366,15 @@ class PatchRefiner:
         else:
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(refine_frame, range(n)))  # list(): re-raises a frame's error
-        return replace(tracks, xy=xy, visible=visible, confidence=conf)
+        visible = tracks.visible.clone()
+        visible[obs_t[~keep], obs_f[~keep]] = False
+        return replace(
+            tracks,
+            visible=visible,
+            obs_xy=xy[keep],
+            obs_confidence=conf[keep],
+            obs_keypoint_idx=tracks.obs_keypoint_idx[keep],
+        )
 
 
 def refine_tracks(

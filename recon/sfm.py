@@ -216,7 +216,7 @@ def _reconstruct_from_tracks(
     tr = tracks.filter(cfg.min_track_length)
     if tr.num_tracks == 0:
         raise SfMError("no track is seen in two images: the images do not overlap")
-    xy = tr.xy.double()
+    xy = tr.pixels(torch.float64)  # (track, frame) lookup, indexed like a T x N x 2 table
     vis = tr.visible.clone()
     sizes = tr.image_sizes
 
@@ -455,7 +455,7 @@ def _reconstruct_from_tracks(
         )
         tq = time.perf_counter()
         tri_fn = triangulate_ransac if (rnd == 0 and rcfg.robust_triangulation) else triangulate
-        tri = tri_fn(cams, xy[tid][:, reg_ids], m[tid], opts)
+        tri = tri_fn(cams, xy.block(tid, reg_ids), m[tid], opts)
         timings["triangulation_s"] = timings.get("triangulation_s", 0.0) + time.perf_counter() - tq
         good = tri.valid
         tid = tid[good]
@@ -571,11 +571,15 @@ def tracks_from_observations(
     n = image_sizes.shape[0]
     uniq, pt = torch.unique(point_idx, return_inverse=True)
     t = uniq.numel()
-    txy = torch.zeros(t, n, 2, dtype=xy.dtype)
     visible = torch.zeros(t, n, dtype=torch.bool)
-    txy[pt, image_idx] = xy
     visible[pt, image_idx] = True
-    kp = torch.full((t, n), -1, dtype=torch.long)
-    kp[pt, image_idx] = torch.arange(point_idx.numel())
+    order = torch.argsort(pt * n + image_idx, stable=True)  # row-major (track, frame)
     ref = visible.float().argmax(1)
-    return Tracks(txy, visible, visible.to(xy.dtype), ref, kp, image_sizes.clone())
+    return Tracks(
+        visible,
+        xy[order],
+        torch.ones(order.numel(), dtype=xy.dtype),
+        torch.arange(point_idx.numel())[order],
+        ref,
+        image_sizes.clone(),
+    )

@@ -1,7 +1,8 @@
 """Point tracks over all frames and merging of query-frame matches into tracks.
 
-A :class:`Tracks` holds one row per 3D point: its pixel in every frame (``xy``), whether it is
-seen there (``visible``) and how sure we are (``confidence``). Tracks are built VGGSfM-style:
+A :class:`Tracks` holds one row per 3D point: whether it is seen in each frame (``visible``)
+and, per observation, its pixel and how sure we are (stored per observation, not per frame:
+memory grows with the observations, not tracks x frames). Tracks are built VGGSfM-style:
 keypoints of a few query frames are matched into every frame; matches sharing a keypoint are
 merged (union-find), and merges that would put two points of one frame into one track are
 refused, strongest matches first.
@@ -29,35 +30,78 @@ class TracksError(ValueError):
 class Tracks:
     """Tracks of ``T`` points through ``N`` frames.
 
+    Stored sparsely (issue 25): a ``T x N`` visibility table (one byte a cell) and, per visible
+    observation, its pixel, confidence and keypoint. The observation arrays are in the row-major
+    order of ``visible`` (track, then frame), i.e. the order of ``visible.nonzero()``, so
+    observation ``o`` of track ``t`` in frame ``f`` has the rank of the key ``t * N + f``. At
+    1,000 frames the dense pixel / confidence / keypoint tables this replaces took 20 bytes a
+    cell (0.45 GB); the observations are a few hundred thousand rows. Dense views (:attr:`xy`,
+    :attr:`confidence`, :attr:`keypoint_idx`) are built on request, for small problems and
+    evaluation; the SfM reads pixels through :meth:`pixels`.
+
     Attributes:
-        xy: ``T N 2`` pixel positions (COLMAP convention); meaningless where not visible.
         visible: ``T N`` True where the point is observed in the frame.
-        confidence: ``T N`` in [0, 1] (match score times refinement correlation); 0 if not visible.
+        obs_xy: ``O 2`` pixel of each observation (COLMAP convention).
+        obs_confidence: ``O`` in [0, 1] (match score times refinement correlation; 1 at the
+            anchor).
+        obs_keypoint_idx: ``O`` index of the keypoint each observation came from, -1 if none.
         ref_frame: ``T`` the anchor (query) frame of each track; its position there is the query.
-        keypoint_idx: ``T N`` index of the keypoint each observation came from, -1 if none.
         image_sizes: ``N 2`` image ``(height, width)``.
         info: free-form run information (timings, methods); not saved.
     """
 
-    xy: Float[Tensor, "T N 2"]
     visible: Bool[Tensor, "T N"]
-    confidence: Float[Tensor, "T N"]
+    obs_xy: Float[Tensor, "O 2"]
+    obs_confidence: Float[Tensor, " O"]
+    obs_keypoint_idx: Int[Tensor, " O"]
     ref_frame: Int[Tensor, " T"]
-    keypoint_idx: Int[Tensor, "T N"]
     image_sizes: Int[Tensor, "N 2"]
     info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        t, n = self.visible.shape
-        if self.xy.shape != (t, n, 2) or self.confidence.shape != (t, n):
+        if self.visible.ndim != 2 or self.visible.dtype != torch.bool:
             raise TracksError(
-                f"inconsistent track arrays: xy {tuple(self.xy.shape)}, visible {(t, n)}, "
-                f"confidence {tuple(self.confidence.shape)}"
+                f"visible must be a (T, N) bool table, got {tuple(self.visible.shape)}"
             )
-        if self.ref_frame.shape != (t,) or self.keypoint_idx.shape != (t, n):
-            raise TracksError("ref_frame must be (T,) and keypoint_idx (T, N)")
+        t, n = self.visible.shape
+        o = int(self.visible.sum())
+        if self.obs_xy.shape != (o, 2) or self.obs_confidence.shape != (o,):
+            raise TracksError(
+                f"inconsistent track arrays: {o} visible observations, obs_xy "
+                f"{tuple(self.obs_xy.shape)}, obs_confidence {tuple(self.obs_confidence.shape)}"
+            )
+        if self.ref_frame.shape != (t,) or self.obs_keypoint_idx.shape != (o,):
+            raise TracksError("ref_frame must be (T,) and obs_keypoint_idx (O,)")
         if self.image_sizes.shape != (n, 2):
             raise TracksError(f"image_sizes must be ({n}, 2), got {tuple(self.image_sizes.shape)}")
+
+    @staticmethod
+    def from_dense(
+        xy: Float[Tensor, "T N 2"],
+        visible: Bool[Tensor, "T N"],
+        confidence: Float[Tensor, "T N"],
+        ref_frame: Int[Tensor, " T"],
+        keypoint_idx: Int[Tensor, "T N"],
+        image_sizes: Int[Tensor, "N 2"],
+        info: dict | None = None,
+    ) -> Tracks:
+        """Tracks from dense ``T x N`` tables (values where not visible are dropped)."""
+        t, n = visible.shape
+        if xy.shape != (t, n, 2) or confidence.shape != (t, n) or keypoint_idx.shape != (t, n):
+            raise TracksError(
+                f"inconsistent track arrays: xy {tuple(xy.shape)}, visible {(t, n)}, "
+                f"confidence {tuple(confidence.shape)}, keypoint_idx {tuple(keypoint_idx.shape)}"
+            )
+        ti, fi = visible.nonzero(as_tuple=True)
+        return Tracks(
+            visible.clone(),
+            xy[ti, fi],
+            confidence[ti, fi],
+            keypoint_idx[ti, fi],
+            ref_frame,
+            image_sizes,
+            dict(info or {}),
+        )
 
     @property
     def num_tracks(self) -> int:
@@ -66,6 +110,10 @@ class Tracks:
     @property
     def num_frames(self) -> int:
         return self.visible.shape[1]
+
+    @property
+    def num_observations(self) -> int:
+        return self.obs_xy.shape[0]
 
     def __len__(self) -> int:
         return self.num_tracks
@@ -77,14 +125,49 @@ class Tracks:
     def mean_length(self) -> float:
         return float(self.lengths().float().mean()) if self.num_tracks else 0.0
 
+    def observation_tracks_frames(self) -> tuple[Int[Tensor, " O"], Int[Tensor, " O"]]:
+        """Track and frame of every observation (the order of the ``obs_*`` arrays)."""
+        return self.visible.nonzero(as_tuple=True)
+
+    def _dense(self, values: Tensor, fill: float) -> Tensor:
+        ti, fi = self.observation_tracks_frames()
+        out = torch.full((*self.visible.shape, *values.shape[1:]), fill, dtype=values.dtype)
+        out[ti, fi] = values
+        return out
+
+    @property
+    def xy(self) -> Float[Tensor, "T N 2"]:
+        """Dense ``T N 2`` pixels (0 where not visible); a new table of ``8 T N`` bytes."""
+        return self._dense(self.obs_xy, 0.0)
+
+    @property
+    def confidence(self) -> Float[Tensor, "T N"]:
+        """Dense ``T N`` confidences (0 where not visible); a new table."""
+        return self._dense(self.obs_confidence, 0.0)
+
+    @property
+    def keypoint_idx(self) -> Int[Tensor, "T N"]:
+        """Dense ``T N`` keypoint indices (-1 where not visible); a new table."""
+        return self._dense(self.obs_keypoint_idx, -1)
+
+    def pixels(self, dtype: torch.dtype = torch.float64) -> TrackPixels:
+        """Read-only ``(track, frame) -> pixel`` lookup over the observations (no dense table)."""
+        return TrackPixels(self.visible, self.obs_xy, dtype)
+
     def select(self, keep: Tensor) -> Tracks:
         """Tracks at indices / boolean mask ``keep`` (frames unchanged)."""
+        idx = torch.arange(self.num_tracks)[keep]
+        lengths = self.lengths()
+        starts = lengths.cumsum(0) - lengths
+        ln = lengths[idx]
+        within = torch.arange(int(ln.sum())) - torch.repeat_interleave(ln.cumsum(0) - ln, ln)
+        obs = torch.repeat_interleave(starts[idx], ln) + within
         return Tracks(
-            self.xy[keep],
-            self.visible[keep],
-            self.confidence[keep],
-            self.ref_frame[keep],
-            self.keypoint_idx[keep],
+            self.visible[idx],
+            self.obs_xy[obs],
+            self.obs_confidence[obs],
+            self.obs_keypoint_idx[obs],
+            self.ref_frame[idx],
             self.image_sizes,
             dict(self.info),
         )
@@ -95,19 +178,19 @@ class Tracks:
 
     def observations(self) -> tuple[Int[Tensor, " O"], Int[Tensor, " O"], Float[Tensor, "O 2"]]:
         """Visible observations as flat ``(frame_idx, track_idx, xy)`` (for triangulation / BA)."""
-        ti, fi = self.visible.nonzero(as_tuple=True)
-        return fi, ti, self.xy[ti, fi]
+        ti, fi = self.observation_tracks_frames()
+        return fi, ti, self.obs_xy
 
     def check(self) -> None:
         """Raise :class:`TracksError` if a keypoint belongs to two tracks or a visible point lies
         outside its image."""
-        ti, fi = self.visible.nonzero(as_tuple=True)
-        kp = self.keypoint_idx[ti, fi]
+        _, fi = self.observation_tracks_frames()
+        kp = self.obs_keypoint_idx
         has = kp >= 0
         key = fi[has] * (int(kp.max()) + 1 if has.any() else 1) + kp[has]
         if key.unique().numel() != key.numel():
             raise TracksError("a keypoint is claimed by two tracks")
-        xy = self.xy[ti, fi]
+        xy = self.obs_xy
         hw = self.image_sizes[fi].to(xy.dtype)
         if ((xy < 0) | (xy[:, 0] > hw[:, 1])[:, None] | (xy[:, 1] > hw[:, 0])[:, None]).any():
             raise TracksError("a visible track point lies outside its image")
@@ -119,16 +202,76 @@ class Tracks:
 
     @staticmethod
     def load(path: str | os.PathLike) -> Tracks:
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save` (also the dense files of earlier versions)."""
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as z:
-                return Tracks(**{k: torch.from_numpy(z[k]) for k in _FIELDS})
+                if "obs_xy" in z:
+                    return Tracks(**{k: torch.from_numpy(z[k]) for k in _FIELDS})
+                return Tracks.from_dense(**{k: torch.from_numpy(z[k]) for k in _DENSE_FIELDS})
         except (OSError, KeyError, ValueError) as e:
             raise TracksError(f"{path}: not a tracks file ({e})") from e
 
 
-_FIELDS = ("xy", "visible", "confidence", "ref_frame", "keypoint_idx", "image_sizes")
+class TrackPixels:
+    """Read-only ``(track, frame) -> pixel`` lookup over the visible observations of
+    :class:`Tracks`, indexed like the dense ``T x N x 2`` table it replaces: ``px[rows, cols]``
+    with broadcastable index tensors (or an int), ``px.block(rows, cols)`` for a dense
+    ``len(rows) x len(cols)`` sub-table. Cells that are not observed read 0. A binary search in
+    the sorted observation keys ``t * N + f``: memory is the observations', not ``T x N``."""
+
+    def __init__(self, visible: Bool[Tensor, "T N"], obs_xy: Float[Tensor, "O 2"], dtype) -> None:
+        ti, fi = visible.nonzero(as_tuple=True)
+        self.shape = (*visible.shape, 2)
+        self.dtype = dtype
+        self._keys = ti * visible.shape[1] + fi  # ascending: row-major order
+        self._values = obs_xy.to(dtype)
+
+    def __getitem__(self, index: tuple[Tensor | int, Tensor | int]) -> Tensor:
+        rows, cols = (torch.as_tensor(i, dtype=torch.long) for i in index)
+        rows, cols = torch.broadcast_tensors(rows, cols)
+        key = (rows * self.shape[1] + cols).reshape(-1)
+        out = torch.zeros(key.numel(), 2, dtype=self.dtype)
+        if self._keys.numel():
+            pos = torch.searchsorted(self._keys, key).clamp(max=self._keys.numel() - 1)
+            hit = (self._keys[pos] == key) & (rows.reshape(-1) >= 0)
+            out[hit] = self._values[pos[hit]]
+        return out.reshape(*rows.shape, 2)
+
+    def block(self, rows: Int[Tensor, " R"], cols: Int[Tensor, " C"]) -> PixelBlock:
+        """The pixels of tracks ``rows`` in frames ``cols``, indexed like an ``R x C x 2`` table
+        (read on demand; ``.dense()`` builds the table)."""
+        return PixelBlock(self, rows, cols)
+
+
+class PixelBlock:
+    """A ``R x C x 2`` window of :class:`TrackPixels` (tracks ``rows``, frames ``cols``) read on
+    demand: ``blk[i, j]`` reads ``pixels[rows[i], cols[j]]``. Triangulation reads only its
+    observations (``blk[pi, vi]`` of its mask's nonzeros), so no ``T x N`` table is built."""
+
+    def __init__(self, pixels: TrackPixels, rows: Tensor, cols: Tensor) -> None:
+        self.pixels, self.rows, self.cols = pixels, rows, cols
+        self.shape = (rows.numel(), cols.numel(), 2)
+        self.dtype = pixels.dtype
+
+    def __getitem__(self, index: tuple[Tensor, Tensor]) -> Tensor:
+        i, j = index
+        return self.pixels[self.rows[i], self.cols[j]]
+
+    def dense(self) -> Float[Tensor, "R C 2"]:
+        """The whole window as a tensor."""
+        return self.pixels[self.rows[:, None], self.cols[None, :]]
+
+
+_FIELDS = (
+    "visible",
+    "obs_xy",
+    "obs_confidence",
+    "obs_keypoint_idx",
+    "ref_frame",
+    "image_sizes",
+)
+_DENSE_FIELDS = ("xy", "visible", "confidence", "ref_frame", "keypoint_idx", "image_sizes")
 
 
 # ----------------------------------------------------------------------------- merging
@@ -222,19 +365,17 @@ def merge_matches(
     np.maximum.at(best, dst[same], w[same])
     degree = np.bincount(src[same], minlength=n_nodes) + np.bincount(dst[same], minlength=n_nodes)
 
-    xy = torch.zeros(t, n_frames, 2)
-    visible = torch.zeros(t, n_frames, dtype=torch.bool)
-    conf = torch.zeros(t, n_frames)
-    kp_idx = torch.full((t, n_frames), -1, dtype=torch.long)
+    # Observations in row-major (track, frame) order: no dense T x N pixel table (issue 25).
     nodes = np.nonzero(in_track)[0]
+    nodes = nodes[np.argsort(track_of[nodes] * n_frames + node_frame[nodes], kind="stable")]
     tr = torch.from_numpy(track_of[nodes])
     fr = torch.from_numpy(node_frame[nodes])
-    local = torch.from_numpy(nodes - offset[node_frame[nodes]])
-    all_xy = torch.cat([k.float() for k in keypoints], dim=0)
-    xy[tr, fr] = all_xy[torch.from_numpy(nodes)]
+    visible = torch.zeros(t, n_frames, dtype=torch.bool)
     visible[tr, fr] = True
-    conf[tr, fr] = torch.from_numpy(best[nodes])
-    kp_idx[tr, fr] = local
+    all_xy = torch.cat([k.float() for k in keypoints], dim=0)
+    obs_xy = all_xy[torch.from_numpy(nodes)]
+    conf = torch.from_numpy(best[nodes])
+    kp_idx = torch.from_numpy(nodes - offset[node_frame[nodes]])
 
     # Anchor: the query-frame node with the highest degree in each track.
     is_query = np.zeros(n_frames, dtype=bool)
@@ -249,8 +390,9 @@ def merge_matches(
         first = visible[torch.from_numpy(no_query)].float().argmax(dim=1).numpy()
         ref[no_query] = first
     ref_t = torch.from_numpy(ref)
-    conf[torch.arange(t), ref_t] = 1.0
-    return Tracks(xy, visible, conf, ref_t, kp_idx, image_sizes.clone())
+    anchor_key = torch.arange(t) * n_frames + ref_t
+    conf[torch.searchsorted(tr * n_frames + fr, anchor_key)] = 1.0
+    return Tracks(visible, obs_xy, conf, kp_idx, ref_t, image_sizes.clone())
 
 
 def component_labels(num_nodes: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -275,10 +417,10 @@ def component_labels(num_nodes: int, src: np.ndarray, dst: np.ndarray) -> np.nda
 def _empty_tracks(image_sizes: Tensor) -> Tracks:
     n = image_sizes.shape[0]
     return Tracks(
-        torch.zeros(0, n, 2),
         torch.zeros(0, n, dtype=torch.bool),
-        torch.zeros(0, n),
+        torch.zeros(0, 2),
+        torch.zeros(0),
         torch.zeros(0, dtype=torch.long),
-        torch.zeros(0, n, dtype=torch.long),
+        torch.zeros(0, dtype=torch.long),
         image_sizes.clone(),
     )

@@ -1,6 +1,6 @@
 """Batched multi-view triangulation: DLT, checks, Gauss-Newton refinement, RANSAC.
 
-Tracks are dense: ``pixels (N, V, 2)`` with a visibility ``mask (N, V)`` over the V
+Tracks are indexed like dense ``pixels (N, V, 2)`` with a visibility ``mask (N, V)`` over the V
 cameras of a :class:`sceneforge.core.cameras.Cameras` batch. Pixels are first lifted to
 normalised rays with the core :func:`~sceneforge.core.cameras.unproject` (so distortion
 and the BAL -z convention are handled), then every point is solved at once.
@@ -53,17 +53,10 @@ class Triangulation:
     """``(N,)`` largest angle between two used rays."""
 
 
-def _normalised(cameras: Cameras, pixels: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Rays ``(N, V, 3)`` in each camera frame (z = +-1) for every pixel (only where ``mask``
-    is True if given; z = 1 elsewhere)."""
+def _normalised(cameras: Cameras, pixels: Tensor) -> Tensor:
+    """Rays ``(N, V, 3)`` in each camera frame (z = +-1) for every pixel."""
     n, v = pixels.shape[:2]
-    if mask is None:
-        return unproject(pixels, cameras.model, cameras.params[None].expand(n, v, -1))
-    pi, vi = mask.nonzero(as_tuple=True)
-    rays = torch.zeros(n, v, 3, dtype=pixels.dtype, device=pixels.device)
-    rays[..., 2] = 1.0
-    rays[pi, vi] = unproject(pixels[pi, vi], cameras.model, cameras.params[vi])
-    return rays
+    return unproject(pixels, cameras.model, cameras.params[None].expand(n, v, -1))
 
 
 def triangulate_dlt(cam_from_world: Tensor, rays: Tensor, mask: Tensor) -> Tensor:
@@ -81,17 +74,21 @@ def triangulate_dlt(cam_from_world: Tensor, rays: Tensor, mask: Tensor) -> Tenso
     dense SVD over all ``V`` views did ``V / track length`` times the work (300 views,
     tracks of 16: 37 of the 54 CPU seconds of a triangulation).
     """
-    n = mask.shape[0]
     pi, vi = mask.nonzero(as_tuple=True)
     T = cam_from_world[vi] if cam_from_world.ndim == 3 else cam_from_world[pi, vi]  # (M, 3, 4)
-    r = rays[pi, vi]
+    return _dlt_observations(T, rays[pi, vi], pi, mask.shape[0])
+
+
+def _dlt_observations(T: Tensor, r: Tensor, pi: Tensor, n: int) -> Tensor:
+    """:func:`triangulate_dlt` from its observations: extrinsics ``T (M, 3, 4)``, rays
+    ``r (M, 3)`` and the point ``pi (M,)`` of each; ``(n, 3)`` points."""
     xy = r[:, :2] / r[:, 2:3]
     rows = torch.stack(
         [xy[:, 0:1] * T[:, 2, :] - T[:, 0, :], xy[:, 1:2] * T[:, 2, :] - T[:, 1, :]], dim=1
     )  # (M, 2, 4)
     rows = rows / rows.norm(dim=-1, keepdim=True).clamp(min=1e-30)
     ata = rows[:, 0, :, None] * rows[:, 0, None, :] + rows[:, 1, :, None] * rows[:, 1, None, :]
-    A = torch.zeros(n, 4, 4, dtype=rays.dtype, device=rays.device).index_add_(0, pi, ata)
+    A = torch.zeros(n, 4, 4, dtype=r.dtype, device=r.device).index_add_(0, pi, ata)
     _, vecs = torch.linalg.eigh(A)
     h = vecs[:, :, 0]
     w = h[:, 3:]
@@ -210,14 +207,18 @@ def triangulate(
 
     Args:
         cameras: V cameras (any core model).
-        pixels: ``(N, V, 2)`` observations (ignored where ``mask`` is False).
+        pixels: ``(N, V, 2)`` observations (ignored where ``mask`` is False): a tensor or
+            anything indexed like one, read only at ``pixels[pi, vi]`` of the mask's nonzeros
+            (e.g. :meth:`sceneforge.recon.tracks.TrackPixels.block`).
         mask: ``(N, V)`` visibility.
     """
     options = options or TriangulationOptions()
     mask = mask.bool()
     _check_inputs(cameras, pixels, mask)
-    rays = _normalised(cameras, pixels, mask)
-    X = triangulate_dlt(cameras.cam_from_world, rays, mask)
+    # Per observation only: no dense (N, V, 3) rays (issue 25).
+    pi, vi = mask.nonzero(as_tuple=True)
+    rays = unproject(pixels[pi, vi], cameras.model, cameras.params[vi])
+    X = _dlt_observations(cameras.cam_from_world[vi], rays, pi, mask.shape[0])
     if options.refine_iterations:
         X = refine_points(cameras, X, pixels, mask, options.refine_iterations)
     valid, err, angle = _checks(cameras, X, pixels, mask, options)
@@ -234,6 +235,8 @@ def triangulate_ransac(
     reprojection error and cheirality, then DLT + refinement on the inliers."""
     options = options or TriangulationOptions()
     mask = mask.bool()
+    if not isinstance(pixels, Tensor):
+        pixels = pixels.dense()  # a lazy window (TrackPixels.block): RANSAC reads every cell
     _check_inputs(cameras, pixels, mask)
     n, v = mask.shape
     pairs = list(itertools.combinations(range(v), 2))

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from sceneforge.recon.global_sfm import connected_components
 from sceneforge.recon.sfm_error import SfMError
+from sceneforge.recon.tracks import TrackPixels
 
 
 @dataclass
@@ -34,9 +35,12 @@ def select_pairs(
     visible: Bool[Tensor, "T N"], cfg: PairsConfig
 ) -> tuple[Int[Tensor, "P 2"], Int[Tensor, " P"]]:
     """Pairs ``(i < j)`` sharing at least ``min_shared_tracks`` tracks, best per image kept."""
-    v = visible.double()
-    co = (v.T @ v).long()
-    n = co.shape[0]
+    n = visible.shape[1]
+    co = torch.zeros(n, n, dtype=torch.float64)
+    for s in range(0, visible.shape[0], 8192):  # tracks in blocks: no T x N float table
+        v = visible[s : s + 8192].double()
+        co += v.T @ v  # integer counts: exact in float64 whatever the block order
+    co = co.long()
     iu = torch.triu_indices(n, n, 1)
     cnt = co[iu[0], iu[1]]
     ok = cnt >= cfg.min_shared_tracks
@@ -98,9 +102,10 @@ def shared_track_sample(
 
 
 def gather_correspondences(
-    data: Float[Tensor, "T N C"], pairs: Int[Tensor, "B 2"], idx: Int[Tensor, "B M"]
+    data: Float[Tensor, "T N C"] | TrackPixels, pairs: Int[Tensor, "B 2"], idx: Int[Tensor, "B M"]
 ) -> tuple[Float[Tensor, "B M C"], Float[Tensor, "B M C"]]:
-    """The observations ``data`` of tracks ``idx`` in the first and second image of each pair."""
+    """The observations ``data`` (a ``T x N x C`` table or :class:`TrackPixels`) of tracks
+    ``idx`` in the first and second image of each pair."""
     i = idx.long()
     return data[i, pairs[:, :1]], data[i, pairs[:, 1:]]
 

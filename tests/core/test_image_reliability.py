@@ -83,6 +83,24 @@ def test_grayscale_palette_cmyk_and_bilevel_become_rgb(tmp_path):
     )
 
 
+def test_keep_8bit_gives_exactly_the_float_image_in_a_quarter_of_the_memory(tmp_path):
+    """Reconstruction keeps 8-bit frames as uint8 (issue 25: 1,000 frames in 0.5 GB, not 2.1);
+    ``x.float() / 255`` must give the float reader's values bit for bit, in every layout."""
+    g = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(g).save(tmp_path / "l.png")
+    Image.fromarray(np.stack([g, g], -1), "LA").save(tmp_path / "la.png")
+    rgba = np.stack([g, g[::-1], g.T, np.full_like(g, 7)], -1)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "rgb.png")
+    for name in ("l.png", "la.png", "rgba.png", "rgb.png"):
+        raw = read_image(tmp_path / name, keep_8bit=True)
+        assert raw.dtype == torch.uint8 and raw.shape == (16, 16, 3), name
+        assert torch.equal(raw.float() / 255.0, read_image(tmp_path / name)), name
+    vals = np.array([[0, 65535]], dtype=np.uint16)
+    Image.fromarray(vals).save(tmp_path / "g16.png")
+    assert read_image(tmp_path / "g16.png", keep_8bit=True).dtype == torch.float32  # 16 bits kept
+
+
 # ----------------------------------------------------------------------------- EXIF orientation
 
 

@@ -91,7 +91,7 @@ def test_local_bundle_adjustment_moves_the_window_and_holds_the_rest():
     win = local_window(obs, reg, new, 3)
     assert win.numel() == 3 and 4 in win.tolist() and 6 not in win.tolist()
     out = local_bundle_adjustment(
-        "PINHOLE", T, cams.params.clone(), X, obs, xy, reg, new, adjust, 3, 4.0
+        "PINHOLE", T, cams.params.clone(), X, obs, tracks.pixels(), reg, new, adjust, 3, 4.0
     )
     assert torch.equal(out, win)
     inside = torch.zeros(n, dtype=torch.bool)

@@ -144,7 +144,7 @@ def test_tracks_check_save_load(tmp_path):
     xy = torch.rand(2, 3, 2) * 10
     vis = torch.ones(2, 3, dtype=torch.bool)
     kp = torch.tensor([[0, 1, 2], [0, 3, 4]])  # keypoint 0 of frame 0 in both tracks
-    tr = Tracks(
+    tr = Tracks.from_dense(
         xy,
         vis,
         torch.ones(2, 3),
@@ -155,6 +155,7 @@ def test_tracks_check_save_load(tmp_path):
     with pytest.raises(TracksError, match="claimed by two tracks"):
         tr.check()
     kp[1, 0] = 5
+    tr = Tracks.from_dense(xy, vis, torch.ones(2, 3), tr.ref_frame, kp, tr.image_sizes)
     tr.check()
     tr.save(tmp_path / "t.npz")
     back = Tracks.load(tmp_path / "t.npz")
@@ -191,19 +192,15 @@ def test_refinement_beats_noisy_positions_on_homographies():
     g = torch.Generator().manual_seed(0)
     anchor = torch.rand(60, 2, generator=g) * torch.tensor([w - 30.0, h - 30.0]) + 15
     t = anchor.shape[0]
-    tr = Tracks(
-        torch.zeros(t, n, 2),
-        torch.ones(t, n, dtype=torch.bool),
-        torch.ones(t, n),
-        torch.zeros(t, dtype=torch.long),
-        torch.full((t, n), -1),
-        torch.tensor([[h, w]] * n),
-    )
-    tr.xy[:, 0] = anchor
-    gt, valid = gt_tracks_from_homographies(tr, hs)
-    tr.visible &= valid
-    tr.xy = gt + (torch.rand(t, n, 2, generator=g) - 0.5) * 2.0  # +-1 px noise
-    tr.xy[:, 0] = anchor
+    xy = torch.zeros(t, n, 2)
+    xy[:, 0] = anchor
+    ones, ref, kp = torch.ones(t, n), torch.zeros(t, dtype=torch.long), torch.full((t, n), -1)
+    sizes = torch.tensor([[h, w]] * n)
+    vis = torch.ones(t, n, dtype=torch.bool)
+    gt, valid = gt_tracks_from_homographies(Tracks.from_dense(xy, vis, ones, ref, kp, sizes), hs)
+    xy = gt + (torch.rand(t, n, 2, generator=g) - 0.5) * 2.0  # +-1 px noise
+    xy[:, 0] = anchor
+    tr = Tracks.from_dense(xy, vis & valid, ones, ref, kp, sizes)
     before = track_errors(tr, gt, valid)
     out = refine_tracks(tr, lambda i: imgs[i], config=RefineConfig(min_ncc=0.0))
     after = track_errors(out, gt, valid)
