@@ -9,7 +9,11 @@ eps)``, started from the body's signed distance with ``dsdf = 0``) holds the per
 :class:`~sceneforge.fields.field.RadianceField` holds the background. Each ray gets human
 samples inside the posed body's padded bounding box and background samples over the scene
 box; both sets are merged by depth and composited by volume rendering (colour, optional feature
-channels, depth, accumulation, and the person mask = the human samples' total weight).
+channels, depth, accumulation, and the person mask = the human samples' total weight). Feature
+channels (``field.num_feature_channels``, off by default) come from the human field (its MLP's
+extra outputs, or with ``field.feature_hidden_dim`` a separate feature MLP) and, with
+``background_features``, from a small feature field over the scene box for the background's
+samples (without it the background's features are zero).
 
 Per-view conditioning: a training ray's ``image_idx`` -> its scene image -> its frame (from
 ``scene.metadata["human"]["frame"]``) -> that frame's body parameters (``pose`` / ``transl``
@@ -69,6 +73,9 @@ class HumanFieldConfig:
     """MLP width."""
     num_feature_channels: int = 0
     """Extra feature channels rendered beside the colour."""
+    feature_hidden_dim: int = 0
+    """0: the features are extra outputs of the density/colour MLP; > 0: a separate feature MLP
+    of this width on the same inputs (trainable with geometry and colour frozen)."""
     max_density: float = 200.0
     """Density deep inside the body."""
     sdf_eps: float = 0.01
@@ -122,6 +129,15 @@ class Human4DConfig:
         )
     )
     """Background radiance field."""
+    background_features: bool = False
+    """With ``field.num_feature_channels`` > 0: background samples get feature channels from
+    a small feature field over the scene box (:class:`SceneFeatureField`); False: zero."""
+    background_feature_triplane: TriPlaneConfig = dataclasses.field(
+        default_factory=lambda: TriPlaneConfig(resolutions=(16, 32), features=8)
+    )
+    """Tri-plane levels of the background's feature field."""
+    background_feature_hidden_dim: int = 32
+    """MLP width of the background's feature field."""
 
 
 @dataclass
@@ -167,30 +183,54 @@ class CanonicalHumanField(nn.Module):
         self.register_buffer("box", torch.stack([grid.origin, hi]).float())
         self.triplane = TriPlaneEncoding(cfg.triplane)
         self.posenc = FrequencyEncoding(3, cfg.num_frequencies)
-        n_out = 1 + 3 + cfg.num_feature_channels
-        self.mlp = nn.Sequential(
-            nn.Linear(self.triplane.out_dim + self.posenc.out_dim, cfg.hidden_dim),
-            nn.ReLU(),
-            nn.Linear(cfg.hidden_dim, cfg.hidden_dim),
-            nn.ReLU(),
-            nn.Linear(cfg.hidden_dim, n_out),
-        )
+        separate = cfg.num_feature_channels > 0 and cfg.feature_hidden_dim > 0
+        n_out = 1 + 3 + (0 if separate else cfg.num_feature_channels)
+        n_in = self.triplane.out_dim + self.posenc.out_dim
+        self.mlp = _mlp(n_in, cfg.hidden_dim, n_out)
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
+        self.feature_mlp = (
+            _mlp(n_in, cfg.feature_hidden_dim, cfg.num_feature_channels) if separate else None
+        )
 
     def forward(self, x: Float[Tensor, "N 3"]) -> dict[str, Tensor]:
         """``density`` [N], ``rgb`` [N, 3], ``sdf`` [N] (+ ``features`` [N, C])."""
         u = ((x - self.box[0]) / (self.box[1] - self.box[0])).clamp(0, 1)
-        h = self.mlp(torch.cat([self.triplane(u), self.posenc(2 * u - 1)], dim=-1))
+        enc = torch.cat([self.triplane(u), self.posenc(2 * u - 1)], dim=-1)
+        h = self.mlp(enc)
         sdf = signed_distance(self.grid, x) + self.cfg.sdf_residual_scale * h[:, 0]
         out = {
             "density": self.cfg.max_density * torch.sigmoid(-sdf / self.cfg.sdf_eps),
             "rgb": torch.sigmoid(h[:, 1:4]),
             "sdf": sdf,
         }
-        if self.cfg.num_feature_channels > 0:
+        if self.feature_mlp is not None:
+            out["features"] = self.feature_mlp(enc)
+        elif self.cfg.num_feature_channels > 0:
             out["features"] = h[:, 4:]
         return out
+
+
+def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    """Two hidden ReLU layers."""
+    return nn.Sequential(
+        nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+        nn.Linear(hidden, n_out),
+    )  # fmt: skip
+
+
+class SceneFeatureField(nn.Module):
+    """Feature channels of world points over the scene box: tri-plane + MLP (the background's
+    features; its density and colour stay the background field's)."""
+
+    def __init__(self, box: SceneBox, triplane: TriPlaneConfig, hidden: int, channels: int):
+        super().__init__()
+        self.box = box
+        self.triplane = TriPlaneEncoding(triplane)
+        self.mlp = _mlp(self.triplane.out_dim, hidden, channels)
+
+    def forward(self, x: Float[Tensor, "N 3"]) -> Float[Tensor, "N C"]:
+        return self.mlp(self.triplane(self.box.normalize(x).clamp(0, 1)))
 
 
 class Human4DModel(SceneModel):
@@ -241,6 +281,14 @@ class Human4DModel(SceneModel):
         )
         self.background_field = RadianceField(cfg.background, ctx.box, 0, ctx.device)
         self.background_field.to(ctx.device)
+        n_feat = cfg.field.num_feature_channels
+        self.background_features = (
+            SceneFeatureField(
+                ctx.box, cfg.background_feature_triplane, cfg.background_feature_hidden_dim, n_feat
+            ).to(ctx.device)
+            if cfg.background_features and n_feat > 0
+            else None
+        )
         self.bg_param = learned_background(ctx)
         self._offsets: Tensor | None = None
 
@@ -264,6 +312,8 @@ class Human4DModel(SceneModel):
         if self.residual is not None:
             human += list(self.residual.parameters())
         bg = list(self.background_field.parameters())
+        if self.background_features is not None:
+            bg += list(self.background_features.parameters())
         if self.render_cfg.background == "learned":
             bg.append(self.bg_param)
         groups = [
@@ -364,7 +414,8 @@ class Human4DModel(SceneModel):
     ) -> dict[str, Tensor]:
         """Render rays of the given frames (``pose``/``transl``: one explicit body for all
         rays, the frame codes still from ``frames``): ``rgb``, ``depth``, ``accumulation``,
-        ``human`` (person mask), (``features``,) ``num_samples``."""
+        ``human`` (person mask), ``human_depth`` (the human samples' part of ``depth``: the
+        person's surface is ``human_depth / human``), (``features``,) ``num_samples``."""
         r, dev = origins.shape[0], origins.device
         cfg = self.cfg
         # background samples over the scene box
@@ -378,7 +429,10 @@ class Human4DModel(SceneModel):
         n_feat = self.cfg.field.num_feature_channels
         sig_b = bg["density"].view(r, -1) * valid_b
         val_b = bg["rgb"].view(r, -1, 3)
-        if n_feat:
+        if n_feat and self.background_features is not None:
+            f_b = self.background_features(pts_b).view(r, -1, n_feat)
+            val_b = torch.cat([val_b, f_b], -1)
+        elif n_feat:
             val_b = torch.cat([val_b, val_b.new_zeros(*val_b.shape[:2], n_feat)], -1)
         # human samples inside each frame's posed-body box
         s_h = cfg.human_samples
@@ -442,12 +496,15 @@ class Human4DModel(SceneModel):
         bgc = self.background
         if bgc is not None:
             rgb = rgb + (1 - acc)[:, None] * bgc.to(rgb)
-        dist = (weights * t_all.gather(1, order)).sum(-1)
+        t_sorted = t_all.gather(1, order)
+        dist = (weights * t_sorted).sum(-1)
+        dist_h = (weights * is_h * t_sorted).sum(-1)
         res = {
             "rgb": rgb,
             "accumulation": acc,
             "depth": dist * z_per_t if z_per_t is not None else dist,
             "human": (weights * is_h).sum(-1),
+            "human_depth": dist_h * z_per_t if z_per_t is not None else dist_h,
             "num_samples": torch.tensor(r * t_b.shape[1] + n_eval),
         }
         if n_feat:
@@ -467,8 +524,8 @@ class Human4DModel(SceneModel):
         transl: Float[Tensor, "3"] | None = None,
     ) -> dict[str, Tensor]:
         """Camera ``index`` as ``H W C`` images: ``rgb``, ``depth``, ``accumulation``,
-        ``human`` (person mask). The body is training view ``image_idx``'s frame, else
-        ``frame`` (default 0); ``pose`` / ``transl`` override it (new poses)."""
+        ``human`` (person mask), ``human_depth``. The body is training view ``image_idx``'s
+        frame, else ``frame`` (default 0); ``pose`` / ``transl`` override it (new poses)."""
         h, w = int(cameras.height[index]) // downscale, int(cameras.width[index]) // downscale
         o, d, z = cameras.rays(index, downscale=downscale)
         dev = self.bg_param.device
@@ -496,6 +553,7 @@ class Human4DModel(SceneModel):
         flat = {k: torch.cat(v) if k != "num_samples" else sum(v) for k, v in outs.items()}
         img = reshape_image(flat, h, w)
         img["human"] = flat["human"].view(h, w)
+        img["human_depth"] = flat["human_depth"].view(h, w)
         return img
 
     def export(self, out_dir: Path, config, trainer, progress=None) -> dict:
@@ -521,6 +579,7 @@ __all__ = [
     "Human4DModel",
     "HumanFieldConfig",
     "HumanTrainerConfig",
+    "SceneFeatureField",
     "build_body_model",
     "register",
 ]
