@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -168,6 +168,9 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "remove_stale_temps",
+    "versioned_name",
+    "write_bytes_versioned",
+    "write_json_versioned",
 ]
 
 
@@ -178,22 +181,30 @@ def versioned_name(path: Path, n: int) -> Path:
 
 def write_json_versioned(path: str | Path, obj: dict) -> Path:
     """Write ``obj`` as JSON to ``path``, or to the first free ``STEM.vNNN.SUFFIX`` when ``path``
-    exists; returns the path written. The data is written to a temporary file first and linked
-    to a name that must not exist (``os.link``), so no file is ever overwritten, even by a
-    concurrent writer, and a failed write leaves nothing behind."""
+    exists; returns the path written (see :func:`write_bytes_versioned`)."""
+    return write_bytes_versioned(path, json.dumps(obj, indent=2, default=str).encode("utf-8"))
+
+
+def write_bytes_versioned(
+    path: str | Path, data: bytes, name: Callable[[Path, int], Path] = versioned_name
+) -> Path:
+    """Write ``data`` to the first free name ``name(path, n)``, n = 1, 2, ... (default:
+    ``path``, then ``STEM.v002.SUFFIX``, ...); returns the path written. The data is written to
+    a temporary file first and linked to a name that must not exist (``os.link``), so no file
+    is ever overwritten, even by a concurrent writer, and a failed write leaves nothing
+    behind."""
     path = Path(path)
-    text = json.dumps(obj, indent=2, default=str)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
         raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o644)
         for n in range(1, 10000):
-            target = versioned_name(path, n)
+            target = name(path, n)
             try:
                 os.link(tmp, target)
                 return target

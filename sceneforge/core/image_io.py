@@ -83,15 +83,15 @@ def read_image(path: str | os.PathLike, keep_8bit: bool = False) -> Float[Tensor
     ``x.float() / 255`` gives exactly the float image), other files as float32.
     """
     arr = _open(Path(path))
+    if arr.ndim == 2:  # layout first: it commutes with the value conversion below
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    elif arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    elif arr.shape[-1] == 2:
+        arr = np.repeat(arr[..., :1], 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ImageReadError(f"{path}: unsupported image layout {arr.shape}")
     if keep_8bit and arr.dtype == np.uint8:
-        if arr.ndim == 2:
-            arr = np.repeat(arr[..., None], 3, axis=-1)
-        elif arr.shape[-1] == 4:
-            arr = arr[..., :3]
-        elif arr.shape[-1] == 2:
-            arr = np.repeat(arr[..., :1], 3, axis=-1)
-        if arr.ndim != 3 or arr.shape[-1] != 3:
-            raise ImageReadError(f"{path}: unsupported image layout {arr.shape}")
         return torch.from_numpy(np.ascontiguousarray(arr))
     if arr.dtype == np.uint16 or arr.dtype.kind in "iu" and arr.dtype.itemsize > 1:
         arr = arr.astype(np.float32) / 65535.0  # PIL mode "I" / "I;16*": 16-bit grayscale
@@ -101,14 +101,6 @@ def read_image(path: str | os.PathLike, keep_8bit: bool = False) -> Float[Tensor
         arr = arr.astype(np.float32)  # mode "F": floating-point data taken as [0, 1]
     else:
         arr = arr.astype(np.float32) / 255.0
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    elif arr.shape[-1] == 4:
-        arr = arr[..., :3]
-    elif arr.shape[-1] == 2:
-        arr = np.repeat(arr[..., :1], 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise ImageReadError(f"{path}: unsupported image layout {arr.shape}")
     if not np.isfinite(arr).all():
         raise ImageReadError(f"{path}: image holds non-finite values")
     return torch.from_numpy(np.ascontiguousarray(np.clip(arr, 0.0, 1.0)))

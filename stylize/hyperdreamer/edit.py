@@ -22,8 +22,6 @@ One edit (:func:`edit_region`):
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -32,6 +30,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+from sceneforge.core.atomic import write_bytes_versioned
 from sceneforge.core.cameras import Cameras
 from sceneforge.core.meshes import Mesh
 from sceneforge.core.metrics import psnr
@@ -255,28 +254,14 @@ def save_field_version(
 ) -> Path:
     """Save ``values`` (and ``info``) as ``folder/STEM.vNNN.pt`` with the first free number.
 
-    Written to a temporary file first and hard-linked to a name that must not exist
-    (``os.link``, as :func:`sceneforge.core.atomic.write_json_versioned`), so no version is
-    ever overwritten, even by a concurrent writer, and a failed write leaves nothing."""
+    Written by :func:`sceneforge.core.atomic.write_bytes_versioned`: no version is ever
+    overwritten, even by a concurrent writer, and a failed write leaves nothing."""
     folder = Path(folder)
     buf = io.BytesIO()
     torch.save({"values": values.detach().cpu(), "info": dict(info or {})}, buf)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.chmod(tmp, 0o644)
-        for n in range(1, 1000):
-            target = version_path(folder, stem, n)
-            try:
-                os.link(tmp, target)
-                return target
-            except FileExistsError:
-                continue
-        raise OSError(f"{folder}: 999 versions of {stem} exist already; move some away")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    return write_bytes_versioned(
+        folder / f"{stem}.pt", buf.getvalue(), name=lambda _p, n: version_path(folder, stem, n)
+    )
 
 
 def latest_field_version(folder: str | Path, stem: str = "albedo") -> Path | None:

@@ -34,9 +34,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +43,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sceneforge.core.atomic import versioned_name
+from sceneforge.core.atomic import write_bytes_versioned
 from sceneforge.core.cameras import Cameras
 from sceneforge.core.meshes import Mesh
 from sceneforge.core.raster import sample_texture, vertex_normals
@@ -319,28 +317,6 @@ def glb_bytes(asset: PBRAsset, name: str = "sceneforge_asset") -> bytes:
     return trimesh.exchange.gltf.export_glb(
         scene, include_normals=True, tree_postprocessor=add_specular
     )
-
-
-def write_bytes_versioned(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path``, or to the first free ``STEM.vNNN.SUFFIX``; never replaces
-    a file (temporary file hard-linked to a name that must not exist); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        for n in range(1, 10000):
-            target = versioned_name(path, n)
-            try:
-                os.link(tmp, target)
-                return target
-            except FileExistsError:
-                continue
-        raise OSError(f"{path}: 9999 versions exist already; move some away")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def export_glb(path: str | Path, asset: PBRAsset) -> Path:
