@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Train or fine-tune a Free3D novel-view model on posed multi-view sets.",
     ),
     "human": ("sceneforge.human_commands:Human", "4D human capture from a video of a person."),
+    "materials": (
+        "sceneforge.hyperdreamer_commands:Materials",
+        "A trained run to a relightable asset: mesh, materials, light, GLB.",
+    ),
 }
 
 

@@ -254,13 +254,24 @@ def fit_materials_and_light(
     surface: SurfacePixels,
     targets: Float[Tensor, "P 3"],
     config: InverseRenderingConfig | None = None,
+    init_albedo: Float[Tensor, "V 3"] | None = None,
 ) -> InverseRenderingResult:
     """Fit per-vertex materials and an unknown map so that the split-sum render of the hit
-    pixels matches ``targets`` (linear radiance, e.g. ``surface.from_images(images)``)."""
+    pixels matches ``targets`` (linear radiance, e.g. ``surface.from_images(images)``);
+    ``init_albedo`` (per-vertex, in [0, 1], clamped to [0.01, 0.99]) replaces the uniform
+    ``config.init_albedo`` start."""
     config = config or InverseRenderingConfig()
     field_ = VertexMaterialField(
         mesh.vertices.shape[0], config.init_albedo, config.init_roughness, config.init_specular
     )
+    if init_albedo is not None:
+        if tuple(init_albedo.shape) != tuple(field_.albedo_logit.shape):
+            raise ValueError(
+                f"init_albedo must be {tuple(field_.albedo_logit.shape)}, "
+                f"got {tuple(init_albedo.shape)}"
+            )
+        with torch.no_grad():
+            field_.albedo_logit.copy_(torch.logit(init_albedo.float().clamp(0.01, 0.99)))
     light = EnvironmentMap(config.env_height, config.init_radiance)
     opt = torch.optim.Adam(
         [
