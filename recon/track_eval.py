@@ -51,7 +51,8 @@ def gt_tracks_from_depth(
     t, n = tracks.num_tracks, tracks.num_frames
     ar = torch.arange(t)
     ref = tracks.ref_frame
-    anchor = tracks.xy[ar, ref].double()
+    xy = tracks.pixels(torch.float32)
+    anchor = xy[ar, ref].double()
     pts_world = torch.zeros(t, 3, dtype=torch.float64)
     ok_anchor = torch.zeros(t, dtype=torch.bool)
     cams = cameras.to(dtype=torch.float64)
@@ -85,7 +86,7 @@ def gt_tracks_from_depth(
         gt[:, j] = p.float()
         valid[:, j] = vis & ok_anchor
     valid[ar, ref] = ok_anchor
-    gt[ar, ref] = tracks.xy[ar, ref]
+    gt[ar, ref] = xy[ar, ref]
     return gt, valid
 
 
@@ -95,7 +96,8 @@ def track_errors(
     """Pixel errors of the visible, non-anchor observations that have ground truth."""
     sel = tracks.visible & gt_valid
     sel[torch.arange(tracks.num_tracks), tracks.ref_frame] = False
-    return (tracks.xy[sel] - gt_xy[sel]).norm(dim=-1)
+    ti, fi = sel.nonzero(as_tuple=True)
+    return (tracks.pixels(torch.float32)[ti, fi] - gt_xy[ti, fi]).norm(dim=-1)
 
 
 def error_summary(err: Tensor, outlier_px: float = 3.0) -> dict[str, float]:
@@ -129,10 +131,10 @@ def epipolar_errors(tracks: Tracks, cameras: Cameras) -> Float[Tensor, " O"]:
     """Symmetric point-to-epipolar-line distance (pixels) of every visible non-anchor observation
     against its anchor, under ``cameras`` (e.g. a reference reconstruction)."""
     out = []
-    ar = torch.arange(tracks.num_tracks)
+    xy = tracks.pixels(torch.float32)
     for r in tracks.ref_frame.unique().tolist():
         rows = (tracks.ref_frame == r).nonzero()[:, 0]
-        xa = tracks.xy[rows, r].double()
+        xa = xy[rows, r].double()
         for j in range(tracks.num_frames):
             if j == r:
                 continue
@@ -140,8 +142,7 @@ def epipolar_errors(tracks: Tracks, cameras: Cameras) -> Float[Tensor, " O"]:
             if not vis.any():
                 continue
             Fm = fundamental_from_cameras(cameras, r, j)
-            out.append(symmetric_epipolar_distance(Fm, xa[vis], tracks.xy[rows[vis], j]))
-    del ar
+            out.append(symmetric_epipolar_distance(Fm, xa[vis], xy[rows[vis], j]))
     return torch.cat(out).float() if out else torch.zeros(0)
 
 
@@ -229,7 +230,7 @@ def gt_tracks_from_homographies(
     """Exact positions of every track in every frame of a homography sequence."""
     t, n = tracks.num_tracks, tracks.num_frames
     ar = torch.arange(t)
-    anchor = tracks.xy[ar, tracks.ref_frame]
+    anchor = tracks.pixels(torch.float32)[ar, tracks.ref_frame]
     tex = torch.zeros(t, 2, dtype=torch.float64)
     for r in tracks.ref_frame.unique().tolist():
         idx = (tracks.ref_frame == r).nonzero()[:, 0]
@@ -255,15 +256,16 @@ def gt_tracks_from_synthetic(
     ar = torch.arange(t)
     gt = torch.zeros(t, n, 2)
     valid = torch.zeros(t, n, dtype=torch.bool)
+    xy = tracks.pixels(torch.float32)
     for r in tracks.ref_frame.unique().tolist():
         idx = (tracks.ref_frame == r).nonzero()[:, 0]
-        pix = tracks.xy[idx, r].double()
+        pix = xy[idx, r].double()
         for j in range(n):
             if j == r:
                 continue
             c = pixel_correspondences(scene, r, j, pix)
             gt[idx, j] = c.xy.float()
             valid[idx, j] = c.visible
-    gt[ar, tracks.ref_frame] = tracks.xy[ar, tracks.ref_frame]
+    gt[ar, tracks.ref_frame] = xy[ar, tracks.ref_frame]
     valid[ar, tracks.ref_frame] = True
     return gt, valid
