@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -40,6 +39,7 @@ from torch import Tensor, nn
 
 from sceneforge.core.atomic import atomic_open
 from sceneforge.core.cameras import Cameras, pixel_centers
+from sceneforge.core.tagged_checkpoint import load_tagged_checkpoint
 
 from ..field import Human4DModel
 from .encoder import BLOCK_OUTPUTS, EncoderConfig, convert_to_torch, predictor_float_model
@@ -259,15 +259,7 @@ def load_feature_renderer(
     path: str | os.PathLike, model: Human4DModel, tail: EncoderTail | None = None
 ) -> HumanFeatureRenderer:
     """A renderer of ``model`` from :func:`save_feature_renderer`'s file (``weights_only``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such feature-renderer file")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise ValueError(f"{path}: not a readable feature-renderer file ({e})") from e
-    if not isinstance(data, dict) or data.get("format") != RENDERER_FORMAT:
-        raise ValueError(f"{path}: not a feature-renderer file (expected {RENDERER_FORMAT})")
+    data = load_tagged_checkpoint(path, RENDERER_FORMAT, "feature-renderer file")
     config = EncoderConfig(blocks=tuple(data["blocks"]))
     if tail is not None and tail.config.blocks != config.blocks:
         raise ValueError(f"{path}: encoder blocks {config.blocks} differ from the tail's")

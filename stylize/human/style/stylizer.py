@@ -22,7 +22,6 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -31,6 +30,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from sceneforge.core.atomic import atomic_open
+from sceneforge.core.tagged_checkpoint import load_tagged_checkpoint
 from sceneforge.core.torch_state import TorchStateScope
 
 from .adaattn import AdaAttNConfig, MultiLevelAdaAttN
@@ -161,15 +161,7 @@ def load_stylizer(
     path: str | os.PathLike, encoder: StyleEncoder | None = None
 ) -> tuple[Stylizer, dict[str, Any]]:
     """A stylizer from :func:`save_stylizer`'s file (``weights_only`` load) and its extras."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such stylizer checkpoint")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise ValueError(f"{path}: not a readable stylizer checkpoint ({e})") from e
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a stylizer checkpoint (expected {CHECKPOINT_FORMAT})")
+    data = load_tagged_checkpoint(path, CHECKPOINT_FORMAT, "stylizer checkpoint")
     stylizer = Stylizer(_config_from_dict(data["config"]), encoder)
     stylizer.attn.load_state_dict(data["weights"]["attn"])
     stylizer.decoder.load_state_dict(data["weights"]["decoder"])
