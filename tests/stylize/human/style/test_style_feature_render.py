@@ -9,6 +9,7 @@ import dataclasses
 
 import pytest
 import torch
+from test_style_stylizer import stripes
 from torch import nn
 
 from sceneforge.core.cameras import Cameras
@@ -190,17 +191,6 @@ def captured(scene, body_dir, encoder, tail):
         "flags": flags,
         "result": result,
     }
-
-
-def stripes(seed: int, colors, size: int = 96) -> torch.Tensor:
-    """Noisy diagonal stripes of two colours, ``size² 3``."""
-    gen = torch.Generator().manual_seed(seed)
-    y, x = torch.arange(size)[:, None], torch.arange(size)[None]
-    freq = float(torch.rand(1, generator=gen)) * 0.3 + 0.15
-    band = (torch.sin(freq * (x + 0.5 * y)) > 0).float()[..., None]
-    c = torch.tensor(colors)
-    noise = 0.1 * torch.rand(size, size, 3, generator=gen)
-    return (band * c[0] + (1 - band) * c[1] + noise).clamp(0, 1)
 
 
 STYLES = (
