@@ -31,6 +31,7 @@ trainer config's ``human4d`` section (:class:`HumanTrainerConfig` adds it); impo
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -511,6 +512,34 @@ class Human4DModel(SceneModel):
             res["features"] = color[:, 3:]
         return res
 
+    def render_frame_rays(
+        self,
+        origins: Float[Tensor, "R 3"],
+        directions: Float[Tensor, "R 3"],
+        z_per_t: Float[Tensor, " R"],
+        frame: int,
+        pose: Float[Tensor, "J 3"] | None = None,
+        transl: Float[Tensor, "3"] | None = None,
+        chunk_rays: int | None = None,
+    ) -> Iterator[dict[str, Tensor]]:
+        """Rays of one ``frame`` (as :meth:`Cameras.rays` gives them) rendered ``chunk_rays``
+        (default: the config's) at a time: each chunk's :meth:`render_rays_of_frames` outputs,
+        gradients kept (callers choose ``torch.no_grad``)."""
+        dev = self.bg_param.device
+        chunk = chunk_rays or self.cfg.chunk_rays
+        for s in range(0, origins.shape[0], chunk):
+            sl = slice(s, min(s + chunk, origins.shape[0]))
+            frames = torch.full((sl.stop - sl.start,), frame, dtype=torch.long, device=dev)
+            yield self.render_rays_of_frames(
+                origins[sl].float().to(dev),
+                directions[sl].float().to(dev),
+                frames,
+                z_per_t[sl].float().to(dev),
+                None,
+                pose,
+                transl,
+            )
+
     @torch.no_grad()
     def render_camera(
         self,
@@ -528,25 +557,12 @@ class Human4DModel(SceneModel):
         frame, else ``frame`` (default 0); ``pose`` / ``transl`` override it (new poses)."""
         h, w = int(cameras.height[index]) // downscale, int(cameras.width[index]) // downscale
         o, d, z = cameras.rays(index, downscale=downscale)
-        dev = self.bg_param.device
         if image_idx >= 0:
             f = int(self.view_frame[image_idx])
         else:
             f = 0 if frame is None else int(frame)
         outs: dict[str, list[Tensor]] = {}
-        n = o.shape[0]
-        for s in range(0, n, self.cfg.chunk_rays):
-            sl = slice(s, min(s + self.cfg.chunk_rays, n))
-            frames = torch.full((sl.stop - sl.start,), f, dtype=torch.long, device=dev)
-            r = self.render_rays_of_frames(
-                o[sl].float().to(dev),
-                d[sl].float().to(dev),
-                frames,
-                z[sl].float().to(dev),
-                None,
-                pose,
-                transl,
-            )
+        for r in self.render_frame_rays(o, d, z, f, pose, transl):
             for k, v in r.items():
                 outs.setdefault(k, []).append(v.reshape(-1, *v.shape[1:]).cpu())
         self._offsets = None

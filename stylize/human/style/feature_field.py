@@ -156,20 +156,8 @@ class HumanFeatureRenderer(nn.Module):
         ``torch.no_grad``)."""
         h, w = pixels.shape[:2]
         o, d, z = cameras.rays(index, pixels.reshape(-1, 2).to(cameras.dtype))
-        dev = self.model.bg_param.device
         outs: dict[str, list[Tensor]] = {"features": [], "depth": [], "accumulation": []}
-        for s in range(0, o.shape[0], self.chunk_rays):
-            sl = slice(s, min(s + self.chunk_rays, o.shape[0]))
-            frames = torch.full((sl.stop - sl.start,), frame, dtype=torch.long, device=dev)
-            r = self.model.render_rays_of_frames(
-                o[sl].float().to(dev),
-                d[sl].float().to(dev),
-                frames,
-                z[sl].float().to(dev),
-                None,
-                pose,
-                transl,
-            )
+        for r in self.model.render_frame_rays(o, d, z, frame, pose, transl, self.chunk_rays):
             for k in outs:
                 outs[k].append(r[k])
         feats = torch.cat(outs["features"]).T.reshape(1, -1, h, w)
